@@ -1,0 +1,118 @@
+"""Throughput benchmarks, one JSON object per line.
+
+``bench step`` times one optimiser step (forward, backward, Adam) of a model under the baseline
+or the contrastive objective on random data of the MNIST-SVHN shapes. Configurations are timed
+in interleaved rounds and summarised by their median, so that ratios measured in one run share
+the machine's state; compare ratios, not absolute times.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import statistics
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+
+from .models import build_model
+from .objectives import training_loss
+from .objectives.contrastive import contrastive_loss
+
+
+@dataclass(frozen=True)
+class StepCase:
+    model: str
+    objective: str  # "baseline" | "contrastive"
+    estimator: str
+    impl: str  # "fused" | "loop" (contrastive only)
+
+    @property
+    def label(self) -> str:
+        if self.objective == "baseline":
+            return f"{self.model}/baseline"
+        prefix = {"iwae": "cI", "cubo": "cC"}.get(self.estimator, "c" + self.estimator)
+        return f"{prefix}-{self.model}/{self.impl}"
+
+
+def step_cases(models: Iterable[str], objectives: Iterable[str], estimators: Iterable[str],
+               impls: Iterable[str]) -> list[StepCase]:
+    """Every combination; the baseline once per model (estimator and impl do not apply)."""
+    cases: list[StepCase] = []
+    for m, o in itertools.product(models, objectives):
+        if o == "baseline":
+            cases.append(StepCase(m, "baseline", "iwae", "-"))
+        else:
+            cases += [StepCase(m, o, e, i) for e, i in itertools.product(estimators, impls)]
+    return cases
+
+
+def _make_step(case: StepCase, K: int, N: int, B: int, gamma: float, device: str,
+               modalities: tuple[str, ...], seed: int) -> Callable[[], None]:
+    torch.manual_seed(seed)
+    model = build_model({"name": case.model, "modalities": list(modalities)}).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    shapes = {"mnist": (1, 28, 28), "svhn": (3, 32, 32)}
+    xs = [torch.rand(B, *shapes[s], device=device) for s in modalities]
+
+    def step() -> None:
+        if case.objective == "baseline":
+            loss, _ = training_loss(model, xs, objective="baseline", K=K)
+        else:
+            loss, _ = contrastive_loss(model, xs, gamma, N, K, case.estimator, impl=case.impl)
+            extra = model.extra_loss(xs)
+            if extra is not None:
+                loss = loss + extra.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    return step
+
+
+def bench_step(*, models: list[str], objectives: list[str], estimators: list[str], impls: list[str],
+               K: int = 30, N: int = 5, batch_size: int = 128, gamma: float = 2.0, steps: int = 3,
+               warmup: int = 1, device: str = "cpu", threads: int | None = None,
+               modalities: tuple[str, ...] = ("mnist", "svhn"), seed: int = 0,
+               emit: Callable[[dict], None] | None = None) -> list[dict]:
+    """Time each case; return (and emit) one record per case with its ratio to its model's baseline."""
+    if threads:
+        torch.set_num_threads(threads)
+    cases = step_cases(models, objectives, estimators, impls)
+    fns = {c: _make_step(c, K, N, batch_size, gamma, device, modalities, seed) for c in cases}
+    for c in cases:
+        for _ in range(warmup):
+            fns[c]()
+    times: dict[StepCase, list[float]] = {c: [] for c in cases}
+    from tqdm import tqdm
+
+    for _ in tqdm(range(steps), desc="bench step rounds", leave=False):
+        for c in cases:  # interleaved: every case sees the same machine conditions
+            t0 = time.perf_counter()
+            fns[c]()
+            times[c].append(time.perf_counter() - t0)
+    base = {c.model: statistics.median(times[c]) for c in cases if c.objective == "baseline"}
+    records = []
+    for c in cases:
+        s = statistics.median(times[c])
+        rec = {
+            "bench": "step", "model": c.model, "objective": c.objective,
+            "estimator": c.estimator if c.objective != "baseline" else "iwae",
+            "impl": c.impl, "label": c.label, "K": K, "N": N, "batch_size": batch_size,
+            "device": device, "threads": torch.get_num_threads(), "steps": steps,
+            "s_per_step": round(s, 5), "pairs_per_s": round(batch_size / s, 2),
+        }
+        if c.model in base:
+            rec["ratio_to_baseline"] = round(s / base[c.model], 3)
+        records.append(rec)
+        if emit:
+            emit(rec)
+    return records
+
+
+def print_json(rec: dict) -> None:
+    print(json.dumps(rec), flush=True)

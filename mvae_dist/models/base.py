@@ -1,0 +1,149 @@
+"""The shared machinery of multimodal VAEs: encoding, noise, and log importance weights.
+
+A model turns a batch of M modalities into log importance weights log w = log p(x_1..M, z) -
+log q(z | x_1..M) for K posterior samples per item; every estimator (ELBO, IWAE, CUBO, DReG)
+and the contrastive loss are functions of those weights. ``prepare`` computes the weights of
+the related tuples (x_1[b], ..., x_M[b]) and keeps what negatives can reuse;
+``tuple_log_weights`` scores arbitrary tuples (x_1[t_1], ..., x_M[t_M]) of the same batch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .distributions import check_family, log_prob_sum, standard_noise
+from .modality import Modality
+
+
+@dataclass
+class PassState:
+    """What one pass over a batch computed.
+
+    log_w: [S, B] log importance weights of the related tuples (S = K, or M*K for MMVAE).
+    z: posterior samples (MMVAE [M, K, B, L]; others [K, B, L]) — DReG hooks their gradient.
+    eps: the standard noise the samples were made from (same shape as z).
+    xs: the batch; posts: per-modality (loc [B, L], scale [B, L]); cache: model-specific reuse.
+    """
+
+    log_w: Tensor
+    z: Tensor
+    eps: Tensor
+    xs: list[Tensor]
+    posts: list[tuple[Tensor, Tensor]]
+    cache: dict[str, Any] = field(default_factory=dict)
+
+
+class MultimodalVAE(nn.Module):
+    """Base class: M >= 2 modalities sharing a latent space with prior p(z) = family(0, 1)."""
+
+    #: how many sample sets of size K one item has (MMVAE: one per expert)
+    samples_per_k: int = 1
+
+    def __init__(self, modalities: list[Modality], latent_dim: int, family: str = "laplace") -> None:
+        super().__init__()
+        if len(modalities) < 2:
+            raise ValueError(f"a multimodal VAE needs at least 2 modalities, got {len(modalities)}")
+        if not (isinstance(latent_dim, int) and latent_dim >= 1):
+            raise ValueError(f"latent_dim must be a positive integer, got {latent_dim!r}")
+        names = [m.name for m in modalities]
+        if len(set(names)) != len(names):
+            raise ValueError(f"modality names must be unique, got {names}")
+        self.modalities = nn.ModuleList(modalities)
+        self.latent_dim = latent_dim
+        self.family = check_family(family, "posterior/prior family")
+        self.register_buffer("_prior_loc", torch.zeros(latent_dim), persistent=False)
+        self.register_buffer("_prior_scale", torch.ones(latent_dim), persistent=False)
+
+    # ----------------------------------------------------------------- basics
+    @property
+    def M(self) -> int:
+        return len(self.modalities)
+
+    @property
+    def names(self) -> list[str]:
+        return [m.name for m in self.modalities]
+
+    def log_prior(self, z: Tensor) -> Tensor:
+        """log p(z) summed over the latent dimension: [..., L] -> [...]."""
+        return log_prob_sum(self.family, z, self._prior_loc, self._prior_scale)
+
+    def encode(self, xs: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
+        """Unimodal posteriors q(z | x_m): list of M (loc [B, L], scale [B, L])."""
+        self._check_xs(xs)
+        return [mod.encode(x) for mod, x in zip(self.modalities, xs)]
+
+    def noise_shape(self, K: int, B: int) -> tuple[int, ...]:
+        """Shape of the standard noise one pass over B items with K samples consumes."""
+        return (K, B, self.latent_dim)
+
+    def draw_eps(self, K: int, B: int, generator: torch.Generator | None = None) -> Tensor:
+        """Standard noise of the posterior family, shape ``noise_shape(K, B)``."""
+        p = self._prior_loc
+        return standard_noise(self.family, self.noise_shape(K, B), generator=generator,
+                              device=p.device, dtype=p.dtype)
+
+    def negative_noise_shape(self, K: int, P: int) -> tuple[int, ...] | None:
+        """Shape of fresh noise that P negative tuples need; None when they reuse the positives'."""
+        return (K, P, self.latent_dim)
+
+    # ------------------------------------------------------------- interface
+    def prepare(self, xs: list[Tensor], K: int, eps: Tensor | None = None,
+                detach_q: bool = False) -> PassState:
+        """Log-weights of the related tuples and what negatives reuse. See PassState."""
+        raise NotImplementedError
+
+    def tuple_log_weights(self, state: PassState, tuples: Tensor,
+                          eps: Tensor | None = None) -> Tensor:
+        """log w of the tuples (x_1[tuples[p, 0]], ..., x_M[tuples[p, M-1]]): [P, M] -> [S, P].
+
+        Gives the same numbers as ``prepare([x_m[tuples[:, m]]], K, tuple_noise(...)).log_w``.
+        """
+        raise NotImplementedError
+
+    def tuple_noise(self, state: PassState, tuples: Tensor, eps: Tensor | None) -> Tensor:
+        """The noise that ``prepare`` on the gathered tuples needs to reproduce tuple_log_weights."""
+        if eps is None:
+            raise ValueError("negative tuples of this model need fresh noise")
+        return eps
+
+    def unimodal_posterior(self, x: Tensor, m: int) -> tuple[Tensor, Tensor]:
+        """The model's q(z | x_m), the proposal of log p(x_m): (loc [B, L], scale [B, L])."""
+        return self.modalities[m].encode(x)
+
+    def extra_loss(self, xs: list[Tensor], generator: torch.Generator | None = None) -> Tensor | None:
+        """Model-specific training terms added to the joint objective (per item, [B]); None here."""
+        return None
+
+    def forward(self, xs: list[Tensor], K: int = 1) -> PassState:
+        """Posteriors, samples and log-weights of a batch (never a loss)."""
+        return self.prepare(xs, K)
+
+    # --------------------------------------------------------------- helpers
+    def _check_xs(self, xs: list[Tensor]) -> None:
+        if len(xs) != self.M:
+            raise ValueError(f"expected {self.M} modalities ({', '.join(self.names)}), got {len(xs)}")
+        B = xs[0].shape[0]
+        if any(x.shape[0] != B for x in xs):
+            raise ValueError(f"modalities have different batch sizes: {[x.shape[0] for x in xs]}")
+
+    def _sample(self, loc: Tensor, scale: Tensor, eps: Tensor | None, K: int) -> tuple[Tensor, Tensor]:
+        """z = loc + scale * eps with eps [K, B, L] (drawn if None) -> (z, eps)."""
+        if eps is None:
+            eps = standard_noise(self.family, (K, *loc.shape), device=loc.device, dtype=loc.dtype)
+        if eps.shape != (K, *loc.shape):
+            raise ValueError(f"noise has shape {tuple(eps.shape)}, expected {(K, *loc.shape)}")
+        return loc + scale * eps, eps
+
+    def _log_lik_all(self, xs: list[Tensor], z: Tensor) -> Tensor:
+        """Σ_m log p(x_m | z): z [K, B, L] decoded by every decoder -> [K, B]."""
+        return sum(mod.log_lik(x, mod.decode(z)) for mod, x in zip(self.modalities, xs))
+
+
+def log_mean_exp(x: Tensor, dim: int) -> Tensor:
+    """log (1/n) Σ exp(x) along ``dim``."""
+    return torch.logsumexp(x, dim) - math.log(x.shape[dim])

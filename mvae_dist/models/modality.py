@@ -1,0 +1,152 @@
+"""A modality: encoder, decoder, likelihood family and likelihood scaling.
+
+Encoders map x [B, *event] to posterior parameters (loc, scale), each [B, L]. Decoders map
+z [..., L] to likelihood parameters (loc [..., *event], scale broadcastable to loc).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .distributions import _LOG_2, _LOG_2PI, check_family
+
+# Pairs scored per chunk in the mismatched-likelihood kernel: K * chunk * D floats at a time.
+_PAIR_CHUNK_ELEMENTS = 1 << 22
+
+
+class Modality(nn.Module):
+    """One observed modality of a multimodal VAE.
+
+    Args:
+        name: a label used in logs and artifacts.
+        encoder: module, x [B, *event] -> (loc [B, L], scale [B, L]) of q(z | x).
+        decoder: module, z [..., L] -> (loc [..., *event], scale broadcastable to loc) of p(x | z).
+        likelihood: "normal" or "laplace".
+        llik_scaling: multiplies log p(x | z) (MMVAE rescales the smaller modality, e.g. 3072/784).
+    """
+
+    def __init__(
+        self, name: str, encoder: nn.Module, decoder: nn.Module, likelihood: str = "laplace",
+        llik_scaling: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.name = name
+        self.encoder = encoder
+        self.decoder = decoder
+        self.likelihood = check_family(likelihood, f"likelihood of modality {name!r}")
+        if not llik_scaling > 0:
+            raise ValueError(f"llik_scaling of modality {name!r} must be > 0, got {llik_scaling}")
+        self.llik_scaling = float(llik_scaling)
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """q(z | x) parameters: x [B, *event] -> (loc [B, L], scale [B, L])."""
+        return self.encoder(x)
+
+    def decode(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """p(x | z) parameters: z [K, B, L] -> (loc [K, B, *event], scale broadcastable)."""
+        return self.decoder(z)
+
+    def log_lik(self, x: Tensor, params: tuple[Tensor, Tensor]) -> Tensor:
+        """Scaled log p(x_b | z_kb) summed over the event: x [B, *event], loc [K, B, *event] -> [K, B]."""
+        loc, scale = params
+        K, B = loc.shape[:2]
+        loc = loc.reshape(K, B, -1)
+        x = x.reshape(1, B, -1).to(loc.dtype)
+        scale = _flat_scale(scale, K, B)
+        if self.likelihood == "normal":
+            ll = -0.5 * ((x - loc) / scale) ** 2 - torch.log(scale) - 0.5 * _LOG_2PI
+        else:
+            ll = -(x - loc).abs() / scale - torch.log(scale) - _LOG_2
+        if ll.shape[-1] != loc.shape[-1]:
+            ll = ll.expand(K, B, loc.shape[-1])
+        return self.llik_scaling * ll.sum(-1)
+
+    def log_lik_pairs(
+        self, x: Tensor, params: tuple[Tensor, Tensor], src: Tensor, tgt: Tensor
+    ) -> Tensor:
+        """Scaled log p(x_{tgt[p]} | z_{k, src[p]}) for P (source, target) pairs -> [K, P].
+
+        x: [B, *event]; loc: [K, B, *event]; src, tgt: [P] long. The same numbers as
+        ``log_lik(x[tgt], (loc[:, src], scale[:, src]))`` without materialising the gathered
+        [K, P, D] likelihood parameters for the backward pass (they are recomputed in chunks).
+        """
+        loc, scale = params
+        K, B = loc.shape[:2]
+        D = loc[0, 0].numel()
+        loc = loc.reshape(K, B, D)
+        x = x.reshape(x.shape[0], D).to(loc.dtype)
+        power = 2 if self.likelihood == "normal" else 1
+        if scale.numel() == 1:
+            # Fixed scalar scale (the paper's decoders use 0.75): weight the distance outside.
+            s = scale.reshape(())
+            dist = _PairDistance.apply(loc, None, x, src, tgt, power)
+            if power == 2:
+                ll = -0.5 * dist / s**2 - D * (torch.log(s) + 0.5 * _LOG_2PI)
+            else:
+                ll = -dist / s - D * (torch.log(s) + _LOG_2)
+        else:
+            s = _flat_scale(scale, K, B).expand(K, B, D)
+            weight = 0.5 * s.pow(-2) if power == 2 else s.reciprocal()
+            const = torch.log(s).sum(-1) + D * (0.5 * _LOG_2PI if power == 2 else _LOG_2)  # [K, B]
+            dist = _PairDistance.apply(loc, weight, x, src, tgt, power)
+            ll = -dist - const[:, src]
+        return self.llik_scaling * ll
+
+
+def _flat_scale(scale: Tensor, K: int, B: int) -> Tensor:
+    """Bring a decoder scale to [K, B, D] or a broadcastable [1, 1, 1] / [K, B, 1]-like shape."""
+    if scale.numel() == 1:
+        return scale.reshape(1, 1, 1)
+    if scale.dim() >= 2 and scale.shape[0] == K and scale.shape[1] == B:
+        return scale.reshape(K, B, -1)
+    return scale.reshape(1, 1, -1)
+
+
+class _PairDistance(torch.autograd.Function):
+    """d[k, p] = sum_d w[k, src_p, d] * |x[tgt_p, d] - loc[k, src_p, d]|^power, power in {1, 2}.
+
+    Computed in chunks of pairs; the backward pass recomputes the differences instead of saving
+    [K, P, D] intermediates. ``w`` may be None (all ones). No gradient flows to x (data).
+    """
+
+    @staticmethod
+    def forward(ctx, loc, w, x, src, tgt, power):  # type: ignore[override]
+        K, _, D = loc.shape
+        P = src.shape[0]
+        out = loc.new_empty(K, P)
+        chunk = max(1, _PAIR_CHUNK_ELEMENTS // max(1, K * D))
+        for a in range(0, P, chunk):
+            s, t = src[a : a + chunk], tgt[a : a + chunk]
+            diff = x[t].unsqueeze(0) - loc[:, s]  # [K, c, D]
+            f = diff.abs_() if power == 1 else diff.square_()
+            if w is not None:
+                f.mul_(w[:, s])
+            out[:, a : a + chunk] = f.sum(-1)
+        ctx.save_for_backward(loc, w, x, src, tgt)
+        ctx.power = power
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        loc, w, x, src, tgt = ctx.saved_tensors
+        power = ctx.power
+        K, _, D = loc.shape
+        P = src.shape[0]
+        need_loc, need_w = ctx.needs_input_grad[0], w is not None and ctx.needs_input_grad[1]
+        grad_loc = torch.zeros_like(loc) if need_loc else None
+        grad_w = torch.zeros_like(w) if need_w else None
+        chunk = max(1, _PAIR_CHUNK_ELEMENTS // max(1, K * D))
+        for a in range(0, P, chunk):
+            s, t = src[a : a + chunk], tgt[a : a + chunk]
+            g = grad_out[:, a : a + chunk].unsqueeze(-1)  # [K, c, 1]
+            diff = loc[:, s] - x[t].unsqueeze(0)  # [K, c, D]; d f / d loc has this sign
+            if need_w:
+                f = diff.abs() if power == 1 else diff.square()
+                grad_w.index_add_(1, s, f.mul_(g))
+            if need_loc:
+                dl = diff.sign_() if power == 1 else diff.mul_(2.0)
+                if w is not None:
+                    dl.mul_(w[:, s])
+                grad_loc.index_add_(1, s, dl.mul_(g))
+        return grad_loc, grad_w, None, None, None, None

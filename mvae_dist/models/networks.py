@@ -1,0 +1,131 @@
+"""The paper's unimodal networks (Table 3; as in the official MMVAE code) and a generic MLP.
+
+Encoders: x [B, *event] -> (loc [B, L], scale [B, L]). Decoders: z [..., L] -> (loc [..., *event],
+scale), with a fixed scalar likelihood scale (0.75 in the official MNIST-SVHN code).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+_MIN_SCALE = 1e-4
+
+
+def _positive(raw: Tensor) -> Tensor:
+    """Posterior scale from an unconstrained output; bounded away from 0 for stable log q."""
+    return F.softplus(raw) + _MIN_SCALE
+
+
+class _FixedScale(nn.Module):
+    """Holds the decoder's scalar likelihood scale as a buffer (moves with .to(device))."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        if not scale > 0:
+            raise ValueError(f"likelihood scale must be > 0, got {scale}")
+        self.register_buffer("scale", torch.tensor(float(scale)), persistent=False)
+
+
+class MLPEncoder(nn.Module):
+    """x [B, *event] -> flatten -> hidden ReLU layers -> (loc, scale) [B, L]."""
+
+    def __init__(self, in_features: int, latent_dim: int, hidden: Sequence[int] = (400,)) -> None:
+        super().__init__()
+        dims = [in_features, *hidden]
+        self.body = nn.Sequential(
+            *[m for a, b in zip(dims[:-1], dims[1:]) for m in (nn.Linear(a, b), nn.ReLU())]
+        )
+        self.loc = nn.Linear(dims[-1], latent_dim)
+        self.raw_scale = nn.Linear(dims[-1], latent_dim)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.body(x.flatten(1).to(self.loc.weight.dtype))
+        return self.loc(h), _positive(self.raw_scale(h))
+
+
+class MLPDecoder(_FixedScale):
+    """z [..., L] -> hidden ReLU layers -> loc [..., *event] (sigmoid if ``bounded``), fixed scale."""
+
+    def __init__(
+        self, latent_dim: int, event_shape: Sequence[int], hidden: Sequence[int] = (400,),
+        scale: float = 0.75, bounded: bool = True,
+    ) -> None:
+        super().__init__(scale)
+        self.event_shape = tuple(event_shape)
+        dims = [latent_dim, *hidden]
+        self.body = nn.Sequential(
+            *[m for a, b in zip(dims[:-1], dims[1:]) for m in (nn.Linear(a, b), nn.ReLU())]
+        )
+        self.out = nn.Linear(dims[-1], math.prod(self.event_shape))
+        self.bounded = bounded
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.out(self.body(z))
+        loc = torch.sigmoid(h) if self.bounded else h
+        return loc.reshape(*z.shape[:-1], *self.event_shape), self.scale
+
+
+class SVHNEncoder(nn.Module):
+    """x [B, 3, 32, 32] -> conv 32-64-128 (4x4, stride 2) -> 4x4 conv heads -> (loc, scale) [B, L]."""
+
+    def __init__(self, latent_dim: int = 20, channels: int = 3) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, 32, 4, 2, 1), nn.ReLU(),  # 32 -> 16
+            nn.Conv2d(32, 64, 4, 2, 1), nn.ReLU(),  # 16 -> 8
+            nn.Conv2d(64, 128, 4, 2, 1), nn.ReLU(),  # 8 -> 4
+        )
+        self.loc = nn.Conv2d(128, latent_dim, 4, 1, 0)  # 4 -> 1
+        self.raw_scale = nn.Conv2d(128, latent_dim, 4, 1, 0)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.body(x.to(self.loc.weight.dtype))
+        return self.loc(h).flatten(1), _positive(self.raw_scale(h).flatten(1))
+
+
+class SVHNDecoder(_FixedScale):
+    """z [..., L] -> transposed convs 128-64-32-3 -> sigmoid loc [..., 3, 32, 32], fixed scale."""
+
+    def __init__(self, latent_dim: int = 20, channels: int = 3, scale: float = 0.75) -> None:
+        super().__init__(scale)
+        self.body = nn.Sequential(
+            nn.ConvTranspose2d(latent_dim, 128, 4, 1, 0), nn.ReLU(),  # 1 -> 4
+            nn.ConvTranspose2d(128, 64, 4, 2, 1), nn.ReLU(),  # 4 -> 8
+            nn.ConvTranspose2d(64, 32, 4, 2, 1), nn.ReLU(),  # 8 -> 16
+            nn.ConvTranspose2d(32, channels, 4, 2, 1),  # 16 -> 32
+        )
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        lead = z.shape[:-1]
+        h = self.body(z.reshape(-1, z.shape[-1], 1, 1))  # [prod(lead), 3, 32, 32]
+        return torch.sigmoid(h).reshape(*lead, *h.shape[1:]), self.scale
+
+
+class LinearGaussianEncoder(nn.Module):
+    """x [B, D] -> (W x + b, exp(log_scale)) [B, L]: an affine Gaussian posterior for tests."""
+
+    def __init__(self, in_features: int, latent_dim: int) -> None:
+        super().__init__()
+        self.lin = nn.Linear(in_features, latent_dim)
+        self.log_scale = nn.Parameter(torch.zeros(latent_dim))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        loc = self.lin(x)
+        return loc, self.log_scale.exp().expand_as(loc)
+
+
+class LinearGaussianDecoder(nn.Module):
+    """z [..., L] -> (A z + c, exp(log_scale) [D]): the likelihood of a linear-Gaussian model."""
+
+    def __init__(self, latent_dim: int, out_features: int) -> None:
+        super().__init__()
+        self.lin = nn.Linear(latent_dim, out_features)
+        self.log_scale = nn.Parameter(torch.zeros(out_features))
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        return self.lin(z), self.log_scale.exp()

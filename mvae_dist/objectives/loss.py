@@ -1,0 +1,58 @@
+"""The training objective: baseline (the model's own bound) or contrastive (eq. 4), plus the
+model's extra terms (MVAE unimodal ELBOs, JMVAE KL ties)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from ..models.base import MultimodalVAE
+from .contrastive import contrastive_loss
+from .estimators import check_estimator, dreg_iwae, estimate, iwae_looser
+from .joint import check_K
+
+
+def training_loss(
+    model: MultimodalVAE, xs: list[Tensor], *, objective: Literal["baseline", "contrastive"],
+    K: int, estimator: str = "iwae", gamma: float = 2.0, N: int = 5,
+    baseline_estimator: str = "iwae", dreg: bool = False, looser: bool = False,
+    negatives: Tensor | None = None, generator: torch.Generator | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Scalar loss to minimise and detached stats.
+
+    baseline: -mean(bound) with bound = ``baseline_estimator`` ("elbo" | "iwae"), DReG
+    gradients if ``dreg``; for MMVAE ``looser`` uses the per-expert average of IWAE bounds (the
+    MMVAE paper's training objective) instead of the pooled estimate.
+    contrastive: eq. 4 with term 2 by ``estimator`` ("iwae" = cI, "cubo" = cC).
+    Both add ``model.extra_loss`` (zero for MMVAE).
+    """
+    check_K(K)
+    if objective == "contrastive":
+        loss, stats = contrastive_loss(model, xs, gamma, N, K, estimator, negatives,
+                                       generator=generator)
+    elif objective == "baseline":
+        check_estimator(baseline_estimator)
+        if baseline_estimator == "cubo":
+            raise ValueError("baseline_estimator must be a lower bound ('elbo' or 'iwae'), got 'cubo'")
+        state = model.prepare(xs, K, model.draw_eps(K, xs[0].shape[0], generator), detach_q=dreg)
+        if dreg:
+            if baseline_estimator != "iwae" or looser:
+                raise ValueError("dreg applies to the pooled 'iwae' baseline bound only")
+            bound = dreg_iwae(state.log_w, state.z)
+        elif looser and baseline_estimator == "iwae":
+            bound = iwae_looser(state.log_w, model.samples_per_k)
+        else:
+            bound = estimate(state.log_w, baseline_estimator)
+        loss = -bound.mean()
+        stats = {"loss": loss.detach(), "log_joint": bound.mean().detach(),
+                 "term1": loss.detach(), "term2": torch.zeros(())}
+    else:
+        raise ValueError(f"unknown objective {objective!r}; expected 'baseline' or 'contrastive'")
+    extra = model.extra_loss(xs, generator)
+    if extra is not None:
+        loss = loss + extra.mean()
+        stats["extra"] = extra.mean().detach()
+        stats["loss"] = loss.detach()
+    return loss, stats

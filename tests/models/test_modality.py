@@ -1,0 +1,66 @@
+"""Modality likelihoods: the pair kernel against gathering, and its hand-written backward."""
+
+import pytest
+import torch
+
+from mvae_dist.models import Modality
+from mvae_dist.models.modality import _PairDistance
+from mvae_dist.models.networks import MLPDecoder, MLPEncoder
+
+
+@pytest.mark.parametrize("power", [1, 2])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_pair_distance_gradcheck(power, weighted):
+    g = torch.Generator().manual_seed(0)
+    K, B, D, P = 3, 5, 4, 7
+    loc = torch.randn(K, B, D, generator=g, dtype=torch.float64, requires_grad=True)
+    w = (torch.rand(K, B, D, generator=g, dtype=torch.float64) + 0.5).requires_grad_(weighted)
+    x = torch.randn(B, D, generator=g, dtype=torch.float64)
+    src = torch.randint(0, B, (P,), generator=g)
+    tgt = torch.randint(0, B, (P,), generator=g)
+    fn = lambda loc, w: _PairDistance.apply(loc, w if weighted else None, x, src, tgt, power)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (loc, w))
+
+
+@pytest.mark.parametrize("likelihood", ["normal", "laplace"])
+@pytest.mark.parametrize("scale", ["scalar", "tensor"])
+def test_log_lik_pairs_equals_gathered_log_lik(likelihood, scale, monkeypatch):
+    # A tiny chunk size forces several chunks, the path large batches take.
+    monkeypatch.setattr("mvae_dist.models.modality._PAIR_CHUNK_ELEMENTS", 16)
+    g = torch.Generator().manual_seed(1)
+    K, B, D, P = 4, 6, 5, 9
+    mod = Modality("v", MLPEncoder(D, 2), MLPDecoder(2, (D,)), likelihood, llik_scaling=1.7).double()
+    loc = torch.randn(K, B, D, generator=g, dtype=torch.float64, requires_grad=True)
+    sc = (torch.tensor(0.6, dtype=torch.float64) if scale == "scalar"
+          else torch.rand(K, B, D, generator=g, dtype=torch.float64) + 0.3).requires_grad_()
+    x = torch.randn(B, D, generator=g, dtype=torch.float64)
+    src = torch.randint(0, B, (P,), generator=g)
+    tgt = torch.randint(0, B, (P,), generator=g)
+
+    fast = mod.log_lik_pairs(x, (loc, sc), src, tgt)
+    ref = mod.log_lik(x[tgt], (loc[:, src], sc if scale == "scalar" else sc[:, src]))
+    torch.testing.assert_close(fast, ref, rtol=1e-12, atol=1e-10)
+
+    r = torch.randn(K, P, generator=g, dtype=torch.float64)
+    g_fast = torch.autograd.grad((fast * r).sum(), (loc, sc))
+    g_ref = torch.autograd.grad((ref * r).sum(), (loc, sc))
+    for a, b in zip(g_fast, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_log_lik_matches_torch_distributions():
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(3, 1, 28, 28, generator=g)
+    loc = torch.rand(2, 3, 1, 28, 28, generator=g)
+    for fam, dist in [("laplace", torch.distributions.Laplace), ("normal", torch.distributions.Normal)]:
+        mod = Modality("m", MLPEncoder(784, 2), MLPDecoder(2, (1, 28, 28)), fam, llik_scaling=2.0)
+        got = mod.log_lik(x, (loc, torch.tensor(0.75)))
+        want = 2.0 * dist(loc, 0.75).log_prob(x.unsqueeze(0)).flatten(2).sum(-1)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-3)
+
+
+def test_bad_modality_arguments():
+    with pytest.raises(ValueError, match="'poisson'"):
+        Modality("m", MLPEncoder(4, 2), MLPDecoder(2, (4,)), likelihood="poisson")
+    with pytest.raises(ValueError, match="llik_scaling"):
+        Modality("m", MLPEncoder(4, 2), MLPDecoder(2, (4,)), llik_scaling=0.0)
