@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from .distributions import _LOG_2, _LOG_2PI, check_family
 
 # Pairs scored per chunk in the mismatched-likelihood kernel: K * chunk * D floats at a time.
-_PAIR_CHUNK_ELEMENTS = 1 << 22
+_PAIR_CHUNK_ELEMENTS = 1 << 20
 
 
 class Modality(nn.Module):
@@ -106,47 +106,55 @@ def _flat_scale(scale: Tensor, K: int, B: int) -> Tensor:
 class _PairDistance(torch.autograd.Function):
     """d[k, p] = sum_d w[k, src_p, d] * |x[tgt_p, d] - loc[k, src_p, d]|^power, power in {1, 2}.
 
-    Computed in chunks of pairs; the backward pass recomputes the differences instead of saving
-    [K, P, D] intermediates. ``w`` may be None (all ones). No gradient flows to x (data).
+    Works item-major ([B, K, D], so gathers and scatter-adds move whole contiguous rows) in
+    chunks of pairs; the backward pass recomputes the differences instead of saving [K, P, D]
+    intermediates. ``w`` may be None (all ones). No gradient flows to x (data).
     """
 
     @staticmethod
     def forward(ctx, loc, w, x, src, tgt, power):  # type: ignore[override]
         K, _, D = loc.shape
         P = src.shape[0]
-        out = loc.new_empty(K, P)
+        loc_t = loc.detach().transpose(0, 1).contiguous()  # [B, K, D]
+        w_t = None if w is None else w.detach().transpose(0, 1).contiguous()
+        out = loc.new_empty(P, K)
         chunk = max(1, _PAIR_CHUNK_ELEMENTS // max(1, K * D))
         for a in range(0, P, chunk):
             s, t = src[a : a + chunk], tgt[a : a + chunk]
-            diff = x[t].unsqueeze(0) - loc[:, s]  # [K, c, D]
+            diff = x[t].unsqueeze(1) - loc_t[s]  # [c, K, D]
             f = diff.abs_() if power == 1 else diff.square_()
-            if w is not None:
-                f.mul_(w[:, s])
-            out[:, a : a + chunk] = f.sum(-1)
-        ctx.save_for_backward(loc, w, x, src, tgt)
+            if w_t is not None:
+                f.mul_(w_t[s])
+            torch.sum(f, -1, out=out[a : a + chunk])
+        ctx.save_for_backward(loc_t, w_t, x, src, tgt)
         ctx.power = power
-        return out
+        return out.t()
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
-        loc, w, x, src, tgt = ctx.saved_tensors
+        loc_t, w_t, x, src, tgt = ctx.saved_tensors
         power = ctx.power
-        K, _, D = loc.shape
+        _, K, D = loc_t.shape
         P = src.shape[0]
-        need_loc, need_w = ctx.needs_input_grad[0], w is not None and ctx.needs_input_grad[1]
-        grad_loc = torch.zeros_like(loc) if need_loc else None
-        grad_w = torch.zeros_like(w) if need_w else None
+        need_loc, need_w = ctx.needs_input_grad[0], w_t is not None and ctx.needs_input_grad[1]
+        grad_loc = torch.zeros_like(loc_t) if need_loc else None  # [B, K, D]
+        grad_w = torch.zeros_like(w_t) if need_w else None
+        g_all = grad_out.t().contiguous()  # [P, K]
         chunk = max(1, _PAIR_CHUNK_ELEMENTS // max(1, K * D))
         for a in range(0, P, chunk):
             s, t = src[a : a + chunk], tgt[a : a + chunk]
-            g = grad_out[:, a : a + chunk].unsqueeze(-1)  # [K, c, 1]
-            diff = loc[:, s] - x[t].unsqueeze(0)  # [K, c, D]; d f / d loc has this sign
+            g = g_all[a : a + chunk].unsqueeze(-1)  # [c, K, 1]
+            diff = loc_t[s] - x[t].unsqueeze(1)  # [c, K, D]; d f / d loc has this sign
             if need_w:
                 f = diff.abs() if power == 1 else diff.square()
-                grad_w.index_add_(1, s, f.mul_(g))
+                grad_w.index_add_(0, s, f.mul_(g))
             if need_loc:
                 dl = diff.sign_() if power == 1 else diff.mul_(2.0)
-                if w is not None:
-                    dl.mul_(w[:, s])
-                grad_loc.index_add_(1, s, dl.mul_(g))
-        return grad_loc, grad_w, None, None, None, None
+                if w_t is not None:
+                    dl.mul_(w_t[s])
+                grad_loc.index_add_(0, s, dl.mul_(g))
+        return (
+            None if grad_loc is None else grad_loc.transpose(0, 1),
+            None if grad_w is None else grad_w.transpose(0, 1),
+            None, None, None, None,
+        )
