@@ -11,13 +11,32 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
 from .distributions import check_family, log_prob_sum, standard_noise
 from .modality import Modality
+
+
+class CrossRank(Protocol):
+    """Collectives across data-parallel ranks, injected by the training layer (train/dist.py).
+
+    Both are gradient-carrying: the backward pass sends every rank's gradient back to the
+    rank that produced the tensor, so DDP's average is the gradient of the global-batch loss.
+    """
+
+    rank: int
+    world_size: int
+
+    def all_gather(self, t: Tensor) -> Tensor:
+        """Concatenate every rank's ``t`` along dim 0, in rank order: [B, ...] -> [W*B, ...]."""
+        ...
+
+    def all_reduce_sum(self, t: Tensor) -> Tensor:
+        """Elementwise sum of every rank's ``t``."""
+        ...
 
 
 @dataclass
@@ -105,6 +124,20 @@ class MultimodalVAE(nn.Module):
         """
         raise NotImplementedError
 
+    def tuple_log_weights_dist(self, state: PassState, tuples: Tensor, eps: Tensor | None,
+                               group: CrossRank) -> Tensor:
+        """``tuple_log_weights`` under data parallelism: ``state`` covers this rank's B items
+        (global indices rank*B .. rank*B+B-1), ``tuples`` [P, M] hold GLOBAL indices. -> [S, P]."""
+        return self.tuple_log_weights(self.gather_state(state, group), tuples, eps)
+
+    def gather_state(self, state: PassState, group: CrossRank) -> PassState:
+        """A state over the global batch holding what ``tuple_log_weights`` reads: the inputs
+        (plain) and the encoder outputs (gradient-carrying)."""
+        xs = [group.all_gather(x.detach()) for x in state.xs]
+        posts = [(group.all_gather(loc), group.all_gather(scale)) for loc, scale in state.posts]
+        cache = {k: [group.all_gather(f) for f in v] for k, v in state.cache.items() if k == "feats"}
+        return PassState(state.log_w, state.z, state.eps, xs, posts, cache)
+
     def tuple_noise(self, state: PassState, tuples: Tensor, eps: Tensor | None) -> Tensor:
         """The noise that ``prepare`` on the gathered tuples needs to reproduce tuple_log_weights."""
         if eps is None:
@@ -115,8 +148,13 @@ class MultimodalVAE(nn.Module):
         """The model's q(z | x_m), the proposal of log p(x_m): (loc [B, L], scale [B, L])."""
         return self.modalities[m].encode(x)
 
-    def extra_loss(self, xs: list[Tensor], generator: torch.Generator | None = None) -> Tensor | None:
-        """Model-specific training terms added to the joint objective (per item, [B]); None here."""
+    def extra_loss(self, xs: list[Tensor], generator: torch.Generator | None = None, *,
+                   rank: int = 0, world_size: int = 1) -> Tensor | None:
+        """Model-specific training terms added to the joint objective (per item, [B]); None here.
+
+        Noise is drawn for the global batch (world_size * B items) and sliced at ``rank``, so
+        data-parallel ranks reproduce one process's draws.
+        """
         return None
 
     def forward(self, xs: list[Tensor], K: int = 1) -> PassState:

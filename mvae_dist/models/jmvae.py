@@ -92,7 +92,8 @@ class JMVAE(MultimodalVAE):
             loc, scale = self.joint_encoder(xs)
         return self._joint(xs, loc, scale, state.z.shape[0], eps, False)[0]
 
-    def extra_loss(self, xs: list[Tensor], generator: torch.Generator | None = None) -> Tensor:
+    def extra_loss(self, xs: list[Tensor], generator: torch.Generator | None = None, *,
+                   rank: int = 0, world_size: int = 1) -> Tensor:
         """alpha * Σ_m KL(q(z | x_1..M) || q(z | x_m)) per item: [B]."""
         loc, scale = self.joint_posterior(xs)
         kl = sum(

@@ -11,7 +11,7 @@ import math
 import torch
 from torch import Tensor
 
-from .base import MultimodalVAE, PassState
+from .base import CrossRank, MultimodalVAE, PassState
 from .distributions import log_prob_sum
 
 
@@ -59,28 +59,58 @@ class MMVAE(MultimodalVAE):
                           eps: Tensor | None = None) -> Tensor:
         M, K = self.M, state.z.shape[1]
         c = state.cache
-        rows = []
-        for e in range(M):
-            j = tuples[:, e]  # the member whose expert drew these samples
-            z_e = state.z[e][:, j]  # [K, P, L]
-            ll = 0
-            lq = []
-            for m, mod in enumerate(self.modalities):
-                t = tuples[:, m]
-                if m == e:
-                    ll = ll + c["ll"][m][e][:, j]
-                    lq.append(c["lq"][e, e][:, j])
-                else:
-                    loc, scale = c["dec"][m]
-                    loc_e = loc[e * K:(e + 1) * K]
-                    per_sample = scale.numel() > 1 and scale.shape[0] == M * K
-                    scale_e = scale[e * K:(e + 1) * K] if per_sample else scale
-                    ll = ll + mod.log_lik_pairs(state.xs[m], (loc_e, scale_e), j, t)
-                    lq.append(log_prob_sum(self.family, z_e, c["q_loc"][m][t], c["q_scale"][m][t]))
-            log_qmix = torch.logsumexp(torch.stack(lq), 0) - math.log(M)
-            rows.append(c["lpz"][e][:, j] + ll - log_qmix)
+        q = (c["q_loc"], c["q_scale"])
+        rows = [self.expert_rows(state, e, tuples[:, e], tuples, state.xs, q) for e in range(M)]
         return torch.stack(rows).reshape(M * K, tuples.shape[0])
+
+    def expert_rows(self, state: PassState, e: int, src: Tensor, tgt: Tensor, xs_t: list[Tensor],
+                    q_t: tuple[Tensor, Tensor]) -> Tensor:
+        """log w of the K samples that expert e drew for item ``src[p]`` in tuple p -> [K, P].
+
+        src: [P] indices into ``state``'s batch (the member whose expert drew the samples);
+        tgt: [P, M] indices into the target arrays xs_t (M tensors [B_t, ...]) and q_t
+        (loc, scale [M, B_t, L]) — the same batch, or the global batch under data parallelism.
+        Only the likelihoods of mismatched (sample, target) pairs are new work.
+        """
+        c = state.cache
+        K = state.z.shape[1]
+        z_e = state.z[e][:, src]  # [K, P, L]
+        ll = c["ll"][e][e][:, src]  # matched: modality e's own item drew the samples
+        lq = []
+        for m, mod in enumerate(self.modalities):
+            if m == e:
+                lq.append(c["lq"][e, e][:, src])
+                continue
+            loc, scale = c["dec"][m]
+            per_sample = scale.numel() > 1 and scale.shape[0] == self.M * K
+            params = (loc[e * K:(e + 1) * K], scale[e * K:(e + 1) * K] if per_sample else scale)
+            ll = ll + mod.log_lik_pairs(xs_t[m], params, src, tgt[:, m])
+            lq.append(log_prob_sum(self.family, z_e, q_t[0][m][tgt[:, m]], q_t[1][m][tgt[:, m]]))
+        log_qmix = torch.logsumexp(torch.stack(lq), 0) - math.log(self.M)
+        return c["lpz"][e][:, src] + ll - log_qmix
+
+    def tuple_log_weights_dist(self, state: PassState, tuples: Tensor, eps: Tensor | None,
+                               group: CrossRank) -> Tensor:
+        """Rows of expert e are computed by the rank that owns the tuple's member e (it holds
+        that member's samples and decoder outputs) and summed across ranks with gradients."""
+        M, K = self.M, state.z.shape[1]
+        B, r = state.z.shape[2], group.rank
+        P = tuples.shape[0]
+        tuples_all = group.all_gather(tuples)  # [W*P, M] global indices, every rank's anchors
+        xs_g = [group.all_gather(x.detach()) for x in state.xs]
+        q_g = (group.all_gather(state.cache["q_loc"].transpose(0, 1)).transpose(0, 1),
+               group.all_gather(state.cache["q_scale"].transpose(0, 1)).transpose(0, 1))
+        per_expert = []
+        for e in range(M):
+            idx = ((tuples_all[:, e] // B) == r).nonzero().squeeze(1)  # tuples whose member e is mine
+            sel = tuples_all[idx]
+            vals = self.expert_rows(state, e, sel[:, e] - r * B, sel, xs_g, q_g)  # [K, len(idx)]
+            per_expert.append(vals.new_zeros(K, tuples_all.shape[0]).index_copy(1, idx, vals))
+        rows = torch.stack(per_expert)  # [M, K, W*P], this rank's rows filled, zeros elsewhere
+        rows = group.all_reduce_sum(rows)  # [M, K, W*P]: every tuple's rows, from their owners
+        return rows[:, :, r * P:(r + 1) * P].reshape(M * K, P)
 
     def tuple_noise(self, state: PassState, tuples: Tensor, eps: Tensor | None) -> Tensor:
         # Expert e of tuple p reuses the samples of item tuples[p, e].
         return torch.stack([state.eps[e][:, tuples[:, e]] for e in range(self.M)])
+

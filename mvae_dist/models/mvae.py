@@ -49,13 +49,15 @@ class MVAE(MultimodalVAE):
         loc, scale = self.modalities[m].encode(x)
         return poe_normal(loc.unsqueeze(0), scale.unsqueeze(0))
 
-    def extra_loss(self, xs: list[Tensor], generator: torch.Generator | None = None) -> Tensor:
+    def extra_loss(self, xs: list[Tensor], generator: torch.Generator | None = None, *,
+                   rank: int = 0, world_size: int = 1) -> Tensor:
         """-Σ_m ELBO(x_m) with q(z | x_m) = PoE(prior, expert m), one sample each: [B]."""
         total = xs[0].new_zeros(xs[0].shape[0])
         for m, (mod, x) in enumerate(zip(self.modalities, xs)):
             loc, scale = self.unimodal_posterior(x, m)
-            eps = standard_noise(self.family, (1, *loc.shape), generator=generator,
-                                 device=loc.device, dtype=loc.dtype)
+            B = loc.shape[0]
+            eps = standard_noise(self.family, (1, world_size * B, loc.shape[1]), generator=generator,
+                                 device=loc.device, dtype=loc.dtype)[:, rank * B:(rank + 1) * B]
             z = loc + scale * eps
             log_q = log_prob_sum(self.family, z, loc, scale)
             elbo = self.log_prior(z) + mod.log_lik(x, mod.decode(z)) - log_q

@@ -20,7 +20,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from ..models.base import MultimodalVAE
+from ..models.base import CrossRank, MultimodalVAE
 from ..models.distributions import standard_noise
 from .estimators import check_estimator, estimate, iwae
 from .joint import check_K
@@ -90,6 +90,7 @@ def contrastive_loss(
     estimator: str = "iwae", negatives: Tensor | None = None, *,
     generator: torch.Generator | None = None, eps: Tensor | None = None,
     eps_neg: Tensor | None = None, impl: Literal["fused", "loop"] = "fused",
+    group: CrossRank | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Paper eq. 4 averaged over the batch -> (loss scalar, stats).
 
@@ -98,6 +99,13 @@ def contrastive_loss(
     eps / eps_neg: noise of the positives (``model.noise_shape(K, B)``) and of the negative
     tuples (``model.negative_noise_shape(K, G*B*N)``; unused by MMVAE, which reuses the
     positives' samples), drawn from ``generator`` if None.
+
+    Data parallel (``group`` given, W ranks with B items each): negatives come from the global
+    batch of W*B items; ``negatives``, ``eps`` and ``eps_neg`` are then global-batch shaped and
+    must be the same on every rank (draw them from identically seeded generators), and the
+    loss is the mean over this rank's anchors, so that the average over ranks (DDP's gradient
+    average) is the single-process loss on the concatenated batch with the same draws.
+
     stats (detached): loss, term1 = mean -γ·log p̂(x, y), term2, log_joint = mean IWAE of the
     related tuples, log_joint_neg = mean estimate over negative tuples, per-item
     log_joint_items [B] and term2_items [B].
@@ -109,30 +117,42 @@ def contrastive_loss(
     check_estimator(estimator)
     if impl not in ("fused", "loop"):
         raise ValueError(f"unknown impl {impl!r}; expected 'fused' or 'loop'")
+    if group is not None and impl != "fused":
+        raise ValueError("impl='loop' is a single-process reference; use 'fused' with a group")
     model._check_xs(xs)
+    W, r = (1, 0) if group is None else (group.world_size, group.rank)
     M, B = model.M, xs[0].shape[0]
-    check_N(N, B)
+    GB = W * B  # the global batch
+    check_N(N, GB)
     if negatives is None:
-        negatives = sample_negatives(M, B, N, generator, device=xs[0].device)
-    negatives = check_negatives(negatives, M, B, N)
-    tuples = negative_tuples(negatives)  # [G, P, M], P = B*N
-    G, P = tuples.shape[:2]
+        negatives = sample_negatives(M, GB, N, generator, device=xs[0].device)
+    negatives = check_negatives(negatives, M, GB, N)
+    tuples = negative_tuples(negatives)  # [G, GB*N, M], row b*N + i of each group
+    G = tuples.shape[0]
+    P = B * N  # this rank's tuples per group: its anchors r*B .. r*B+B-1
+    tuples = tuples[:, r * P:(r + 1) * P].reshape(G * P, M)
 
     dev, dtype = xs[0].device, model._prior_loc.dtype
     if eps is None:
-        eps = standard_noise(model.family, model.noise_shape(K, B), generator=generator,
+        eps = standard_noise(model.family, model.noise_shape(K, GB), generator=generator,
                              device=dev, dtype=dtype)
-    neg_shape = model.negative_noise_shape(K, G * P)
+    neg_shape = model.negative_noise_shape(K, G * GB * N)
     if neg_shape is not None and eps_neg is None:
         eps_neg = standard_noise(model.family, neg_shape, generator=generator, device=dev, dtype=dtype)
+    if W > 1:  # this rank's slices of the global draws
+        eps = eps.narrow(-2, r * B, B)
+        if eps_neg is not None:
+            L = eps_neg.shape[-1]
+            eps_neg = eps_neg.reshape(K, G, GB * N, L)[:, :, r * P:(r + 1) * P].reshape(K, G * P, L)
 
     state = model.prepare(xs, K, eps)
     log_p = iwae(state.log_w)  # [B]
-    flat = tuples.reshape(G * P, M)
-    if impl == "fused":
-        log_w_neg = model.tuple_log_weights(state, flat, eps_neg)  # [S, G*P]
+    if group is not None:
+        log_w_neg = model.tuple_log_weights_dist(state, tuples, eps_neg, group)  # [S, G*P]
+    elif impl == "fused":
+        log_w_neg = model.tuple_log_weights(state, tuples, eps_neg)
     else:
-        log_w_neg = _loop_log_weights(model, state, flat, eps_neg, K)
+        log_w_neg = _loop_log_weights(model, state, tuples, eps_neg, K)
     est_neg = estimate(log_w_neg, estimator).reshape(G, B, N)
     term2 = torch.logsumexp(est_neg, dim=-1).mean(0)  # [B]: mean over the G directions
     term1 = -gamma * log_p

@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from ..models.base import MultimodalVAE
+from ..models.base import CrossRank, MultimodalVAE
 from .contrastive import contrastive_loss
 from .estimators import check_estimator, dreg_iwae, estimate, iwae_looser
 from .joint import check_K
@@ -19,6 +19,7 @@ def training_loss(
     K: int, estimator: str = "iwae", gamma: float = 2.0, N: int = 5,
     baseline_estimator: str = "iwae", dreg: bool = False, looser: bool = False,
     negatives: Tensor | None = None, generator: torch.Generator | None = None,
+    group: CrossRank | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Scalar loss to minimise and detached stats.
 
@@ -26,17 +27,22 @@ def training_loss(
     gradients if ``dreg``; for MMVAE ``looser`` uses the per-expert average of IWAE bounds (the
     MMVAE paper's training objective) instead of the pooled estimate.
     contrastive: eq. 4 with term 2 by ``estimator`` ("iwae" = cI, "cubo" = cC).
-    Both add ``model.extra_loss`` (zero for MMVAE).
+    Both add ``model.extra_loss`` (zero for MMVAE). With ``group`` (data parallel), the
+    contrastive negatives come from the global batch and every random draw is the global
+    batch's, sliced at this rank (see ``contrastive_loss``); the loss is this rank's mean.
     """
     check_K(K)
+    W, r = (1, 0) if group is None else (group.world_size, group.rank)
     if objective == "contrastive":
         loss, stats = contrastive_loss(model, xs, gamma, N, K, estimator, negatives,
-                                       generator=generator)
+                                       generator=generator, group=group)
     elif objective == "baseline":
         check_estimator(baseline_estimator)
         if baseline_estimator == "cubo":
             raise ValueError("baseline_estimator must be a lower bound ('elbo' or 'iwae'), got 'cubo'")
-        state = model.prepare(xs, K, model.draw_eps(K, xs[0].shape[0], generator), detach_q=dreg)
+        B = xs[0].shape[0]
+        eps = model.draw_eps(K, W * B, generator).narrow(-2, r * B, B)
+        state = model.prepare(xs, K, eps, detach_q=dreg)
         if dreg:
             if baseline_estimator != "iwae" or looser:
                 raise ValueError("dreg applies to the pooled 'iwae' baseline bound only")
@@ -50,7 +56,7 @@ def training_loss(
                  "term1": loss.detach(), "term2": torch.zeros(())}
     else:
         raise ValueError(f"unknown objective {objective!r}; expected 'baseline' or 'contrastive'")
-    extra = model.extra_loss(xs, generator)
+    extra = model.extra_loss(xs, generator, rank=r, world_size=W)
     if extra is not None:
         loss = loss + extra.mean()
         stats["extra"] = extra.mean().detach()

@@ -1,0 +1,1 @@
+"""Training: the DDP step, cross-rank collectives, checkpoints, and the Ray Train glue."""
