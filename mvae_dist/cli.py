@@ -41,6 +41,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    data = sub.add_parser("data", help="build data sets as WebDataset shards")
+    dsub = data.add_subparsers(dest="data", required=True, metavar="WHAT")
+    prep = dsub.add_parser("prepare", help="build a data set and write shards + manifest.json to URL")
+    prep.add_argument("--dataset", required=True, choices=("embedded", "mnist-svhn"))
+    prep.add_argument("--out", required=True, help="any fsspec URL: a path, file://, s3://, gs://")
+    prep.add_argument("--fraction", type=float, default=1.0,
+                      help="take this fraction of EACH unimodal training set before pairing")
+    prep.add_argument("--source", default=None, help="directory of MNIST IDX + SVHN .mat files")
+    prep.add_argument("--seed", type=int, default=0)
+    prep.add_argument("--shard-size", type=_positive_int, default=2000, help="pairs per shard")
+    prep.add_argument("--dm", type=_positive_int, default=None, help="pairs per instance (paper: 30)")
+    prep.add_argument("--max-d", type=_positive_int, default=None, help="instances per class (10000)")
+    prep.add_argument("--sr-fraction", type=float, default=None,
+                      help="also write label-propagation pools sr / fm / sm with this S_r fraction")
+    prep.add_argument("--storage-options", default=None,
+                      help="YAML file of fsspec storage options (endpoint, profile); never secrets on argv")
+    prep.add_argument("--quiet", action="store_true", help="no progress bar")
+
     bench = sub.add_parser("bench", help="throughput benchmarks (JSON lines)")
     bsub = bench.add_subparsers(dest="bench", required=True, metavar="WHAT")
     step = bsub.add_parser("step", help="time one optimiser step per model x objective")
@@ -60,10 +78,57 @@ def build_parser() -> argparse.ArgumentParser:
     step.add_argument("--warmup", type=int, default=1)
     step.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     step.add_argument("--device", default="cpu")
+    loader = bsub.add_parser("loader", help="pairs/s through the shard loader")
+    loader.add_argument("--data", required=True, help="URL of a prepared data set (its prefix)")
+    loader.add_argument("--split", default="train")
+    loader.add_argument("--batches", type=_positive_int, default=50)
+    loader.add_argument("--batch-size", type=_positive_int, default=128)
+    loader.add_argument("--num-workers", type=int, default=0)
+    loader.add_argument("--unpaired", action="store_true", help="the random-unpaired stream")
+    loader.add_argument("--storage-options", default=None, help="YAML file of fsspec storage options")
     return p
 
 
+def _storage_options(path: str | None) -> dict | None:
+    """fsspec storage options from a YAML file (credentials stay out of argv and logs)."""
+    if path is None:
+        return None
+    import yaml
+
+    try:
+        with open(path) as f:
+            opts = yaml.safe_load(f) or {}
+    except OSError as e:
+        raise MvaeDistError(f"cannot read --storage-options file {path!r}: {e.strerror}") from None
+    if not isinstance(opts, dict):
+        raise MvaeDistError(f"--storage-options file {path!r} must hold a mapping")
+    return opts
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.command == "data" and args.data == "prepare":
+        from .data import prepare
+
+        options = {k: v for k, v in (("dm", args.dm), ("max_d", args.max_d),
+                                     ("sr_fraction", args.sr_fraction)) if v is not None}
+        manifest = prepare(args.dataset, args.out, fraction=args.fraction, source=args.source,
+                           seed=args.seed, shard_size=args.shard_size, progress=not args.quiet,
+                           storage_options=_storage_options(args.storage_options), **options)
+        counts = ", ".join(f"{k} {v['count']} pairs in {len(v['shards'])} shards"
+                           for k, v in manifest["splits"].items())
+        synth = manifest["synthetic"]
+        synthetic = f" (synthetic modality: {', '.join(synth)})" if synth else ""
+        print(f"wrote {args.out.rstrip('/')}/manifest.json: {counts}{synthetic}")
+        return 0
+    if args.command == "bench" and args.bench == "loader":
+        from .bench import print_json
+        from .data import bench_loader
+
+        print_json(bench_loader(args.data, batches=args.batches, batch_size=args.batch_size,
+                                split=args.split, num_workers=args.num_workers,
+                                unpaired=args.unpaired,
+                                storage_options=_storage_options(args.storage_options)))
+        return 0
     if args.command == "bench" and args.bench == "step":
         from .bench import bench_step, print_json
 

@@ -24,3 +24,30 @@ def test_bad_arguments_exit_nonzero_with_one_line(capsys):
     assert main(["bench", "step", "--N", "8", "--batch-size", "8"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["mvae-dist: error: --N must be < --batch-size 8, got 8"]
+
+
+def test_data_prepare_then_bench_loader(tmp_path, capsys):
+    out = tmp_path / "emb"
+    rc = main(["data", "prepare", "--dataset", "embedded", "--out", str(out), "--dm", "1",
+               "--shard-size", "1500", "--quiet"])
+    assert rc == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"wrote {out}/manifest.json: train 4000 pairs in 3 shards")
+    assert "synthetic modality: svhn-like" in line
+    assert main(["bench", "loader", "--data", str(out), "--batches", "3", "--batch-size", "64"]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert rec["bench"] == "loader" and rec["source"] == "local" and rec["pairs_per_s"] > 0
+    # the same arguments again: a no-op; different ones into the same prefix: a clear error
+    assert main(["data", "prepare", "--dataset", "embedded", "--out", str(out), "--dm", "1",
+                 "--shard-size", "1500", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["data", "prepare", "--dataset", "embedded", "--out", str(out), "--dm", "2",
+                 "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "built differently" in err[0]
+
+
+def test_bench_loader_on_missing_data_is_one_line(tmp_path, capsys):
+    assert main(["bench", "loader", "--data", str(tmp_path / "nothing")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"mvae-dist: error: manifest.json not found: {tmp_path}/nothing/manifest.json"]

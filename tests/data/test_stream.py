@@ -1,0 +1,207 @@
+"""mvae_dist/data/stream.py: batches, rank/worker splitting, uneven shards, seeding, bad shards."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from mvae_dist.data import make_loader, open_manifest
+from mvae_dist.data.stream import assign_shards, batch_quotas
+from mvae_dist.errors import ConfigError, DataError
+
+
+def _keys(loader) -> list[str]:
+    return [k for batch in loader for k in batch["key"]]
+
+
+def test_batch_layout(small_dataset):
+    loader = make_loader(small_dataset, "train", 32)
+    batch = next(iter(loader))
+    x0, x1 = batch["xs"]
+    assert x0.shape == (32, 1, 28, 28) and x1.shape == (32, 3, 32, 32)
+    assert x0.dtype == torch.float32 and 0 <= x0.min() and x1.max() <= 1 and x0.max() > 0.9
+    assert (
+        batch["label"].shape == (32,) and batch["labels"].shape == (32, 2) and batch["ids"].shape == (32, 2)
+    )
+    assert torch.equal(batch["labels"][:, 0], batch["label"]) and torch.equal(
+        batch["labels"][:, 1], batch["label"]
+    )
+    assert batch["related"].dtype == torch.bool and batch["related"].all()
+    assert len(batch["key"]) == 32
+
+
+def test_exact_round_trip(small_dataset, small_source):
+    loader = make_loader(small_dataset, "test", 50, shuffle=False, drop_last=False)
+    n = 0
+    for batch in loader:
+        for m in range(2):
+            src = small_source.splits["test"][m]
+            ids = batch["ids"][:, m].numpy()
+            expected = torch.from_numpy(src.images[ids])
+            got = (batch["xs"][m] * 255).round().to(torch.uint8)
+            got = got[:, 0] if m == 0 else got.permute(0, 2, 3, 1)
+            assert torch.equal(got, expected)
+            assert np.array_equal(batch["labels"][:, m].numpy(), src.labels[ids])
+        n += len(batch["key"])
+    assert n == 200
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_two_ranks_disjoint_and_complete(small_dataset, num_workers):
+    """Every sample exactly once across ranks (drop_last=False), also with DataLoader workers."""
+    keys = [
+        _keys(
+            make_loader(
+                small_dataset, "train", 16, rank=r, world_size=2, num_workers=num_workers, drop_last=False
+            )
+        )
+        for r in range(2)
+    ]
+    assert not set(keys[0]) & set(keys[1])
+    assert len(keys[0]) + len(keys[1]) == 400 and len(set(keys[0]) | set(keys[1])) == 400
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    "world_size,num_workers,batch_size", [(2, 0, 16), (3, 0, 10), (2, 2, 16), (3, 2, 24)]
+)
+def test_uneven_shards_equal_batches_no_duplicates(small_dataset, world_size, num_workers, batch_size):
+    """7 train shards (last one short) over 2 or 3 ranks: every rank yields len(loader) batches."""
+    counts, seen = [], []
+    for r in range(world_size):
+        loader = make_loader(
+            small_dataset,
+            "train",
+            batch_size,
+            rank=r,
+            world_size=world_size,
+            num_workers=num_workers,
+            epoch=1,
+        )
+        batches = list(loader)
+        assert all(len(b["key"]) == batch_size for b in batches)
+        counts.append((len(batches), len(loader)))
+        seen += [k for b in batches for k in b["key"]]
+    assert len({c for pair in counts for c in pair}) == 1 and counts[0][0] > 0
+    assert len(seen) == len(set(seen))  # no sample twice in the epoch, across all ranks
+
+
+def test_plan_is_a_partition_and_quotas_are_equal():
+    plan = assign_shards(11, 3, 2, seed=0, epoch=4, shuffle=True)
+    flat = [i for rank in plan for worker in rank for i in worker]
+    assert sorted(flat) == list(range(11))
+    assert plan == assign_shards(11, 3, 2, seed=0, epoch=4, shuffle=True)
+    assert plan != assign_shards(11, 3, 2, seed=0, epoch=5, shuffle=True)
+    quotas = batch_quotas([[100, 30], [64, 0], [200, 200]], 32)
+    assert [sum(q) for q in quotas] == [2, 2, 2]
+    assert all(
+        q <= n // 32 for qs, ns in zip(quotas, [[100, 30], [64, 0], [200, 200]]) for q, n in zip(qs, ns)
+    )
+
+
+def test_epoch_seeding_is_deterministic(small_dataset):
+    a = make_loader(small_dataset, "train", 16, seed=3, epoch=0)
+    b = make_loader(small_dataset, "train", 16, seed=3, epoch=0)
+    first = _keys(a)
+    assert first == _keys(b)
+    a.set_epoch(1)
+    second = _keys(a)
+    assert second != first
+    b.set_epoch(1)
+    assert _keys(b) == second
+    assert _keys(make_loader(small_dataset, "train", 16, seed=3, epoch=1, num_workers=2)) == _keys(
+        make_loader(small_dataset, "train", 16, seed=3, epoch=1, num_workers=2)
+    )
+    ordered = _keys(make_loader(small_dataset, "train", 16, shuffle=False))
+    assert ordered == sorted(ordered)
+
+
+def test_unpaired_stream_draws_modalities_independently(small_dataset):
+    paired = [b for b in make_loader(small_dataset, "train", 20, drop_last=False, shuffle=False)]
+    unpaired = [b for b in make_loader(small_dataset, "train", 20, drop_last=False, unpaired=True)]
+    ids_p = torch.cat([b["ids"] for b in paired])
+    ids_u = torch.cat([b["ids"] for b in unpaired])
+    # same items of each modality over the epoch ...
+    for m in range(2):
+        assert Counter(ids_p[:, m].tolist()) == Counter(ids_u[:, m].tolist())
+    # ... but re-matched: about 1 in 10 share a digit (10 balanced classes), not all
+    rel = torch.cat([b["related"] for b in unpaired]).float().mean().item()
+    assert 0.0 < rel < 0.35
+    labels = torch.cat([b["labels"] for b in unpaired])
+    assert torch.equal(torch.cat([b["related"] for b in unpaired]), labels[:, 0] == labels[:, 1])
+    lens = [len(make_loader(small_dataset, "train", 20, unpaired=u)) for u in (False, True)]
+    assert lens[0] == lens[1]
+
+
+def test_truncated_shard_is_named(small_copy):
+    path = os.path.join(small_copy, "train", "shard-000002.tar")
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) // 2])
+    with pytest.raises(DataError, match=r"truncated or corrupt shard .*train/shard-000002\.tar"):
+        list(make_loader(small_copy, "train", 16, shuffle=False))
+    # without the checksum check, the tar parser itself reports it
+    with pytest.raises(DataError, match=r"corrupt shard .*train/shard-000002\.tar"):
+        list(make_loader(small_copy, "train", 16, shuffle=False, verify=False))
+
+
+def test_garbage_shard_without_checksums_is_named(small_copy):
+    path = os.path.join(small_copy, "train", "shard-000001.tar")
+    size = os.path.getsize(path)
+    open(path, "wb").write(os.urandom(size))
+    with pytest.raises(DataError, match=r"corrupt shard .*train/shard-000001\.tar"):
+        list(make_loader(small_copy, "train", 16, verify=False))
+
+
+def test_flipped_byte_is_a_checksum_error(small_copy):
+    path = os.path.join(small_copy, "test", "shard-000000.tar")
+    data = bytearray(open(path, "rb").read())
+    data[5000] ^= 1
+    open(path, "wb").write(bytes(data))
+    with pytest.raises(DataError, match=r"checksum mismatch in shard .*test/shard-000000\.tar"):
+        list(make_loader(small_copy, "test", 16))
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_skip_corrupt_counts_and_keeps_ranks_in_step(small_copy, num_workers):
+    os.remove(os.path.join(small_copy, "train", "shard-000003.tar"))
+    path = os.path.join(small_copy, "train", "shard-000005.tar")
+    open(path, "wb").write(open(path, "rb").read()[:1000])
+    for r in range(2):
+        loader = make_loader(
+            small_copy, "train", 16, rank=r, world_size=2, num_workers=num_workers, skip_corrupt=True
+        )
+        batches = list(loader)
+        assert len(batches) == len(loader)  # refilled from the good shards: no rank falls behind
+        bad = {s for s in loader.skipped_shards}
+        assert all(s.endswith(("shard-000003.tar", "shard-000005.tar")) for s in bad)
+        assert loader.skipped == len(bad)
+    skipped = set()
+    for r in range(2):
+        loader = make_loader(small_copy, "train", 16, rank=r, world_size=2, skip_corrupt=True)
+        list(loader)
+        skipped |= loader.skipped_shards
+    assert len(skipped) == 2
+
+
+def test_missing_shard_and_bad_arguments(small_copy):
+    os.remove(os.path.join(small_copy, "test", "shard-000003.tar"))
+    with pytest.raises(DataError, match=r"shard missing: .*test/shard-000003\.tar"):
+        list(make_loader(small_copy, "test", 8, drop_last=False))
+    with pytest.raises(ConfigError, match="split 'val' not in"):
+        make_loader(small_copy, "val", 8)
+    with pytest.raises(ConfigError, match="fewer than world_size=8"):
+        make_loader(small_copy, "test", 8, rank=0, world_size=8)
+    with pytest.raises(ConfigError, match="rank must be in"):
+        make_loader(small_copy, "test", 8, rank=2, world_size=2)
+    with pytest.raises(ConfigError, match="leaves no full batch"):
+        make_loader(small_copy, "test", 500)
+    with pytest.raises(DataError, match="manifest.json not found"):
+        make_loader(small_copy + "-nope", "test", 8)
+
+
+def test_manifest_prefix_recorded(small_dataset):
+    assert open_manifest(small_dataset)["prefix"] == small_dataset
