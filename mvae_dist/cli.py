@@ -59,6 +59,18 @@ def build_parser() -> argparse.ArgumentParser:
                       help="YAML file of fsspec storage options (endpoint, profile); never secrets on argv")
     prep.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    train = sub.add_parser("train", help="one training run on Ray Train (YAML config + overrides)")
+    train.add_argument("--config", default=None, help="YAML file with sections model, objective, data, "
+                       "optim, train, tracking (see configs/)")
+    train.add_argument("overrides", nargs="*", metavar="section.key=value",
+                       help="override config values, e.g. objective.gamma=3 train.num_workers=4")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run named train.name from its latest checkpoint")
+    train.add_argument("--tracking-uri", default=None,
+                       help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite in the cwd)")
+    train.add_argument("--address", default=None, help="Ray cluster address (default: local / $RAY_ADDRESS)")
+    train.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+
     bench = sub.add_parser("bench", help="throughput benchmarks (JSON lines)")
     bsub = bench.add_subparsers(dest="bench", required=True, metavar="WHAT")
     step = bsub.add_parser("step", help="time one optimiser step per model x objective")
@@ -106,6 +118,29 @@ def _storage_options(path: str | None) -> dict | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.command == "train":
+        from .config import load_train_config
+
+        overrides = list(args.overrides)
+        if args.tracking_uri:
+            overrides.append(f"tracking.tracking_uri={args.tracking_uri}")
+        cfg = load_train_config(args.config, overrides)
+        if args.dry_run:
+            import yaml
+
+            print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+            return 0
+        from .tracking import ui_command
+        from .train.driver import fit
+
+        result = fit(cfg, resume=args.resume, ray_address=args.address)
+        shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in result.metrics.items()
+                 if k in ("step", "epoch", "epoch_loss", "test_log_joint", "nonfinite_steps")}
+        print(f"run {cfg.train.name} finished: {shown}")
+        print(f"checkpoint: {result.checkpoint}")
+        print(f"MLflow run {result.run_id} at {result.tracking_uri}; open the UI with:")
+        print(f"  {ui_command(result.tracking_uri)}")
+        return 0
     if args.command == "data" and args.data == "prepare":
         from .data import prepare
 

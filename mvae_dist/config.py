@@ -180,3 +180,193 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     return value
 
 
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the shards are and how each worker reads them. batch_size is per worker."""
+
+    url: str = "data/embedded"
+    train_split: str = "train"
+    test_split: str = "test"
+    batch_size: int = 128
+    loader_workers: int = 0
+    shuffle_buffer: int = 2000
+    storage_options_file: str | None = None
+
+    def validate(self) -> DataConfig:
+        if not self.url:
+            raise ConfigError("data.url must name a prepared data set (a path or URL)")
+        if self.batch_size < 2:
+            raise ConfigError(f"data.batch_size must be >= 2, got {self.batch_size}")
+        if self.loader_workers < 0:
+            raise ConfigError(f"data.loader_workers must be >= 0, got {self.loader_workers}")
+        return self
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Adam with an optional cosine schedule (the paper trains with Adam, lr 1e-3)."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    grad_clip: float = 0.0
+
+    def validate(self) -> OptimConfig:
+        if not self.lr > 0:
+            raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.schedule not in ("constant", "cosine"):
+            raise ConfigError(f"optim.schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+        if self.grad_clip < 0:
+            raise ConfigError(f"optim.grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
+        return self
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    """The run: length, workers, checkpoints, failure handling.
+
+    storage_path: where Ray Train keeps the run's checkpoints (local path or s3://);
+    checkpoint_every: steps between checkpoints (0: one per epoch); max_steps: 0 = no limit.
+    """
+
+    name: str = "mvae-run"
+    epochs: int = 10
+    max_steps: int = 0
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    seed: int = 0
+    storage_path: str = "runs"
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 2
+    eval_every: int = 1
+    eval_K: int = 30
+    eval_batches: int = 4
+    log_every: int = 10
+    max_failures: int = 2
+    max_nonfinite: int = 10
+    threads_per_worker: int = 0
+
+    def validate(self) -> TrainSection:
+        checks = [
+            (self.epochs >= 1, f"train.epochs must be >= 1, got {self.epochs}"),
+            (self.max_steps >= 0, f"train.max_steps must be >= 0, got {self.max_steps}"),
+            (self.num_workers >= 1, f"train.num_workers must be >= 1, got {self.num_workers}"),
+            (self.cpus_per_worker > 0, f"train.cpus_per_worker must be > 0, got {self.cpus_per_worker}"),
+            (self.checkpoint_every >= 0, f"train.checkpoint_every must be >= 0, got {self.checkpoint_every}"),
+            (self.keep_checkpoints >= 1, f"train.keep_checkpoints must be >= 1, got {self.keep_checkpoints}"),
+            (self.eval_every >= 0, f"train.eval_every must be >= 0, got {self.eval_every}"),
+            (self.eval_K >= 1, f"train.eval_K must be >= 1, got {self.eval_K}"),
+            (self.log_every >= 1, f"train.log_every must be >= 1, got {self.log_every}"),
+            (self.max_failures >= -1, f"train.max_failures must be >= -1, got {self.max_failures}"),
+            (self.max_nonfinite >= 0, f"train.max_nonfinite must be >= 0, got {self.max_nonfinite}"),
+            (bool(self.name) and "/" not in self.name,
+             f"train.name must be a non-empty name without '/', got {self.name!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        return self
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """MLflow: tracking_uri None = $MLFLOW_TRACKING_URI, else sqlite under the working directory."""
+
+    tracking_uri: str | None = None
+    experiment: str = "mvae-dist"
+    run_name: str | None = None
+
+    def validate(self) -> TrackingConfig:
+        if not self.experiment:
+            raise ConfigError("tracking.experiment must be a non-empty name")
+        return self
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig, "objective": ObjectiveConfig, "data": DataConfig, "optim": OptimConfig,
+    "train": TrainSection, "tracking": TrackingConfig,
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The resolved configuration of one training run (what checkpoints and MLflow record)."""
+
+    model: ModelConfig = ModelConfig()
+    objective: ObjectiveConfig = ObjectiveConfig()
+    data: DataConfig = DataConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainSection = TrainSection()
+    tracking: TrackingConfig = TrackingConfig()
+
+    def validate(self) -> TrainConfig:
+        for name in SECTIONS:
+            getattr(self, name).validate()
+        global_batch = self.data.batch_size * self.train.num_workers
+        if self.objective.name == "contrastive" and self.objective.N >= global_batch:
+            raise ConfigError(
+                f"objective.N must be < the global batch {self.data.batch_size * self.train.num_workers}, "
+                f"got {self.objective.N}"
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> TrainConfig:
+        data = dict(data or {})
+        unknown = sorted(set(data) - set(SECTIONS))
+        if unknown:
+            raise ConfigError(f"unknown config section {unknown[0]!r}; known: {', '.join(SECTIONS)}")
+        for name, value in data.items():
+            if value is not None and not isinstance(value, Mapping):
+                raise ConfigError(f"config section {name!r} must be a mapping, got {value!r}")
+        parts = {name: from_mapping(sec, data.get(name), name) for name, sec in SECTIONS.items()}
+        return cls(**parts).validate()
+
+
+def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
+    """``["objective.gamma=3", "model.modalities=[mnist,svhn]"]`` -> nested dict (values parsed as YAML)."""
+    import yaml
+
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        section, dot, field_name = key.strip().partition(".")
+        if not sep or not dot or not section or not field_name:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        out.setdefault(section, {})[field_name] = value
+    return out
+
+
+def load_train_config(path: str | None, overrides: list[str] | None = None) -> TrainConfig:
+    """YAML file (optional) + ``section.key=value`` overrides -> validated TrainConfig."""
+    import yaml
+
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path) as f:
+                data = yaml.safe_load(f) or {}
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path!r}: {e.strerror}") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path!r} must hold a mapping of sections")
+    for section, values in parse_overrides(overrides or []).items():
+        base = data.get(section) or {}
+        if not isinstance(base, dict):
+            raise ConfigError(f"config section {section!r} must be a mapping")
+        data[section] = {**base, **values}
+    return TrainConfig.from_dict(data)

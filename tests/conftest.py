@@ -62,3 +62,81 @@ def s3_bucket(s3_storage_options) -> str:
     fs.mkdir(name)
     fs.invalidate_cache()
     return name
+
+
+# ------------------------------------------------------------------------------ MLflow
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def mlflow_sqlite_uri(tmp_path_factory) -> str:
+    """A sqlite MLflow tracking URI (``sqlite:////abs/mlflow.db``) shared by the session.
+
+    A fresh database runs its migrations on first use (several seconds), so tests share one
+    store and keep apart by experiment name; artifacts go to ``<dir>/mlartifacts``.
+    """
+    d = tmp_path_factory.mktemp("mlflow-sqlite")
+    return f"sqlite:///{d / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """URL (``http://127.0.0.1:PORT``) of a real ``mlflow server`` process for the session.
+
+    sqlite backend and file artifact root in a temporary directory, one worker; started in its
+    own session so that the whole process group (gunicorn/uvicorn workers) stops with it.
+    """
+    import contextlib
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    d = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    mlflow_bin = Path(sys.executable).with_name("mlflow")
+    cmd = [str(mlflow_bin) if mlflow_bin.exists() else "mlflow", "server",
+           "--backend-store-uri", f"sqlite:///{d / 'mlflow.db'}",
+           "--default-artifact-root", (d / "artifacts").as_uri(),
+           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    log = open(d / "server.log", "wb")  # closed in finally
+    # The job-execution runner (a huey consumer process) is not needed and slows start-up.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited with {proc.returncode}: "
+                                   f"{(d / 'server.log').read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"mlflow server did not answer /health within 60 s: "
+                                   f"{(d / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        log.close()

@@ -1,0 +1,309 @@
+"""Image grids of a multimodal VAE: reconstructions, cross-generations, joint generations.
+
+Pure functions: a model and tensors in, a uint8 RGB array [H, W, 3] out (``save_png`` writes
+one atomically). Every function runs under ``torch.no_grad`` with the model in eval mode and
+restores its training flag afterwards; randomness comes only from the ``generator`` argument
+(default: a generator seeded with 0), never from the global RNG, so a grid is a function of
+(model, inputs, seed).
+
+Cells are shown at their native size (no resampling): grey 1-channel images become grey RGB,
+3-channel images are shown as they are, and a vector modality [B, D] becomes a small bar plot
+(bars above / below a zero line, one range per modality and grid so inputs and outputs compare).
+Cells of different sizes are centred on a black cell of the grid's largest size, and cells are
+separated by light-grey lines, so ``cell(grid, row, col)`` crops any cell back out exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..models.distributions import standard_noise
+
+#: pixels between cells, and between the blocks / panels of one figure
+PAD = 2
+GAP = 6
+#: value of the separator lines and the gaps (light grey, distinct from black padding)
+SEPARATOR = 200
+#: height of a vector modality's bar-plot cell; its width is clamp(D, 32, 128)
+VECTOR_CELL_H = 32
+
+
+# ----------------------------------------------------------------------------- public grids
+def reconstruction_grid(model: nn.Module, xs: Sequence[Tensor], n: int = 8, *, sample: bool = False,
+                        generator: torch.Generator | None = None) -> np.ndarray:
+    """Self-reconstructions x_m -> z ~ q(z | x_m) -> loc of p(x_m | z), one panel per modality.
+
+    Each panel has 2 rows of ``n`` cells: the inputs x_m[:n] on top, their reconstructions below;
+    panels sit side by side in the model's modality order. q(z | x_m) is the model's own unimodal
+    posterior (``model.unimodal_posterior``; for MVAE the product with the prior expert); z is its
+    loc, or a sample when ``sample`` is True. xs: M tensors [B, *event_m] -> uint8 [H, W, 3].
+    """
+    with _inference(model) as dev:
+        xs = _take(xs, n, model, dev)
+        gen = _generator(generator)
+        panels = []
+        for m, x in enumerate(xs):
+            z = _posterior_z(model, x, m, sample, gen)
+            rec = _decode(model, m, z)
+            panels.append(_rows_image([x, rec], [m, m], _vector_ranges([x, rec], [m, m])))
+        return _hstack(panels)
+
+
+def cross_generation_grid(model: nn.Module, xs: Sequence[Tensor], n: int = 8, *, sample: bool = False,
+                          generator: torch.Generator | None = None) -> np.ndarray:
+    """Cross-generations x_m -> z ~ q(z | x_m) -> loc of p(x_m' | z) for every m' != m.
+
+    One block per source modality m, blocks stacked top to bottom in modality order; a block
+    has the inputs x_m[:n] as its top row (as in the paper's figures) and then one row per other
+    modality m' in order, column j generated from input j. z is the loc of the model's unimodal
+    posterior (a sample when ``sample`` is True). xs: M tensors [B, *event_m] -> uint8 [H, W, 3].
+    """
+    with _inference(model) as dev:
+        xs = _take(xs, n, model, dev)
+        gen = _generator(generator)
+        M = len(xs)
+        blocks_rows: list[tuple[list[Tensor], list[int]]] = []
+        for m, x in enumerate(xs):
+            z = _posterior_z(model, x, m, sample, gen)
+            rows, mods = [x], [m]
+            for t in range(M):
+                if t != m:
+                    rows.append(_decode(model, t, z))
+                    mods.append(t)
+            blocks_rows.append((rows, mods))
+        # One value range per modality over the whole figure, and one cell size for all blocks.
+        all_rows = [r for rows, _ in blocks_rows for r in rows]
+        all_mods = [k for _, mods in blocks_rows for k in mods]
+        ranges = _vector_ranges(all_rows, all_mods)
+        cell = _cell_size([_render(r, ranges.get(k)) for r, k in zip(all_rows, all_mods)])
+        blocks = [_rows_image(rows, mods, ranges, cell) for rows, mods in blocks_rows]
+        return _vstack(blocks)
+
+
+def joint_generation_grid(model: nn.Module, n: int = 64,
+                          generator: torch.Generator | None = None) -> np.ndarray:
+    """Joint generations: z ~ p(z) = family(0, 1), decoded (loc) in every modality.
+
+    ``n`` prior samples [n, L]; one panel per modality, side by side, each a ceil(sqrt(n))-column
+    grid in which cell j of every panel comes from the same z_j. -> uint8 [H, W, 3].
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    with _inference(model) as dev:
+        gen = _generator(generator)
+        # Draw on the CPU with the (CPU) generator, then move: the same grid on any device.
+        z = standard_noise(model.family, (n, model.latent_dim), generator=gen).to(dev)
+        outs = [_decode(model, m, z) for m in range(len(model.modalities))]
+        ranges = _vector_ranges(outs, list(range(len(outs))))
+        ncol = math.ceil(math.sqrt(n))
+        panels = []
+        for m, out in enumerate(outs):
+            cells = _render(out, ranges.get(m))
+            panels.append(_grid(cells, ncol, _cell_size([cells])))
+        return _hstack(panels)
+
+
+def standard_grids(model: nn.Module, xs: Sequence[Tensor], n: int = 8, n_joint: int = 64,
+                   seed: int = 0) -> dict[str, np.ndarray]:
+    """The three grids a training run logs: {"reconstruction", "cross_generation",
+    "joint_generation"} -> uint8 [H, W, 3] each, all from one seed."""
+    return {
+        "reconstruction": reconstruction_grid(model, xs, n),
+        "cross_generation": cross_generation_grid(model, xs, n),
+        "joint_generation": joint_generation_grid(model, n_joint, torch.Generator().manual_seed(seed)),
+    }
+
+
+def save_png(img: np.ndarray | object, path: str | os.PathLike) -> Path:
+    """Write ``img`` (uint8 [H, W, 3] / [H, W] array, or a PIL image) as a PNG at ``path``.
+
+    Atomic: written to a temporary file in the same directory, then renamed over ``path``, so
+    a reader never sees half a file. Parent directories are created. Returns the path.
+    """
+    from PIL import Image
+
+    path = Path(path)
+    if isinstance(img, np.ndarray):
+        if img.dtype != np.uint8:
+            raise ValueError(f"image array must be uint8, got {img.dtype}")
+        img = Image.fromarray(img)
+    if not isinstance(img, Image.Image):
+        raise TypeError(f"expected a uint8 numpy array or a PIL image, got {type(img).__name__}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            img.save(f, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def cell(grid: np.ndarray, row: int, col: int, cell_hw: tuple[int, int], origin: tuple[int, int] = (0, 0)
+         ) -> np.ndarray:
+    """Crop cell (row, col) of a block of cells of size ``cell_hw`` whose top-left cell starts
+    after the outer separator at pixel ``origin`` of ``grid`` -> [h, w, 3] (tests, debugging)."""
+    h, w = cell_hw
+    y = origin[0] + PAD + row * (h + PAD)
+    x = origin[1] + PAD + col * (w + PAD)
+    return grid[y:y + h, x:x + w]
+
+
+# ---------------------------------------------------------------------------- model helpers
+@contextmanager
+def _inference(model: nn.Module) -> Iterator[torch.device]:
+    """Eval mode and no grad for the duration; yields the model's device; restores the mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            p = next(model.parameters(), None)
+            yield p.device if p is not None else torch.device("cpu")
+    finally:
+        model.train(was_training)
+
+
+def _generator(generator: torch.Generator | None) -> torch.Generator:
+    return generator if generator is not None else torch.Generator().manual_seed(0)
+
+
+def _take(xs: Sequence[Tensor], n: int, model: nn.Module, dev: torch.device) -> list[Tensor]:
+    M = len(model.modalities)
+    if len(xs) != M:
+        raise ValueError(f"expected {M} modalities, got {len(xs)}")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    B = xs[0].shape[0]
+    if any(x.shape[0] != B for x in xs):
+        raise ValueError(f"modalities have different batch sizes: {[x.shape[0] for x in xs]}")
+    return [x[:n].to(dev, torch.float32) for x in xs]
+
+
+def _posterior_z(model: nn.Module, x: Tensor, m: int, sample: bool, gen: torch.Generator) -> Tensor:
+    """z from q(z | x_m): its loc, or one reparameterised sample -> [B, L]."""
+    loc, scale = model.unimodal_posterior(x, m)
+    if not sample:
+        return loc
+    eps = standard_noise(model.family, tuple(loc.shape), generator=gen).to(loc.device, loc.dtype)
+    return loc + scale * eps
+
+
+def _decode(model: nn.Module, m: int, z: Tensor) -> Tensor:
+    """loc of p(x_m | z): z [B, L] -> [B, *event_m] on the CPU."""
+    loc, _ = model.modalities[m].decode(z.unsqueeze(0))  # decoders take [K, B, L]
+    return loc[0].float().cpu()
+
+
+# ------------------------------------------------------------------------------- rendering
+def _vector_ranges(tensors: Sequence[Tensor], mods: Sequence[int]) -> dict[int, tuple[float, float]]:
+    """(lo, hi) per vector modality over every tensor of it shown in one figure (always spans 0)."""
+    out: dict[int, tuple[float, float]] = {}
+    for t, m in zip(tensors, mods):
+        if t.dim() != 2:
+            continue
+        lo, hi = float(t.min()), float(t.max())
+        plo, phi = out.get(m, (0.0, 0.0))
+        out[m] = (min(plo, lo), max(phi, hi))
+    return out
+
+
+def _render(x: Tensor, vrange: tuple[float, float] | None = None) -> np.ndarray:
+    """A batch as uint8 cells [B, h, w, 3]: images [B, C, H, W] (C = 1 or 3) or vectors [B, D]."""
+    x = x.detach().float().cpu()
+    if x.dim() == 2:
+        return _bars(x, vrange or (float(x.min()), float(x.max())))
+    if x.dim() == 3:  # [B, H, W]: one grey channel without its axis
+        x = x.unsqueeze(1)
+    if x.dim() != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"cannot show a modality of shape {tuple(x.shape[1:])} as an image or vector")
+    img = (x.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
+    if img.shape[1] == 1:
+        img = img.expand(-1, 3, -1, -1)
+    return img.permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def _bars(x: Tensor, vrange: tuple[float, float]) -> np.ndarray:
+    """Vectors [B, D] as bar plots [B, VECTOR_CELL_H, W, 3]: white bars from a grey zero line."""
+    B, D = x.shape
+    W, H = min(max(D, 32), 128), VECTOR_CELL_H
+    lo, hi = min(vrange[0], 0.0), max(vrange[1], 0.0)
+    span = hi - lo if hi > lo else 1.0
+    # Column c shows entry floor(c * D / W) (D <= W: bars W/D wide; D > W: a subsample).
+    idx = (np.arange(W) * D) // W
+    vals = x.numpy()[:, idx]  # [B, W]
+
+    def to_row(v: np.ndarray) -> np.ndarray:  # value -> pixel row, hi at the top
+        return (H - 1) - np.round((v - lo) / span * (H - 1)).astype(int)
+
+    zero, top = int(to_row(np.zeros(1))[0]), to_row(vals)  # scalar, [B, W]
+    rows = np.arange(H)[None, :, None]  # [1, H, 1]
+    a, b = np.minimum(top, zero)[:, None, :], np.maximum(top, zero)[:, None, :]  # [B, 1, W]
+    out = np.zeros((B, H, W, 3), np.uint8)
+    out[(rows >= a) & (rows <= b)] = 255
+    out[:, zero, :, :] = 128
+    return out
+
+
+def _cell_size(cell_sets: Sequence[np.ndarray]) -> tuple[int, int]:
+    return max(c.shape[1] for c in cell_sets), max(c.shape[2] for c in cell_sets)
+
+
+def _grid(cells: np.ndarray, ncol: int, cell_hw: tuple[int, int]) -> np.ndarray:
+    """Cells [N, h, w, 3] row-major into a grid of ``ncol`` columns of cell size ``cell_hw``
+    (smaller cells centred on black), PAD-wide separators around every cell -> [H, W, 3]."""
+    N = cells.shape[0]
+    h, w = cell_hw
+    nrow = math.ceil(N / ncol)
+    out = np.full((PAD + nrow * (h + PAD), PAD + ncol * (w + PAD), 3), SEPARATOR, np.uint8)
+    ch, cw = cells.shape[1:3]
+    oy, ox = (h - ch) // 2, (w - cw) // 2
+    for i in range(N):
+        r, c = divmod(i, ncol)
+        y, x = PAD + r * (h + PAD), PAD + c * (w + PAD)
+        out[y:y + h, x:x + w] = 0
+        out[y + oy:y + oy + ch, x + ox:x + ox + cw] = cells[i]
+    return out
+
+
+def _rows_image(rows: Sequence[Tensor], mods: Sequence[int], ranges: dict[int, tuple[float, float]],
+                cell_hw: tuple[int, int] | None = None) -> np.ndarray:
+    """Rows of n cells each (row i shows modality mods[i]) on one cell size -> [H, W, 3]."""
+    rendered = [_render(r, ranges.get(m)) for r, m in zip(rows, mods)]
+    cell_hw = cell_hw or _cell_size(rendered)
+    return np.concatenate(
+        [_grid(c, c.shape[0], cell_hw)[: (None if i == len(rendered) - 1 else -PAD)]
+         for i, c in enumerate(rendered)]
+    )  # each row's bottom separator is the next row's top one
+
+
+def _hstack(panels: Sequence[np.ndarray]) -> np.ndarray:
+    """Panels side by side, top-aligned, GAP apart; shorter ones are filled with SEPARATOR."""
+    H = max(p.shape[0] for p in panels)
+    parts = []
+    for i, p in enumerate(panels):
+        if i:
+            parts.append(np.full((H, GAP, 3), SEPARATOR, np.uint8))
+        parts.append(np.pad(p, ((0, H - p.shape[0]), (0, 0), (0, 0)), constant_values=SEPARATOR))
+    return np.concatenate(parts, axis=1)
+
+
+def _vstack(blocks: Sequence[np.ndarray]) -> np.ndarray:
+    """Blocks top to bottom, left-aligned, GAP apart."""
+    W = max(b.shape[1] for b in blocks)
+    parts = []
+    for i, b in enumerate(blocks):
+        if i:
+            parts.append(np.full((GAP, W, 3), SEPARATOR, np.uint8))
+        parts.append(np.pad(b, ((0, 0), (0, W - b.shape[1]), (0, 0)), constant_values=SEPARATOR))
+    return np.concatenate(parts, axis=0)

@@ -1,0 +1,507 @@
+"""MLflow tracking for training jobs: one run per job, logged from rank 0 only.
+
+The only module that imports mlflow. Everything goes through an ``mlflow.MlflowClient`` bound to
+an explicit tracking URI and an explicit run id — never the fluent API's process-global
+active-run stack — so a run can be resumed by id from a fresh process (a restarted Ray worker)
+and child runs of a sweep can be open at the same time as their parent.
+
+Defaults: tracking URI = env ``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<cwd>/mlflow.db``;
+for a sqlite store the artifacts go to ``file://<directory of the db>/mlartifacts`` (so the
+default is ``<cwd>/mlartifacts``); for a tracking server the server's default artifact root.
+
+Choices:
+- Params are the resolved config flattened to dotted keys (``model.latent_dim``), values as
+  strings (lists/tuples as JSON). Keys that look like credentials are never logged (a key path
+  component equal to ``key`` or ending in ``_key``, or containing ``storage_options``, ``secret``,
+  ``password``, ``passwd``, ``token``, ``credential``), and ``user:password@`` in URLs is
+  redacted. The same filter applies to the config stored with the model and as ``config.yaml``.
+- Non-finite metric values are dropped (MLflow stores them, but its charts and ``max``/``min``
+  comparisons break on them); each dropped value is counted and the running total for the run
+  is logged as the metric ``nonfinite_metrics`` at the step where it changed (it continues
+  across a resume). Skipping a non-finite *training step* is the trainer's job.
+- Resuming (``start(run_id=...)``) reopens the run as RUNNING. Params already present keep their
+  values (MLflow forbids changing a param); new keys are added; keys whose value changed are
+  listed in the artifact ``resume/params_changed_<n>.json`` and the tag ``resume_count`` counts
+  resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import shlex
+import tempfile
+import time
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+import mlflow
+import numpy as np
+import torch
+import yaml
+from mlflow.entities import Metric, Param, RunTag, ViewType
+from mlflow.exceptions import MlflowException
+from torch import nn
+
+from .eval.images import save_png
+
+DEFAULT_EXPERIMENT = "mvae-dist"
+#: artifact file listing every checkpoint URI the run reported
+CHECKPOINTS_FILE = "checkpoints.json"
+#: metric holding the running count of dropped non-finite metric values
+NONFINITE_METRIC = "nonfinite_metrics"
+
+_MAX_PARAM_LEN = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
+_PARAMS_PER_BATCH = 100
+_METRICS_PER_BATCH = 1000
+_SENSITIVE_PARTS = ("storage_options", "secret", "password", "passwd", "token", "credential",
+                    "access_key", "api_key", "apikey", "private_key", "session_key")
+_URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+
+Status = Literal["FINISHED", "FAILED", "KILLED"]
+
+
+# ------------------------------------------------------------------------------ defaults
+def default_tracking_uri() -> str:
+    """env MLFLOW_TRACKING_URI if set, else ``sqlite:///<abs cwd>/mlflow.db``."""
+    env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    return env or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+
+
+def default_artifact_root(tracking_uri: str) -> str | None:
+    """Where new experiments keep artifacts: next to a sqlite db (``file://<db dir>/mlartifacts``);
+    None (the server's / store's own default) for any other store."""
+    db = _sqlite_path(tracking_uri)
+    if db is None:
+        return None
+    return (db.parent / "mlartifacts").as_uri()
+
+
+def ui_command(tracking_uri: str | None = None, port: int = 5000) -> str:
+    """The shell command that opens the MLflow UI on the runs of ``tracking_uri``.
+
+    sqlite store: ``mlflow ui --backend-store-uri sqlite:////abs/mlflow.db --default-artifact-root
+    file:///abs/mlartifacts --port 5000``; a tracking server: open its URL in a browser.
+    """
+    uri = tracking_uri or default_tracking_uri()
+    if urlparse(uri).scheme in ("http", "https"):
+        return f"python -m webbrowser -t {shlex.quote(uri)}"
+    cmd = ["mlflow", "ui", "--backend-store-uri", uri]
+    root = default_artifact_root(uri)
+    if root:
+        cmd += ["--default-artifact-root", root]
+    cmd += ["--port", str(port)]
+    return " ".join(shlex.quote(c) for c in cmd)
+
+
+# -------------------------------------------------------------------- config -> params
+def is_sensitive_key(key: str) -> bool:
+    """True if a config key (one path component) looks like a credential."""
+    k = key.lower().replace("-", "_")
+    return k == "key" or k.endswith("_key") or any(s in k for s in _SENSITIVE_PARTS)
+
+
+def redact_text(value: str) -> str:
+    """Remove ``user:password@`` from every URL in ``value``."""
+    return _URL_USERINFO.sub(r"\g<scheme>***@", value)
+
+
+def redact_config(config: Any) -> Any:
+    """A plain (dict/list/scalar) copy of a config mapping or dataclass without credential keys,
+    URL passwords redacted."""
+    config = _plain(config)
+    if isinstance(config, dict):
+        return {str(k): redact_config(v) for k, v in config.items() if not is_sensitive_key(str(k))}
+    if isinstance(config, list):
+        return [redact_config(v) for v in config]
+    if isinstance(config, str):
+        return redact_text(config)
+    return config
+
+
+def flatten_params(config: Any, prefix: str = "") -> dict[str, str]:
+    """Nested config (mapping or dataclass) -> {dotted key: string value}, credentials removed.
+
+    Lists and tuples become JSON (``["mnist", "svhn"]``); None becomes ``None``; an empty
+    mapping becomes ``{}``. Values longer than MLflow's limit are truncated with ``...``.
+    """
+    out: dict[str, str] = {}
+    config = redact_config(config)
+    if not isinstance(config, dict):
+        raise TypeError(f"params must be a mapping or a dataclass, got {type(config).__name__}")
+
+    def walk(node: dict, pre: str) -> None:
+        for k, v in node.items():
+            key = f"{pre}{k}"
+            if isinstance(v, dict) and v:
+                walk(v, key + ".")
+            else:
+                out[key] = _param_value(v)
+
+    walk(config, prefix)
+    return out
+
+
+def _plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        obj = dataclasses.asdict(obj)
+    if isinstance(obj, Mapping):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def _param_value(v: Any) -> str:
+    if isinstance(v, dict):
+        s = "{}"
+    elif isinstance(v, list):
+        s = json.dumps(v, default=str)
+    else:
+        s = str(v)
+    if len(s) > _MAX_PARAM_LEN:
+        s = s[: _MAX_PARAM_LEN - 3] + "..."
+    return s
+
+
+# ----------------------------------------------------------------------------- records
+@dataclass(frozen=True)
+class RunRecord:
+    """What ``find_runs`` returns for one run (last metric values; params and tags as strings)."""
+
+    run_id: str
+    run_name: str
+    status: str
+    experiment_id: str
+    start_time: int | None
+    end_time: int | None
+    artifact_uri: str
+    params: dict[str, str]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+
+    @property
+    def parent_run_id(self) -> str | None:
+        return self.tags.get("mlflow.parentRunId")
+
+
+def find_runs(experiment: str = DEFAULT_EXPERIMENT, filter_string: str = "",
+              tracking_uri: str | None = None, order_by: list[str] | None = None,
+              max_results: int = 1000) -> list[RunRecord]:
+    """Runs of ``experiment`` (by name) matching an MLflow ``filter_string`` (e.g.
+    ``"tags.mlflow.parentRunId = '<id>'"`` or ``"params.model.name = 'mmvae'"``), newest first.
+    An unknown experiment gives []."""
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri or default_tracking_uri())
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    runs = client.search_runs([exp.experiment_id], filter_string=filter_string,
+                              run_view_type=ViewType.ACTIVE_ONLY, max_results=max_results,
+                              order_by=order_by or ["attributes.start_time DESC"])
+    return [_record(r) for r in runs]
+
+
+def _record(r: Any) -> RunRecord:
+    i = r.info
+    return RunRecord(i.run_id, i.run_name, i.status, i.experiment_id, i.start_time, i.end_time,
+                     i.artifact_uri, dict(r.data.params), dict(r.data.metrics), dict(r.data.tags))
+
+
+# ----------------------------------------------------------------------------- tracker
+class Tracker:
+    """One MLflow run of a training job, used from rank 0 only.
+
+    Args:
+        tracking_uri: MLflow tracking URI (``sqlite:////abs/mlflow.db``, ``http://host:5000``);
+            None: ``default_tracking_uri()``.
+        experiment: experiment name; created on first use (with ``artifact_root``).
+        artifact_root: artifact location of a NEW experiment; None: ``default_artifact_root``.
+            An existing experiment keeps its own location.
+
+    ``with Tracker(...) as t: t.start(...); ...`` ends the run FINISHED, or FAILED on an
+    exception (KILLED on KeyboardInterrupt).
+    """
+
+    def __init__(self, tracking_uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT,
+                 artifact_root: str | None = None) -> None:
+        self.tracking_uri = tracking_uri or default_tracking_uri()
+        self.experiment = experiment
+        self.artifact_root = artifact_root or default_artifact_root(self.tracking_uri)
+        db = _sqlite_path(self.tracking_uri)
+        if db is not None:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        self.client = mlflow.MlflowClient(tracking_uri=self.tracking_uri)
+        self.experiment_id = self._experiment_id()
+        self.run_id: str | None = None
+        self._checkpoints: list[dict[str, Any]] | None = None
+        self._nonfinite = 0
+
+    # ----------------------------------------------------------------- run lifecycle
+    def start(self, run_name: str | None, params: Any = None, tags: Mapping[str, Any] | None = None,
+              parent_run_id: str | None = None, run_id: str | None = None) -> str:
+        """Open a run and log ``params`` (nested config) -> its run id.
+
+        run_id: resume that run (e.g. after a Ray worker restart): it is set RUNNING again and
+        metrics, checkpoints and artifacts continue in it. parent_run_id: make a child run of
+        a sweep / experiment (tag ``mlflow.parentRunId``). Also logs the redacted config as the
+        artifact ``config.yaml`` for a new run.
+        """
+        if self.run_id is not None:
+            raise RuntimeError(f"this tracker already has run {self.run_id} open; end() it first")
+        flat = flatten_params(params or {})
+        tag_map = {str(k): redact_text(str(v)) for k, v in (tags or {}).items()}
+        if run_id is not None:
+            self._resume(run_id, run_name, flat, tag_map, parent_run_id)
+            return run_id
+        if parent_run_id is not None:
+            self.client.get_run(parent_run_id)  # fail early, naming a missing parent
+            tag_map["mlflow.parentRunId"] = parent_run_id
+        tag_map.setdefault("mlflow.user", _user())
+        run = self.client.create_run(self.experiment_id, tags=tag_map, run_name=run_name)
+        self.run_id = run.info.run_id
+        self._checkpoints, self._nonfinite = [], 0
+        self._log_params(flat)
+        if params:
+            self.client.log_dict(self.run_id, redact_config(params), "config.yaml")
+        return self.run_id
+
+    def _resume(self, run_id: str, run_name: str | None, flat: dict[str, str], tags: dict[str, str],
+                parent_run_id: str | None) -> None:
+        run = self.client.get_run(run_id)  # raises MlflowException for an unknown id
+        have_parent = run.data.tags.get("mlflow.parentRunId")
+        if parent_run_id is not None and have_parent != parent_run_id:
+            raise ValueError(f"run {run_id} has parent {have_parent!r}, not {parent_run_id!r}")
+        self.run_id = run_id
+        self.experiment_id = run.info.experiment_id
+        self._checkpoints = None  # read back lazily from the run's artifacts
+        self._nonfinite = int(run.data.metrics.get(NONFINITE_METRIC, 0))
+        self.client.update_run(run_id, status="RUNNING", name=run_name or None)
+        old = run.data.params
+        changed = {k: {"logged": old[k], "now": v} for k, v in flat.items() if k in old and old[k] != v}
+        self._log_params({k: v for k, v in flat.items() if k not in old})
+        count = int(run.data.tags.get("resume_count", "0")) + 1
+        tags = {**tags, "resume_count": str(count)}
+        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        if changed:
+            warnings.warn(f"resumed run {run_id}: params keep their first values; changed: "
+                          f"{', '.join(sorted(changed))}", stacklevel=3)
+            self.client.log_dict(run_id, changed, f"resume/params_changed_{count}.json")
+
+    def end(self, status: Status = "FINISHED") -> None:
+        """Close the run with ``status``; a no-op when no run is open."""
+        if status not in ("FINISHED", "FAILED", "KILLED"):
+            raise ValueError(f"status must be FINISHED, FAILED or KILLED, got {status!r}")
+        if self.run_id is None:
+            return
+        self.client.set_terminated(self.run_id, status=status)
+        self.run_id = None
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if exc_type is None:
+            self.end("FINISHED")
+        elif issubclass(exc_type, KeyboardInterrupt):
+            self.end("KILLED")
+        else:
+            self.end("FAILED")
+
+    # ------------------------------------------------------------------------ logging
+    def log_params(self, params: Any) -> None:
+        """Log more params (flattened and filtered like ``start``'s); new keys only may differ."""
+        self._log_params(flatten_params(params))
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int) -> int:
+        """Log numeric metrics (Python / numpy numbers, 0-d tensors) at ``step`` -> how many
+        non-finite values were dropped (see the module docstring)."""
+        run_id = self._need_run()
+        ts = int(time.time() * 1000)
+        batch, dropped = [], 0
+        for k, v in metrics.items():
+            x = _to_float(k, v)
+            if math.isfinite(x):
+                batch.append(Metric(str(k), x, ts, int(step)))
+            else:
+                dropped += 1
+        if dropped:
+            self._nonfinite += dropped
+            batch.append(Metric(NONFINITE_METRIC, float(self._nonfinite), ts, int(step)))
+        for i in range(0, len(batch), _METRICS_PER_BATCH):
+            self.client.log_batch(run_id, metrics=batch[i:i + _METRICS_PER_BATCH])
+        return dropped
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        run_id = self._need_run()
+        self.client.log_batch(run_id, tags=[RunTag(str(k), redact_text(str(v))) for k, v in tags.items()])
+
+    def log_image(self, img: Any, artifact_path: str) -> str:
+        """Log a uint8 [H, W, 3] array or PIL image as the PNG ``artifact_path`` (e.g.
+        ``images/step_000100/cross_generation.png``) -> the artifact path."""
+        run_id = self._need_run()
+        artifact_dir, name = _split_artifact_path(artifact_path, ".png")
+        with tempfile.TemporaryDirectory() as tmp:
+            local = save_png(img, Path(tmp) / name)
+            self.client.log_artifact(run_id, str(local), artifact_path=artifact_dir)
+        return f"{artifact_dir}/{name}" if artifact_dir else name
+
+    def log_dict(self, d: Any, artifact_path: str) -> None:
+        """Log a dict (or dataclass) as JSON, or YAML when the path ends in .yaml / .yml."""
+        self.client.log_dict(self._need_run(), _plain(d), artifact_path)
+
+    def log_text(self, text: str, artifact_path: str) -> None:
+        self.client.log_text(self._need_run(), text, artifact_path)
+
+    def log_checkpoint_uri(self, uri: str, step: int) -> None:
+        """Append {step, uri, time} to the artifact ``checkpoints.json`` and set the tags
+        ``last_checkpoint`` / ``last_checkpoint_step``. Accumulates across resumes; logging the
+        same (step, uri) twice keeps one entry."""
+        run_id = self._need_run()
+        uri = redact_text(str(uri))
+        entries = self._load_checkpoints()
+        if not any(e["step"] == int(step) and e["uri"] == uri for e in entries):
+            entries.append({"step": int(step), "uri": uri, "time": time.time()})
+        self.client.log_dict(run_id, {"checkpoints": entries}, CHECKPOINTS_FILE)
+        self.client.log_batch(run_id, tags=[RunTag("last_checkpoint", uri),
+                                            RunTag("last_checkpoint_step", str(int(step)))])
+
+    def checkpoints(self) -> list[dict[str, Any]]:
+        """The checkpoint entries logged to the open run so far (oldest first)."""
+        self._need_run()
+        return list(self._load_checkpoints())
+
+    def log_model(self, model: nn.Module, config: Any, artifact_path: str = "model") -> None:
+        """Log ``artifact_path/`` = ``state_dict.pt`` (CPU tensors, ``torch.save``) +
+        ``config.yaml`` (the redacted resolved config). A DDP-wrapped model is unwrapped.
+        ``load_logged_model`` rebuilds it. ``config`` is the whole resolved config (with a
+        ``model`` section) or the model section itself."""
+        run_id = self._need_run()
+        model = getattr(model, "module", model)
+        with tempfile.TemporaryDirectory() as tmp:
+            d = Path(tmp) / "model"
+            d.mkdir()
+            state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+            torch.save(state, d / "state_dict.pt")
+            (d / "config.yaml").write_text(yaml.safe_dump(redact_config(config), sort_keys=False))
+            self.client.log_artifacts(run_id, str(d), artifact_path=artifact_path)
+
+    # ------------------------------------------------------------------------ helpers
+    def _need_run(self) -> str:
+        if self.run_id is None:
+            raise RuntimeError("no MLflow run is open: call Tracker.start() first")
+        return self.run_id
+
+    def _experiment_id(self) -> str:
+        exp = self.client.get_experiment_by_name(self.experiment)
+        if exp is None:
+            try:
+                return self.client.create_experiment(self.experiment, artifact_location=self.artifact_root)
+            except MlflowException:  # another process created it in the meantime
+                exp = self.client.get_experiment_by_name(self.experiment)
+                if exp is None:
+                    raise
+        if exp.lifecycle_stage == "deleted":
+            self.client.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+
+    def _log_params(self, flat: dict[str, str]) -> None:
+        items = [Param(k, v) for k, v in flat.items()]
+        for i in range(0, len(items), _PARAMS_PER_BATCH):
+            self.client.log_batch(self._need_run(), params=items[i:i + _PARAMS_PER_BATCH])
+
+    def _load_checkpoints(self) -> list[dict[str, Any]]:
+        if self._checkpoints is None:
+            self._checkpoints = []
+            with tempfile.TemporaryDirectory() as tmp:
+                try:
+                    local = self.client.download_artifacts(self._need_run(), CHECKPOINTS_FILE, tmp)
+                except (MlflowException, OSError):
+                    local = None  # no checkpoint logged yet
+                if local and Path(local).is_file():
+                    self._checkpoints = list(json.loads(Path(local).read_text())["checkpoints"])
+        return self._checkpoints
+
+
+class NullTracker:
+    """Tracker stand-in for ranks other than 0 and runs without tracking: every call is a no-op."""
+
+    run_id: str | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
+
+    def __enter__(self) -> NullTracker:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+def load_logged_model(run_id: str, tracking_uri: str | None = None,
+                      artifact_path: str = "model") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model ``Tracker.log_model`` logged to ``run_id`` -> (model in eval mode, config)."""
+    from .models import build_model
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri or default_tracking_uri())
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(client.download_artifacts(run_id, artifact_path, tmp))
+        config = yaml.safe_load((local / "config.yaml").read_text()) or {}
+        state = torch.load(local / "state_dict.pt", map_location="cpu", weights_only=True)
+    model_cfg = config.get("model", config) if isinstance(config, dict) else config
+    model = build_model(model_cfg)
+    model.load_state_dict(state)
+    return model.eval(), config
+
+
+# ------------------------------------------------------------------------- small helpers
+def _sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///"):]).resolve()
+
+
+def _split_artifact_path(path: str, suffix: str) -> tuple[str | None, str]:
+    path = path.strip("/")
+    head, _, name = path.rpartition("/")
+    if not name:
+        raise ValueError(f"artifact path must name a file, got {path!r}")
+    if not name.lower().endswith(suffix):
+        name += suffix
+    return (head or None), name
+
+
+def _to_float(key: Any, v: Any) -> float:
+    if isinstance(v, torch.Tensor):
+        if v.numel() != 1:
+            raise TypeError(f"metric {key!r} must be a number, got a tensor of shape {tuple(v.shape)}")
+        v = v.item()
+    if isinstance(v, (bool, str)) or not isinstance(v, (int, float, np.number)):
+        raise TypeError(f"metric {key!r} must be a number, got {v!r}")
+    return float(v)
+
+
+def _user() -> str:
+    try:
+        import getpass
+
+        return getpass.getuser()
+    except Exception:  # no user name in some containers
+        return "unknown"
+
+
+__all__ = [
+    "CHECKPOINTS_FILE", "DEFAULT_EXPERIMENT", "NONFINITE_METRIC", "NullTracker", "RunRecord",
+    "Tracker", "default_artifact_root", "default_tracking_uri", "find_runs", "flatten_params",
+    "is_sensitive_key", "load_logged_model", "redact_config", "redact_text", "ui_command",
+]
