@@ -177,8 +177,17 @@ def run(args: argparse.Namespace) -> int:
     raise MvaeDistError(f"unknown command {args.command!r}")
 
 
+def _quiet_libraries() -> None:
+    """Keep library chatter (MLflow's database migrations, ...) off the user's terminal."""
+    import logging
+
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI in-process; returns the exit code (tests call this)."""
+    _quiet_libraries()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -67,7 +67,7 @@ def fit(cfg: TrainConfig, *, resume: bool = False, debug_dir: str | None = None,
     run_id = None
     if resume:
         runs = find_runs(cfg.tracking.experiment, f"tags.ray_run_path = '{run_path}'", tracking_uri=uri)
-        run_id = runs[0].info.run_id if runs else None
+        run_id = runs[0].run_id if runs else None
     run_id = tracker.start(cfg.tracking.run_name or cfg.train.name, params=cfg.to_dict(),
                            tags={"ray_run_path": run_path, "model": cfg.model.name,
                                  "objective": cfg.objective.name}, run_id=run_id)

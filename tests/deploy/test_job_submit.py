@@ -1,0 +1,312 @@
+"""`ray start --head` on this machine, `ray job submit` of a small Ray Train job, then stop.
+
+The path users take on a cluster (deploy/README.md): a head node started with the `ray` CLI, a job
+submitted through the dashboard's job API with a working directory and a runtime environment that
+carries MLFLOW_TRACKING_URI, Train workers on that cluster, the run logged to MLflow by rank 0.
+
+Isolation: `ray stop` stops EVERY Ray process on the machine (including clusters that other tests,
+or other people, are using), so this test never calls it. Instead the head runs as
+`ray start --head --block` in a session of its own, with its own --temp-dir (so `ray.init()`
+elsewhere never discovers it through /tmp/ray/ray_current_cluster) and free ports for everything
+that would otherwise take a fixed default (GCS 6379, dashboard 8265, client server 10001,
+dashboard agent 52365). Stopping it = SIGTERM to that `ray start --block` process, which shuts down
+the processes it started (what `ray stop` would do, for this cluster only); anything of ours still
+alive after that (found by session id or by our temp dir in its command line) is SIGKILLed, and
+the fixture fails if something survives. It is therefore safe next to other Ray tests.
+
+The job is a parameter (`JOB_CASES`): today a tiny TorchTrainer script (2 CPU workers, one
+all_reduce over gloo, `ray.train.report`, an MLflow run from rank 0). Once `mvae-dist train` exists,
+add a case such as
+    JobCase("mvae-dist-train", working_dir=REPO_ROOT,
+            entrypoint=["mvae-dist", "train", "--config", "configs/embedded/ci-mmvae.yaml"],
+            markers=[...], mlflow_experiment=...)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+RAY = str(BIN / "ray")
+
+MARKER = "MVAE_DEPLOY_JOB_OK"
+EXPERIMENT = "deploy-job-submit-test"
+
+# The job's driver script: a 2-worker TorchTrainer on CPU. Each worker checks one all_reduce over
+# the process group Ray Train set up; rank 0 logs an MLflow run to MLFLOW_TRACKING_URI (given to
+# the job through its runtime environment, as on a real cluster).
+TRAIN_SCRIPT = f'''
+import os
+
+import ray
+import torch
+import torch.distributed as dist
+from ray.train import RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+
+def train_fn(config):
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    t = torch.tensor([float(rank + 1)])
+    dist.all_reduce(t)
+    assert t.item() == world * (world + 1) / 2, (rank, world, t.item())
+    if rank == 0 and os.environ.get("MLFLOW_TRACKING_URI"):
+        import mlflow
+
+        mlflow.set_experiment(config["experiment"])
+        with mlflow.start_run(run_name=config["run_name"]):
+            mlflow.log_param("world_size", world)
+            mlflow.log_metric("all_reduce_sum", t.item())
+    ray.train.report({{"ok": 1, "all_reduce_sum": t.item()}})
+
+
+if __name__ == "__main__":
+    trainer = TorchTrainer(
+        train_fn,
+        train_loop_config={{
+            "experiment": os.environ["JOB_EXPERIMENT"],
+            "run_name": os.environ["JOB_RUN_NAME"],
+        }},
+        scaling_config=ScalingConfig(num_workers=2, use_gpu=False),
+        run_config=RunConfig(name=os.environ["JOB_RUN_NAME"], storage_path=os.environ["JOB_STORAGE"]),
+    )
+    result = trainer.fit()
+    assert result.error is None, result.error
+    print("{MARKER}", "world_size=2", flush=True)
+'''
+
+
+@dataclass
+class JobCase:
+    """One job to submit: what to upload, what to run, what must show up afterwards."""
+
+    name: str
+    working_dir: Path | None  # None: a temp dir holding TRAIN_SCRIPT as train_job.py
+    entrypoint: list[str]
+    markers: list[str]  # each must appear in `ray job logs`
+    mlflow_experiment: str | None = None  # if set: a FINISHED run must exist in this experiment
+    env_vars: dict[str, str] = field(default_factory=dict)
+
+
+JOB_CASES = [
+    JobCase(
+        "torch-trainer-allreduce",
+        working_dir=None,
+        entrypoint=["python", "train_job.py"],
+        markers=[MARKER],
+        mlflow_experiment=EXPERIMENT,
+        env_vars={"JOB_EXPERIMENT": EXPERIMENT},
+    ),
+]
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _ray_env() -> dict[str, str]:
+    env = os.environ.copy()
+    env.pop("RAY_ADDRESS", None)  # never fall through to some other cluster
+    env["RAY_AUTH_MODE"] = "disabled"  # see RUNTIME_NOTES: the plain CLI has no token otherwise
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"  # `ray`, `python`, `mvae-dist` of this venv
+    return env
+
+
+def _our_processes(session_id: int, temp_dir: str) -> list[int]:
+    """PIDs of our head's live processes: in its session, or naming our temp dir on their command
+    line (Linux /proc; psutil is not a dependency here)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        pid = int(entry)
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+            in_session = os.getsid(pid) == session_id
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if state == b"Z":
+            continue  # zombie: already dead, waiting for its parent
+        if in_session or temp_dir in cmdline:
+            found.append(pid)
+    return found
+
+
+def _stop_head(proc: subprocess.Popen, temp_dir: str) -> None:
+    """Stop only this head: SIGTERM to `ray start --block` (it tears down what it started), then
+    SIGKILL whatever of ours is left. Raises if anything survives."""
+    t0 = time.monotonic()
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while (left := _our_processes(proc.pid, temp_dir)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 10
+    while (survivors := _our_processes(proc.pid, temp_dir)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not survivors, f"processes of the test's Ray head survived SIGKILL: {survivors}"
+    print(f"test Ray head stopped in {time.monotonic() - t0:.1f} s; SIGKILLed leftovers: {left}")
+
+
+def _wait_for_dashboard(url: str, proc: subprocess.Popen, log_path: Path, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"ray start exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/api/version", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except urllib.error.HTTPError as e:
+            if e.code in (401, 403):  # up, but token authentication is on
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"dashboard at {url} not up after {timeout} s:\n{log_path.read_text()[-4000:]}")
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """A Ray head started with the CLI; yields its job-API address (http://127.0.0.1:PORT)."""
+    if shutil.which("ray", path=str(BIN)) is None:
+        pytest.skip("the ray CLI is not installed in this environment")
+    # Short path: Ray's unix sockets live under the temp dir (107-byte limit on socket paths).
+    temp_dir = tempfile.mkdtemp(prefix="rjt", dir="/tmp")
+    gcs, dash, client, agent_http, agent_grpc, metrics, rt_env = _free_ports(7)
+    log_path = Path(temp_dir) / "ray-start.log"
+    cmd = [
+        RAY, "start", "--head", "--block",
+        "--num-cpus", "2",
+        "--disable-usage-stats",
+        "--temp-dir", temp_dir,
+        "--port", str(gcs),
+        "--include-dashboard", "true",
+        "--dashboard-host", "127.0.0.1",
+        "--dashboard-port", str(dash),
+        "--ray-client-server-port", str(client),
+        "--dashboard-agent-listen-port", str(agent_http),
+        "--dashboard-agent-grpc-port", str(agent_grpc),
+        "--metrics-export-port", str(metrics),
+        "--runtime-env-agent-port", str(rt_env),
+    ]  # fmt: skip
+    # No drain on SIGTERM: it waits up to 30 s for Serve-style consumers this test does not have.
+    env = {**_ray_env(), "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{dash}"
+    try:
+        _wait_for_dashboard(url, proc, log_path)
+        yield {"address": url, "temp_dir": temp_dir}
+    finally:
+        try:
+            _stop_head(proc, temp_dir)
+        finally:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _ray_job(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [RAY, "job", *args], env=_ray_env(), capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.mark.parametrize("case", JOB_CASES, ids=lambda c: c.name)
+def test_ray_job_submit_succeeds(ray_head, case: JobCase, tmp_path):
+    address = ray_head["address"]
+    if case.working_dir is None:
+        work = tmp_path / "job"
+        work.mkdir()
+        (work / "train_job.py").write_text(TRAIN_SCRIPT)
+    else:
+        work = case.working_dir
+
+    run_name = f"job-{uuid.uuid4().hex[:8]}"
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env_vars = {
+        "JOB_RUN_NAME": run_name,
+        "JOB_STORAGE": str(tmp_path / "ray_results"),
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",  # faster report round trips (RUNTIME_NOTES)
+        **case.env_vars,
+    }
+    submission_id = f"mvae-test-{uuid.uuid4().hex[:10]}"
+    t0 = time.monotonic()
+    submit = _ray_job(
+        "submit",
+        "--address", address,
+        "--submission-id", submission_id,
+        "--working-dir", str(work),
+        "--runtime-env-json", json.dumps({"env_vars": env_vars}),
+        "--", *case.entrypoint,
+    )  # fmt: skip
+    elapsed = time.monotonic() - t0
+
+    # The exact status from the job REST API the CLI talks to (`ray job status` prints prose).
+    with urllib.request.urlopen(f"{address}/api/jobs/{submission_id}", timeout=30) as r:
+        job = json.load(r)
+    logs = _ray_job("logs", "--address", address, submission_id, timeout=60)
+    detail = (
+        f"submit rc={submit.returncode} ({elapsed:.0f} s)\n{submit.stdout[-3000:]}\n{submit.stderr[-3000:]}\n"
+        f"job: {job.get('status')} {job.get('message')}\nlogs:\n{logs.stdout[-4000:]}"
+    )
+    assert submit.returncode == 0, detail
+    assert job["status"] == "SUCCEEDED", detail
+    assert job["entrypoint"] == " ".join(case.entrypoint), detail
+    for marker in case.markers:
+        assert marker in logs.stdout, detail
+
+    if case.mlflow_experiment:
+        import mlflow
+
+        client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+        exp = client.get_experiment_by_name(case.mlflow_experiment)
+        assert exp is not None, f"no MLflow experiment {case.mlflow_experiment!r} at {tracking_uri}"
+        runs = client.search_runs([exp.experiment_id], filter_string=f"attributes.run_name = '{run_name}'")
+        assert len(runs) == 1, runs
+        assert runs[0].info.status == "FINISHED"
+        if case.name == "torch-trainer-allreduce":
+            assert runs[0].data.metrics["all_reduce_sum"] == 3.0
+            assert runs[0].data.params["world_size"] == "2"

@@ -1,0 +1,112 @@
+"""Training on a real local Ray cluster: end to end, worker failure and resume, --resume, NaNs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from mvae_dist.cli import main
+from mvae_dist.config import load_train_config
+
+pytestmark = pytest.mark.slow
+TINY = str(Path(__file__).parents[2] / "configs" / "embedded" / "tiny.yaml")
+
+
+def _cfg(tmp_path, tiny_data, *extra, tracking_uri=None):
+    uri = tracking_uri or f"sqlite:///{tmp_path}/mlflow.db"
+    return load_train_config(TINY, [f"data.url={tiny_data}", f"train.storage_path={tmp_path}/runs",
+                                    f"tracking.tracking_uri={uri}", *extra])
+
+
+def _client(uri):
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=uri)
+
+
+def test_train_end_to_end_checkpoints_and_mlflow(ray_cluster, tiny_data, tmp_path):
+    from mvae_dist.train.checkpoint import read_config
+    from mvae_dist.train.driver import fit
+
+    cfg = _cfg(tmp_path, tiny_data)
+    res = fit(cfg)
+    assert res.metrics["step"] == 6 and res.metrics["nonfinite_steps"] == 0
+    assert res.checkpoint and (Path(res.checkpoint) / "state.pt").exists()
+    assert read_config(res.checkpoint)["objective"]["gamma"] == 2.0
+    run = _client(res.tracking_uri).get_run(res.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["objective.N"] == "2" and run.data.params["model.name"] == "mmvae"
+    history = _client(res.tracking_uri).get_metric_history(res.run_id, "loss")
+    assert [m.step for m in history] == [2, 4, 6]
+    assert "test_log_joint" in run.data.metrics and "pairs_per_s" in run.data.metrics
+    arts = {a.path for a in _client(res.tracking_uri).list_artifacts(res.run_id, "images")}
+    assert any(p.endswith(".png") and "cross" in p for p in arts)
+    assert {a.path for a in _client(res.tracking_uri).list_artifacts(res.run_id)} >= {"model"}
+
+    # the same name again without --resume is refused: nothing is overwritten
+    with pytest.raises(Exception, match="already exists"):
+        fit(cfg)
+
+
+def test_killed_worker_resumes_from_checkpoint(ray_cluster, tiny_data, tmp_path, mlflow_server):
+    from mvae_dist.train.driver import fit
+
+    cfg = _cfg(tmp_path, tiny_data, "train.max_steps=24", "train.checkpoint_every=4",
+               "train.name=killed", "train.max_failures=1", "train.eval_every=0",
+               tracking_uri=mlflow_server)
+    debug = tmp_path / "debug"
+    killed: dict = {}
+
+    def killer():
+        deadline = time.time() + 300
+        while time.time() < deadline and not killed:
+            try:
+                info = json.loads((debug / "rank1.json").read_text())
+            except (OSError, ValueError):
+                time.sleep(0.2)
+                continue
+            if info["step"] >= 10 and info["resumed_from"] is None:
+                os.kill(info["pid"], signal.SIGKILL)
+                killed.update(info)
+            time.sleep(0.1)
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    res = fit(cfg, debug_dir=str(debug))
+    t.join(timeout=1)
+    assert killed, "the killer never saw rank 1 reach step 10"
+    assert res.metrics["step"] == 24
+    final = json.loads((debug / "rank0.json").read_text())
+    # resumed from a registered checkpoint (4 or 8; never from zero), then ran to the end
+    assert final["resumed_from"] in (4, 8) and final["step"] == 24
+    run = _client(mlflow_server).get_run(res.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["resumed_from_step"] in (4, 8)
+
+
+def test_cli_resume_continues_a_stopped_run(ray_cluster, tiny_data, tmp_path, capsys):
+    args = ["--config", TINY, f"data.url={tiny_data}", f"train.storage_path={tmp_path}/runs",
+            f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db", "train.name=resumable",
+            "train.eval_every=0"]
+    assert main(["train", *args, "train.max_steps=3"]) == 0
+    out = capsys.readouterr().out
+    assert "'step': 3" in out and "mlflow ui" in out
+    assert main(["train", *args, "train.max_steps=6", "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "'step': 6" in out
+
+
+def test_nonfinite_losses_stop_the_run_with_a_clear_error(ray_cluster, tiny_data, tmp_path, capsys):
+    args = ["--config", TINY, f"data.url={tiny_data}", f"train.storage_path={tmp_path}/runs",
+            f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db", "train.name=nan",
+            "optim.lr=1e12", "train.max_nonfinite=1", "train.max_steps=20", "train.eval_every=0",
+            "train.checkpoint_every=0"]
+    assert main(["train", *args]) == 1
+    errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("mvae-dist: error:")]
+    assert len(errors) == 1 and "non-finite losses (train.max_nonfinite = 1)" in errors[0], errors
