@@ -24,6 +24,10 @@ def _csv(choices: Sequence[str]):
     return parse
 
 
+def _int_list(text: str) -> list[int]:
+    return [_positive_int(t) for t in text.split(",") if t]
+
+
 def _positive_int(text: str) -> int:
     try:
         v = int(text)
@@ -90,6 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
     step.add_argument("--warmup", type=int, default=1)
     step.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     step.add_argument("--device", default="cpu")
+    btrain = bsub.add_parser("train", help="Ray Train throughput with 1, 2, ... workers")
+    btrain.add_argument("--data", required=True, help="URL of a prepared data set")
+    btrain.add_argument("--workers", type=_int_list, default=[1, 2], help="comma list (default 1,2)")
+    btrain.add_argument("--steps", type=_positive_int, default=20)
+    btrain.add_argument("--config", default=None,
+                        help="training config (default configs/embedded/mmvae-ci.yaml)")
+    btrain.add_argument("--threads", type=int, default=None, help="torch threads per worker")
+    btrain.add_argument("overrides", nargs="*", metavar="section.key=value")
     loader = bsub.add_parser("loader", help="pairs/s through the shard loader")
     loader.add_argument("--data", required=True, help="URL of a prepared data set (its prefix)")
     loader.add_argument("--split", default="train")
@@ -154,6 +166,12 @@ def run(args: argparse.Namespace) -> int:
         synth = manifest["synthetic"]
         synthetic = f" (synthetic modality: {', '.join(synth)})" if synth else ""
         print(f"wrote {args.out.rstrip('/')}/manifest.json: {counts}{synthetic}")
+        return 0
+    if args.command == "bench" and args.bench == "train":
+        from .bench import bench_train, print_json
+
+        bench_train(data=args.data, workers=args.workers, steps=args.steps, config=args.config,
+                    overrides=args.overrides, threads=args.threads, emit=print_json)
         return 0
     if args.command == "bench" and args.bench == "loader":
         from .bench import print_json

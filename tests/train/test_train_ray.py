@@ -110,3 +110,11 @@ def test_nonfinite_losses_stop_the_run_with_a_clear_error(ray_cluster, tiny_data
     assert main(["train", *args]) == 1
     errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("mvae-dist: error:")]
     assert len(errors) == 1 and "non-finite losses (train.max_nonfinite = 1)" in errors[0], errors
+
+
+def test_bench_train_reports_throughput(ray_cluster, tiny_data, capsys):
+    assert main(["bench", "train", "--data", tiny_data, "--workers", "2", "--steps", "4",
+                 "--config", TINY, "--threads", "1"]) == 0
+    rec = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rec["bench"] == "train" and rec["workers"] == 2 and rec["batch_size_per_worker"] == 16
+    assert rec["pairs_per_s"] > 0 and rec["s_per_step"] == pytest.approx(32 / rec["pairs_per_s"], rel=1e-3)
