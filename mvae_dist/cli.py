@@ -146,8 +146,9 @@ def run(args: argparse.Namespace) -> int:
         from .train.driver import fit
 
         result = fit(cfg, resume=args.resume, ray_address=args.address)
-        shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in result.metrics.items()
-                 if k in ("step", "epoch", "epoch_loss", "test_log_joint", "nonfinite_steps")}
+        m = result.metrics
+        shown = {k: round(m[k], 4) if isinstance(m[k], float) else m[k]
+                 for k in ("step", "epoch", "epoch_loss", "test_log_joint", "nonfinite_steps") if k in m}
         print(f"run {cfg.train.name} finished: {shown}")
         print(f"checkpoint: {result.checkpoint}")
         print(f"MLflow run {result.run_id} at {result.tracking_uri}; open the UI with:")

@@ -14,18 +14,17 @@ the processes it started (what `ray stop` would do, for this cluster only); anyt
 alive after that (found by session id or by our temp dir in its command line) is SIGKILLed, and
 the fixture fails if something survives. It is therefore safe next to other Ray tests.
 
-The job is a parameter (`JOB_CASES`): today a tiny TorchTrainer script (2 CPU workers, one
-all_reduce over gloo, `ray.train.report`, an MLflow run from rank 0). Once `mvae-dist train` exists,
-add a case such as
-    JobCase("mvae-dist-train", working_dir=REPO_ROOT,
-            entrypoint=["mvae-dist", "train", "--config", "configs/embedded/ci-mmvae.yaml"],
-            markers=[...], mlflow_experiment=...)
+The job is a parameter (`JOB_CASES`): a tiny TorchTrainer script (2 CPU workers, one all_reduce
+over gloo, `ray.train.report`, an MLflow run from rank 0), and the command users submit,
+`mvae-dist train --config tiny.yaml ...` on a tiny embedded data set prepared by the test: the
+job must SUCCEED and its MLflow run must exist and be FINISHED.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -105,6 +104,7 @@ class JobCase:
     markers: list[str]  # each must appear in `ray job logs`
     mlflow_experiment: str | None = None  # if set: a FINISHED run must exist in this experiment
     env_vars: dict[str, str] = field(default_factory=dict)
+    needs_data: bool = False  # if set: a tiny embedded data set is prepared, its path in $JOB_DATA
 
 
 JOB_CASES = [
@@ -115,6 +115,17 @@ JOB_CASES = [
         markers=[MARKER],
         mlflow_experiment=EXPERIMENT,
         env_vars={"JOB_EXPERIMENT": EXPERIMENT},
+    ),
+    # The command users submit (deploy/README.md), on the tiny config shipped in configs/embedded.
+    JobCase(
+        "mvae-dist-train",
+        working_dir=REPO_ROOT / "configs" / "embedded",
+        entrypoint=["sh", "-c", 'mvae-dist train --config tiny.yaml data.url="$JOB_DATA" '
+                    'train.storage_path="$JOB_STORAGE" train.name="$JOB_RUN_NAME" '
+                    'tracking.run_name="$JOB_RUN_NAME" train.max_steps=2 train.eval_every=0'],
+        markers=["finished: {'step': 2", "mlflow ui"],
+        mlflow_experiment="mvae-dist-tests",
+        needs_data=True,
     ),
 ]
 
@@ -264,6 +275,11 @@ def test_ray_job_submit_succeeds(ray_head, case: JobCase, tmp_path):
         work = case.working_dir
 
     run_name = f"job-{uuid.uuid4().hex[:8]}"
+    if case.needs_data:
+        from mvae_dist.data import prepare
+
+        prepare("embedded", str(tmp_path / "data"), dm=1, shard_size=1000, progress=False)
+        case = JobCase(**{**case.__dict__, "env_vars": {**case.env_vars, "JOB_DATA": str(tmp_path / "data")}})
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env_vars = {
         "JOB_RUN_NAME": run_name,
@@ -294,7 +310,7 @@ def test_ray_job_submit_succeeds(ray_head, case: JobCase, tmp_path):
     )
     assert submit.returncode == 0, detail
     assert job["status"] == "SUCCEEDED", detail
-    assert job["entrypoint"] == " ".join(case.entrypoint), detail
+    assert job["entrypoint"] == shlex.join(case.entrypoint), detail
     for marker in case.markers:
         assert marker in logs.stdout, detail
 
