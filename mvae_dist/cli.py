@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     step.add_argument("--warmup", type=int, default=1)
     step.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     step.add_argument("--device", default="cpu")
+    step.add_argument("--world", type=_positive_int, default=1,
+                      help="W > 1: time the contrastive step on W gloo ranks with negatives from the "
+                           "global batch against local-only negatives (the cost of gathering)")
     btrain = bsub.add_parser("train", help="Ray Train throughput with 1, 2, ... workers")
     btrain.add_argument("--data", required=True, help="URL of a prepared data set")
     btrain.add_argument("--workers", type=_int_list, default=[1, 2], help="comma list (default 1,2)")
@@ -188,6 +191,14 @@ def run(args: argparse.Namespace) -> int:
 
         if args.N >= args.batch_size:
             raise MvaeDistError(f"--N must be < --batch-size {args.batch_size}, got {args.N}")
+        if args.world > 1:
+            from .bench_dist import bench_gather
+
+            for m in args.model:
+                print_json(bench_gather(world=args.world, model=m, estimator=args.estimator[0], K=args.K,
+                                        N=args.N, batch_size=args.batch_size, steps=args.steps,
+                                        warmup=args.warmup, threads=args.threads or 1))
+            return 0
         bench_step(models=args.model, objectives=args.objective, estimators=args.estimator,
                    impls=args.impl, K=args.K, N=args.N, batch_size=args.batch_size,
                    steps=args.steps, warmup=args.warmup, device=args.device, threads=args.threads,

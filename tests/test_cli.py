@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from mvae_dist.cli import main
 
 
@@ -51,3 +53,13 @@ def test_bench_loader_on_missing_data_is_one_line(tmp_path, capsys):
     assert main(["bench", "loader", "--data", str(tmp_path / "nothing")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"mvae-dist: error: manifest.json not found: {tmp_path}/nothing/manifest.json"]
+
+
+def test_bench_step_world_2_measures_the_gather(capsys):
+    assert main(["bench", "step", "--world", "2", "--K", "2", "--N", "2", "--batch-size", "4",
+                 "--steps", "1", "--warmup", "0"]) == 0
+    rec = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rec["world"] == 2 and rec["batch_size_per_rank"] == 4
+    assert rec["s_per_step_global_negatives"] > 0 and rec["s_per_step_local_negatives"] > 0
+    assert rec["gather_overhead"] == pytest.approx(
+        rec["s_per_step_global_negatives"] / rec["s_per_step_local_negatives"], rel=0.01)
