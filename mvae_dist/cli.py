@@ -117,19 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _storage_options(path: str | None) -> dict | None:
-    """fsspec storage options from a YAML file (credentials stay out of argv and logs)."""
-    if path is None:
-        return None
-    import yaml
+    from .config import load_storage_options
 
-    try:
-        with open(path) as f:
-            opts = yaml.safe_load(f) or {}
-    except OSError as e:
-        raise MvaeDistError(f"cannot read --storage-options file {path!r}: {e.strerror}") from None
-    if not isinstance(opts, dict):
-        raise MvaeDistError(f"--storage-options file {path!r} must hold a mapping")
-    return opts
+    return load_storage_options(path, "--storage-options file")
 
 
 def run(args: argparse.Namespace) -> int:

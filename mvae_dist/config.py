@@ -331,6 +331,22 @@ class TrainConfig:
         return cls(**parts).validate()
 
 
+def load_storage_options(path: str | None, what: str = "storage options file") -> dict | None:
+    """fsspec storage options from a YAML file (credentials stay out of argv, configs and logs)."""
+    if not path:
+        return None
+    import yaml
+
+    try:
+        with open(path) as f:
+            opts = yaml.safe_load(f) or {}
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {path!r}: {e.strerror}") from None
+    if not isinstance(opts, dict):
+        raise ConfigError(f"{what} {path!r} must hold a mapping")
+    return opts
+
+
 def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
     """``["objective.gamma=3", "model.modalities=[mnist,svhn]"]`` -> nested dict (values parsed as YAML)."""
     import yaml

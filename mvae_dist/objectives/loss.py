@@ -19,7 +19,7 @@ def training_loss(
     K: int, estimator: str = "iwae", gamma: float = 2.0, N: int = 5,
     baseline_estimator: str = "iwae", dreg: bool = False, looser: bool = False,
     negatives: Tensor | None = None, generator: torch.Generator | None = None,
-    group: CrossRank | None = None,
+    group: CrossRank | None = None, impl: str = "fused",
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Scalar loss to minimise and detached stats.
 
@@ -27,6 +27,7 @@ def training_loss(
     gradients if ``dreg``; for MMVAE ``looser`` uses the per-expert average of IWAE bounds (the
     MMVAE paper's training objective) instead of the pooled estimate.
     contrastive: eq. 4 with term 2 by ``estimator`` ("iwae" = cI, "cubo" = cC).
+    ``impl`` picks the contrastive implementation ("fused", or the reference "loop").
     Both add ``model.extra_loss`` (zero for MMVAE). With ``group`` (data parallel), the
     contrastive negatives come from the global batch and every random draw is the global
     batch's, sliced at this rank (see ``contrastive_loss``); the loss is this rank's mean.
@@ -35,7 +36,7 @@ def training_loss(
     W, r = (1, 0) if group is None else (group.world_size, group.rank)
     if objective == "contrastive":
         loss, stats = contrastive_loss(model, xs, gamma, N, K, estimator, negatives,
-                                       generator=generator, group=group)
+                                       generator=generator, group=group, impl=impl)
     elif objective == "baseline":
         check_estimator(baseline_estimator)
         if baseline_estimator == "cubo":

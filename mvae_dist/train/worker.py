@@ -18,21 +18,11 @@ import ray.train.torch
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from ..config import TrainConfig
+from ..config import TrainConfig, load_storage_options
 from ..models import build_model
 from .checkpoint import Position, load_checkpoint, save_checkpoint
 from .dist import TorchCrossRank
 from .step import TrainStep, apply_step, make_optimizer, make_scheduler, step_generator
-
-
-def _storage_options(cfg: TrainConfig) -> dict | None:
-    path = cfg.data.storage_options_file
-    if not path:
-        return None
-    import yaml
-
-    with open(path) as f:
-        return yaml.safe_load(f) or {}
 
 
 def _debug(cfg_debug_dir: str | None, rank: int, **info: Any) -> None:
@@ -70,7 +60,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         module, group = step_module, None
     opt = make_optimizer(model.parameters(), cfg.optim.lr, cfg.optim.weight_decay)
 
-    storage_options = _storage_options(cfg)
+    storage_options = load_storage_options(cfg.data.storage_options_file, "data.storage_options_file")
     loader = make_loader(cfg.data.url, cfg.data.train_split, cfg.data.batch_size, rank=rank,
                          world_size=world, num_workers=cfg.data.loader_workers, seed=cfg.train.seed,
                          shuffle_buffer=cfg.data.shuffle_buffer, storage_options=storage_options)
