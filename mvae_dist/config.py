@@ -229,7 +229,9 @@ class OptimConfig:
 class TrainSection:
     """The run: length, workers, checkpoints, failure handling.
 
-    storage_path: where Ray Train keeps the run's checkpoints (local path or s3://);
+    storage_path: where Ray Train keeps the run's checkpoints (local path or any fsspec URL, e.g.
+    s3://bucket/runs); storage_options_file: a YAML file of fsspec options for that URL (endpoint,
+    credentials), else Ray resolves it from the standard environment (AWS_*, instance roles);
     checkpoint_every: steps between checkpoints (0: one per epoch); max_steps: 0 = no limit.
     """
 
@@ -241,6 +243,7 @@ class TrainSection:
     cpus_per_worker: float = 1.0
     seed: int = 0
     storage_path: str = "runs"
+    storage_options_file: str | None = None
     checkpoint_every: int = 0
     keep_checkpoints: int = 2
     eval_every: int = 1

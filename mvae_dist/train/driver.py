@@ -12,7 +12,7 @@ from typing import Any
 
 import fsspec
 
-from ..config import TrainConfig
+from ..config import TrainConfig, load_storage_options
 from ..errors import ConfigError, MvaeDistError
 
 
@@ -29,13 +29,46 @@ class TrainResult:
     run_path: str
 
 
-def _abs_storage(path: str) -> str:
-    return path if "://" in path else os.path.abspath(path)
+@dataclass(frozen=True)
+class RunStorage:
+    """Where Ray Train keeps a run: ``url`` is the run directory (an absolute local path or a URL).
+
+    ``ray_path`` / ``ray_filesystem`` go to ``RunConfig(storage_path=, storage_filesystem=)``:
+    with storage options (a remote URL and an options file) the filesystem is the fsspec one
+    wrapped for pyarrow, so Ray's workers reach the same endpoint with the same credentials
+    as the driver; without, Ray resolves the URL from the standard environment.
+    """
+
+    url: str
+    ray_path: str
+    ray_filesystem: Any
+    protocol: str | None
+    options: dict | None
+
+    def exists(self) -> bool:
+        """True when the run directory exists and is not empty."""
+        fs, root = fsspec.core.url_to_fs(self.url, **(self.options or {}))
+        return fs.exists(root) and bool(fs.ls(root))
+
+    def checkpoint_url(self, path: str) -> str:
+        """A Ray checkpoint's path on the storage filesystem -> a URL others can open."""
+        return f"{self.protocol}://{path.lstrip('/')}" if self.protocol and "://" not in path else path
 
 
-def _run_exists(run_path: str) -> bool:
-    fs, root = fsspec.core.url_to_fs(run_path)
-    return fs.exists(root) and bool(fs.ls(root))
+def run_storage(storage_path: str, name: str, options: dict | None = None) -> RunStorage:
+    """Resolve ``train.storage_path`` (+ its fsspec options) for the run called ``name``."""
+    if "://" not in storage_path or storage_path.startswith("file://"):
+        root = os.path.abspath(storage_path.removeprefix("file://"))
+        return RunStorage(f"{root}/{name}", root, None, None, None)
+    protocol = storage_path.split("://", 1)[0]
+    url = f"{storage_path.rstrip('/')}/{name}"
+    if not options:
+        return RunStorage(url, storage_path, None, protocol, None)
+    import pyarrow.fs
+
+    fs = fsspec.filesystem(protocol, **options)
+    wrapped = pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
+    return RunStorage(url, fs._strip_protocol(storage_path), wrapped, protocol, options)
 
 
 def fit(cfg: TrainConfig, *, resume: bool = False, debug_dir: str | None = None,
@@ -53,14 +86,16 @@ def fit(cfg: TrainConfig, *, resume: bool = False, debug_dir: str | None = None,
     from ..tracking import Tracker, default_tracking_uri, find_runs
     from .worker import train_loop_per_worker
 
-    storage = _abs_storage(cfg.train.storage_path)
-    run_path = f"{storage.rstrip('/')}/{cfg.train.name}"
-    exists = _run_exists(run_path)
+    options = load_storage_options(cfg.train.storage_options_file, "train.storage_options_file")
+    storage = run_storage(cfg.train.storage_path, cfg.train.name, options)
+    run_path = storage.url
+    exists = storage.exists()
+    where = cfg.train.storage_path
     if exists and not resume:
-        raise ConfigError(f"a run named {cfg.train.name!r} already exists in {storage}; "
+        raise ConfigError(f"a run named {cfg.train.name!r} already exists in {where}; "
                           "pass --resume to continue it or choose another train.name")
     if resume and not exists:
-        raise ConfigError(f"--resume: no run named {cfg.train.name!r} in {storage}")
+        raise ConfigError(f"--resume: no run named {cfg.train.name!r} in {where}")
 
     uri = cfg.tracking.tracking_uri or default_tracking_uri()
     tracker = Tracker(uri, cfg.tracking.experiment)
@@ -82,7 +117,8 @@ def fit(cfg: TrainConfig, *, resume: bool = False, debug_dir: str | None = None,
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
                                      resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
         run_config=RunConfig(
-            name=cfg.train.name, storage_path=storage,
+            name=cfg.train.name, storage_path=storage.ray_path,
+            storage_filesystem=storage.ray_filesystem,
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
         ),
@@ -93,7 +129,7 @@ def fit(cfg: TrainConfig, *, resume: bool = False, debug_dir: str | None = None,
         tracker.end("FAILED")
         raise TrainingError(f"training run {cfg.train.name!r} failed: {str(e).splitlines()[0]}") from e
     metrics = dict(result.metrics or {})
-    ckpt = result.checkpoint.path if result.checkpoint is not None else None
+    ckpt = storage.checkpoint_url(result.checkpoint.path) if result.checkpoint is not None else None
     if ckpt:
         tracker.log_checkpoint_uri(ckpt, int(metrics.get("step", 0)))
     if metrics.get("aborted_nonfinite"):
