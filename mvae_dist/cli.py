@@ -75,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--address", default=None, help="Ray cluster address (default: local / $RAY_ADDRESS)")
     train.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
 
+    tune = sub.add_parser("tune", help="a Ray Tune sweep (gamma, N, K, ...) from a spec in tune/")
+    tune.add_argument("spec", help="YAML sweep spec, e.g. tune/gamma_n_k.yaml")
+    tune.add_argument("overrides", nargs="*", metavar="key=value",
+                      help="override spec keys, e.g. num_samples=8 base.data.url=s3://bucket/embedded")
+    tune.add_argument("--tracking-uri", default=None,
+                      help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite in the cwd)")
+    tune.add_argument("--address", default=None, help="Ray cluster address (default: local / $RAY_ADDRESS)")
+
     bench = sub.add_parser("bench", help="throughput benchmarks (JSON lines)")
     bsub = bench.add_subparsers(dest="bench", required=True, metavar="WHAT")
     step = bsub.add_parser("step", help="time one optimiser step per model x objective")
@@ -146,6 +154,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"checkpoint: {result.checkpoint}")
         print(f"MLflow run {result.run_id} at {result.tracking_uri}; open the UI with:")
         print(f"  {ui_command(result.tracking_uri)}")
+        return 0
+    if args.command == "tune":
+        from .sweep import run_sweep
+
+        sweep = run_sweep(args.spec, list(args.overrides), tracking_uri=args.tracking_uri,
+                          ray_address=args.address)
+        for line in sweep.lines():
+            print(line)
         return 0
     if args.command == "data" and args.data == "prepare":
         from .data import prepare

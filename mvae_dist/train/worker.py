@@ -91,8 +91,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             tracker.log_metrics({"resumed_from_step": resumed_from}, step=pos.step)
     _debug(debug_dir, rank, step=pos.step, resumed_from=resumed_from)
 
+    last_eval: dict[str, float] = {}  # every report carries the latest evaluation (Tune schedulers need it)
+
     def report(metrics: dict[str, float], with_checkpoint: bool) -> None:
-        metrics = {**metrics, "step": pos.step, "epoch": pos.epoch, "nonfinite_steps": nonfinite}
+        metrics = {**last_eval, **metrics, "step": pos.step, "epoch": pos.epoch, "nonfinite_steps": nonfinite}
         if not with_checkpoint:
             ray.train.report(metrics)
             return
@@ -147,7 +149,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if tracker is not None and cfg.train.eval_every and (
             pos.epoch % cfg.train.eval_every == 0 or done or pos.epoch >= cfg.train.epochs
         ):
-            metrics.update(_evaluate(model, cfg, device, tracker, pos.step, storage_options))
+            last_eval.update(_evaluate(model, cfg, device, tracker, pos.step, storage_options))
         report(metrics, with_checkpoint=True)
 
     if aborted:
