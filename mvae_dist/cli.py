@@ -83,6 +83,24 @@ def build_parser() -> argparse.ArgumentParser:
                       help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite in the cwd)")
     tune.add_argument("--address", default=None, help="Ray cluster address (default: local / $RAY_ADDRESS)")
 
+    prop = sub.add_parser("propagate", help="PMI label propagation: score a mixed pool on Ray workers "
+                          "and write the pairs found related as shards + manifest")
+    src = prop.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", default=None, help="a training checkpoint directory (path or URL)")
+    src.add_argument("--run", default=None, metavar="RUN_ID", help="an MLflow training run")
+    prop.add_argument("--data", default=None, help="data set with the pools (default: the model's data.url)")
+    prop.add_argument("--pool", default="fm", help="split to score (default fm, the mixed pool F_m)")
+    prop.add_argument("--calibrate", default="sm",
+                      help="split with ground truth used to choose the PMI threshold (default sm)")
+    prop.add_argument("--threshold", type=float, default=None, help="use this PMI threshold instead")
+    prop.add_argument("--out", required=True, help="URL to write the found pairs to (shards + manifest)")
+    prop.add_argument("--workers", type=_positive_int, default=2, help="Ray workers scoring the pool")
+    prop.add_argument("--K", type=_positive_int, default=30, help="importance samples per PMI estimate")
+    prop.add_argument("--batch-size", type=_positive_int, default=256)
+    prop.add_argument("--tracking-uri", default=None)
+    prop.add_argument("--storage-options", default=None, help="YAML file of fsspec storage options")
+    prop.add_argument("--address", default=None, help="Ray cluster address (default: local / $RAY_ADDRESS)")
+
     bench = sub.add_parser("bench", help="throughput benchmarks (JSON lines)")
     bsub = bench.add_subparsers(dest="bench", required=True, metavar="WHAT")
     step = bsub.add_parser("step", help="time one optimiser step per model x objective")
@@ -161,6 +179,18 @@ def run(args: argparse.Namespace) -> int:
         sweep = run_sweep(args.spec, list(args.overrides), tracking_uri=args.tracking_uri,
                           ray_address=args.address)
         for line in sweep.lines():
+            print(line)
+        return 0
+    if args.command == "propagate":
+        from .propagate import run_propagate
+
+        result = run_propagate(checkpoint=args.checkpoint, run_id=args.run, data=args.data, pool=args.pool,
+                               calibrate=args.calibrate, threshold=args.threshold, out=args.out,
+                               workers=args.workers, K=args.K, batch_size=args.batch_size,
+                               tracking_uri=args.tracking_uri,
+                               storage_options=_storage_options(args.storage_options),
+                               ray_address=args.address)
+        for line in result.lines():
             print(line)
         return 0
     if args.command == "data" and args.data == "prepare":

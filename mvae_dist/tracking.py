@@ -212,6 +212,27 @@ def find_runs(experiment: str = DEFAULT_EXPERIMENT, filter_string: str = "",
     return [_record(r) for r in runs]
 
 
+def get_run(run_id: str, tracking_uri: str | None = None) -> RunRecord:
+    """The run ``run_id``; an unknown id is a ConfigError naming it and the store."""
+    from .errors import ConfigError
+
+    uri = tracking_uri or default_tracking_uri()
+    try:
+        return _record(mlflow.MlflowClient(tracking_uri=uri).get_run(run_id))
+    except MlflowException:
+        raise ConfigError(f"no MLflow run {run_id!r} in the tracking store {redact_text(uri)}") from None
+
+
+def run_has_artifact(run_id: str, path: str, tracking_uri: str | None = None) -> bool:
+    """True when run ``run_id`` logged the artifact file ``path`` (e.g. ``model/state_dict.pt``)."""
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri or default_tracking_uri())
+    folder = path.rsplit("/", 1)[0] if "/" in path else None
+    try:
+        return any(a.path == path for a in client.list_artifacts(run_id, folder))
+    except (MlflowException, OSError):
+        return False
+
+
 def _record(r: Any) -> RunRecord:
     i = r.info
     return RunRecord(i.run_id, i.run_name, i.status, i.experiment_id, i.start_time, i.end_time,
