@@ -290,9 +290,39 @@ class TrackingConfig:
         return self
 
 
+@dataclass(frozen=True)
+class EvalConfig:
+    """The paper's metrics (section 4.2), during training and in ``mvae-dist evaluate``.
+
+    classifiers: where the digit classifiers come from: "auto" = the latest version stored with
+    the data set (``{data.url}/classifiers``; without one, training skips the coherence metrics
+    and says so once, while ``mvae-dist evaluate`` stops with an error naming the command that
+    trains them), a URL of another store, or "none". n_test: test pairs for the coherences;
+    n_latent_train: training pairs the latent classifier is fit on (scored on the n_test pairs);
+    ll_K / ll_n: importance samples and test pairs of the marginal log-likelihood in
+    ``mvae-dist evaluate`` (during training: train.eval_K on train.eval_batches batches);
+    seeds: how many seeds ``mvae-dist evaluate`` reports the mean and spread over.
+    """
+
+    classifiers: str = "auto"
+    n_test: int = 1000
+    n_latent_train: int = 2000
+    ll_K: int = 1000
+    ll_n: int = 100
+    seeds: int = 3
+
+    def validate(self) -> EvalConfig:
+        for name in ("n_test", "n_latent_train", "ll_K", "ll_n", "seeds"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"eval.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.classifiers:
+            raise ConfigError("eval.classifiers must be 'auto', 'none' or a URL")
+        return self
+
+
 SECTIONS: dict[str, type] = {
     "model": ModelConfig, "objective": ObjectiveConfig, "data": DataConfig, "optim": OptimConfig,
-    "train": TrainSection, "tracking": TrackingConfig,
+    "train": TrainSection, "tracking": TrackingConfig, "eval": EvalConfig,
 }
 
 
@@ -306,6 +336,7 @@ class TrainConfig:
     optim: OptimConfig = OptimConfig()
     train: TrainSection = TrainSection()
     tracking: TrackingConfig = TrackingConfig()
+    eval: EvalConfig = EvalConfig()
 
     def validate(self) -> TrainConfig:
         for name in SECTIONS:
