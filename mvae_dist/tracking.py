@@ -297,6 +297,16 @@ class Tracker:
             self.client.log_dict(self.run_id, redact_config(params), "config.yaml")
         return self.run_id
 
+    def attach(self, run_id: str) -> str:
+        """Bind to an existing run without resuming it: its status, tags and params stay as they
+        are (e.g. to tag and end a sweep trial's run from the driver). -> run_id."""
+        if self.run_id is not None:
+            raise RuntimeError(f"this tracker already has run {self.run_id} open; end() it first")
+        run = self.client.get_run(run_id)  # raises MlflowException for an unknown id
+        self.run_id, self.experiment_id = run_id, run.info.experiment_id
+        self._checkpoints = None
+        return run_id
+
     def _resume(self, run_id: str, run_name: str | None, flat: dict[str, str], tags: dict[str, str],
                 parent_run_id: str | None) -> None:
         run = self.client.get_run(run_id)  # raises MlflowException for an unknown id

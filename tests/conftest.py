@@ -140,3 +140,20 @@ def mlflow_server(tmp_path_factory):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
         log.close()
+
+
+# --------------------------------------------------------------------------------- Ray
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A local Ray instance shared by the session's training and sweep tests (2 CPUs).
+
+    One ``ray.init`` per session: tests/train and tests/tune both use this fixture. The dashboard
+    runs (a stopped Tune trial's placement group is freed through it; see RUNTIME_NOTES).
+    """
+    ray = pytest.importorskip("ray")
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")  # faster report round trips
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False,
+                 configure_logging=False)
+    yield ray
+    ray.shutdown()

@@ -71,6 +71,36 @@ def run_storage(storage_path: str, name: str, options: dict | None = None) -> Ru
     return RunStorage(url, fs._strip_protocol(storage_path), wrapped, protocol, options)
 
 
+def build_trainer(cfg: TrainConfig, *, run_id: str, tracking_uri: str, storage: RunStorage,
+                  debug_dir: str | None = None, callbacks: list | None = None) -> Any:
+    """The TorchTrainer of one run of ``cfg`` -> ``ray.train.torch.TorchTrainer`` (not yet fitted).
+
+    run_id: the MLflow run the workers (rank 0) log into; storage: where Ray Train keeps the
+    run (``run_storage(cfg.train.storage_path, cfg.train.name, ...)``); callbacks: Ray Train
+    ``UserCallback``s, e.g. Tune's ``TuneReportCallback`` when a sweep trial runs the trainer.
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from .worker import train_loop_per_worker
+
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": cfg.to_dict(), "run_id": run_id, "tracking_uri": tracking_uri,
+                           "debug_dir": debug_dir},
+        torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
+                                     resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
+        run_config=RunConfig(
+            name=cfg.train.name, storage_path=storage.ray_path,
+            storage_filesystem=storage.ray_filesystem,
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            callbacks=list(callbacks) if callbacks else None,
+        ),
+    )
+
+
 def fit(cfg: TrainConfig, *, resume: bool = False, debug_dir: str | None = None,
         ray_address: str | None = None) -> TrainResult:
     """Train ``cfg`` on Ray Train and return where its results are.
@@ -80,11 +110,8 @@ def fit(cfg: TrainConfig, *, resume: bool = False, debug_dir: str | None = None,
     is an error, so nothing is overwritten.
     """
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
 
     from ..tracking import Tracker, default_tracking_uri, find_runs
-    from .worker import train_loop_per_worker
 
     options = load_storage_options(cfg.train.storage_options_file, "train.storage_options_file")
     storage = run_storage(cfg.train.storage_path, cfg.train.name, options)
@@ -109,25 +136,20 @@ def fit(cfg: TrainConfig, *, resume: bool = False, debug_dir: str | None = None,
 
     if not ray.is_initialized():
         ray.init(address=ray_address, log_to_driver=True)
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"config": cfg.to_dict(), "run_id": run_id, "tracking_uri": uri,
-                           "debug_dir": debug_dir},
-        torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
-                                     resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
-        run_config=RunConfig(
-            name=cfg.train.name, storage_path=storage.ray_path,
-            storage_filesystem=storage.ray_filesystem,
-            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
-        ),
-    )
+    trainer = build_trainer(cfg, run_id=run_id, tracking_uri=uri, storage=storage, debug_dir=debug_dir)
     try:
         result = trainer.fit()
     except Exception as e:
         tracker.end("FAILED")
         raise TrainingError(f"training run {cfg.train.name!r} failed: {str(e).splitlines()[0]}") from e
+    ckpt, metrics = finish_fit(cfg, result, tracker, storage)
+    return TrainResult(run_id, uri, ckpt, metrics, run_path)
+
+
+def finish_fit(cfg: TrainConfig, result: Any, tracker: Any, storage: RunStorage) -> tuple[str | None, dict]:
+    """After ``trainer.fit()`` returned: log the last checkpoint's URI to the run -> (checkpoint
+    URI or None, last reported metrics); TrainingError (run ended FAILED) when the worker gave
+    up on non-finite losses."""
     metrics = dict(result.metrics or {})
     ckpt = storage.checkpoint_url(result.checkpoint.path) if result.checkpoint is not None else None
     if ckpt:
@@ -138,6 +160,4 @@ def fit(cfg: TrainConfig, *, resume: bool = False, debug_dir: str | None = None,
             f"stopped after {int(metrics.get('nonfinite_steps', 0))} non-finite losses "
             f"(train.max_nonfinite = {cfg.train.max_nonfinite}); last checkpoint: {ckpt}"
         )
-    return TrainResult(run_id, uri, ckpt, metrics, run_path)
-
-
+    return ckpt, metrics

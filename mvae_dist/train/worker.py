@@ -107,6 +107,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=ck)
 
     window: list[dict[str, float]] = []
+    last_loss = float("nan")
     t_window = time.perf_counter()
     aborted = False
     done = cfg.train.max_steps and pos.step >= cfg.train.max_steps
@@ -128,6 +129,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 continue
             pos.step += 1
             window.append(stats)
+            last_loss = float(stats["loss"])
             _debug(debug_dir, rank, step=pos.step, resumed_from=resumed_from)
             if tracker is not None and pos.step % cfg.train.log_every == 0:
                 dt = time.perf_counter() - t_window
@@ -135,6 +137,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 mean["pairs_per_s"] = len(window) * cfg.data.batch_size * world / max(dt, 1e-9)
                 mean["nonfinite_steps"] = nonfinite
                 tracker.log_metrics(mean, step=pos.step)
+                print(f"[{cfg.train.name}] step {pos.step}/{total} epoch {pos.epoch + 1}/{cfg.train.epochs} "
+                      f"loss {mean['loss']:.1f} {mean['pairs_per_s']:.0f} pairs/s", flush=True)
                 window, t_window = [], time.perf_counter()
             if cfg.train.checkpoint_every and pos.step % cfg.train.checkpoint_every == 0:
                 report({k: float(v) for k, v in stats.items()}, with_checkpoint=True)
@@ -145,7 +149,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             break
         if pos.batch_in_epoch >= steps_per_epoch or not done:
             pos.epoch, pos.batch_in_epoch = pos.epoch + 1, 0
-        metrics = {"epoch_loss": window[-1]["loss"] if window else float("nan")}
+        metrics = {"epoch_loss": last_loss}
         if tracker is not None and cfg.train.eval_every and (
             pos.epoch % cfg.train.eval_every == 0 or done or pos.epoch >= cfg.train.epochs
         ):
