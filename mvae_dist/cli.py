@@ -83,6 +83,69 @@ def build_parser() -> argparse.ArgumentParser:
                       help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite in the cwd)")
     tune.add_argument("--address", default=None, help="Ray cluster address (default: local / $RAY_ADDRESS)")
 
+    ev = sub.add_parser("evaluate", help="the paper's metrics, likelihood and image grids of a trained "
+                        "model, printed and logged to MLflow")
+    esrc = ev.add_mutually_exclusive_group(required=True)
+    esrc.add_argument("--run", default=None, metavar="RUN_ID", help="an MLflow training run")
+    esrc.add_argument("--checkpoint", default=None, metavar="URI", help="a checkpoint directory (path/URL)")
+    ev.add_argument("--seeds", type=_positive_int, default=None, help="seeds to average (default eval.seeds)")
+    ev.add_argument("--K", type=_positive_int, default=None, help="samples for log p(x,y) (eval.ll_K)")
+    ev.add_argument("--n-ll", type=_positive_int, default=None, help="test pairs for log p(x,y) (eval.ll_n)")
+    ev.add_argument("--n-test", type=_positive_int, default=None, help="test pairs, coherences (eval.n_test)")
+    ev.add_argument("--n-train", type=_positive_int, default=None,
+                    help="training pairs the latent probe is fit on (eval.n_latent_train)")
+    ev.add_argument("--classifiers", default=None, help="classifier store URL, 'auto' or 'none'")
+    ev.add_argument("--data", default=None, help="data set URL (default: the model's data.url)")
+    ev.add_argument("--tracking-uri", default=None)
+    ev.add_argument("--storage-options", default=None, help="YAML file of fsspec storage options")
+    ev.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    demo = sub.add_parser("demo", help="the embedded default end to end: data, classifiers, MMVAE vs "
+                          "cI-MMVAE on 20%% of the pairs (Ray Train), evaluation, side-by-side table")
+    demo.add_argument("--root", default="demo", help="working folder for data, runs and results")
+    demo.add_argument("--percent", type=float, default=20.0, help="percent of each modality to train on")
+    demo.add_argument("--dm", type=_positive_int, default=5, help="pairs per instance")
+    demo.add_argument("--tracking-uri", default=None)
+    demo.add_argument("--address", default=None, help="Ray cluster address (default: local / $RAY_ADDRESS)")
+    demo.add_argument("overrides", nargs="*", metavar="section.key=value", help="override the base config")
+
+    exp = sub.add_parser("experiment", help="the paper's studies as tables + plots in MLflow")
+    xsub = exp.add_subparsers(dest="experiment", required=True, metavar="STUDY")
+    xde = xsub.add_parser("data-efficiency", help="MMVAE vs cI vs cC at n%% of the data (Figure 6)")
+    xde.add_argument("--fractions", default="0.1,0.2,0.5,1.0", help="comma list in (0, 1]")
+    xde.add_argument("--arms", type=_csv(("baseline", "cI", "cC")), default=["baseline", "cI", "cC"])
+    xg = xsub.add_parser("gamma", help="the gamma ablation: generation quality and PMI F1 against gamma")
+    xg.add_argument("--gammas", default="1.1,1.5,2,5,10", help="comma list, each > 1")
+    xg.add_argument("--sr-fraction", type=float, default=0.1, help="S_r share of the pools for PMI F1")
+    xlp = xsub.add_parser("label-propagation", help="section 4.5: train on S_r, propagate by PMI, retrain")
+    xlp.add_argument("--sr-fraction", type=float, default=0.1, help="S_r: this share of the related pairs")
+    xlp.add_argument("--arms", type=_csv(("baseline", "cI", "cC")), default=["baseline", "cI", "cC"])
+    for x in (xde, xg, xlp):
+        x.add_argument("--config", default=None, help="base config (default configs/embedded/demo.yaml)")
+        x.add_argument("--root", default="experiments", help="working folder for data, runs and results")
+        x.add_argument("--dm", type=_positive_int, default=5, help="pairs per instance")
+        x.add_argument("--seeds", type=_positive_int, default=1, help="evaluation seeds per arm")
+        x.add_argument("--tracking-uri", default=None)
+        x.add_argument("--address", default=None, help="Ray cluster address")
+        x.add_argument("overrides", nargs="*", metavar="section.key=value", help="override the base config")
+
+    clf = sub.add_parser("classifiers", help="digit classifiers per modality (for the coherence metrics)")
+    csub = clf.add_subparsers(dest="classifiers", required=True, metavar="WHAT")
+    ctrain = csub.add_parser("train", help="train one per modality on a data set; store a new version")
+    ctrain.add_argument("--data", required=True, help="URL of a prepared data set")
+    ctrain.add_argument("--out", default=None, help="store root (default: the data set's own prefix)")
+    ctrain.add_argument("--epochs", type=_positive_int, default=None, help="default: per architecture")
+    ctrain.add_argument("--seed", type=int, default=0)
+    ctrain.add_argument("--storage-options", default=None, help="YAML file of fsspec storage options")
+    ctrain.add_argument("--tracking-uri", default=None,
+                        help="also log the version to MLflow (default: $MLFLOW_TRACKING_URI, else sqlite)")
+    ctrain.add_argument("--experiment", default="mvae-dist-classifiers", help="MLflow experiment")
+    ctrain.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    ctrain.add_argument("--quiet", action="store_true", help="no progress bar")
+    clist = csub.add_parser("list", help="the stored classifier versions and their test accuracies")
+    clist.add_argument("--data", required=True, help="store root (a data set's prefix)")
+    clist.add_argument("--storage-options", default=None, help="YAML file of fsspec storage options")
+
     prop = sub.add_parser("propagate", help="PMI label propagation: score a mixed pool on Ray workers "
                           "and write the pairs found related as shards + manifest")
     src = prop.add_mutually_exclusive_group(required=True)
@@ -181,6 +244,26 @@ def run(args: argparse.Namespace) -> int:
         for line in sweep.lines():
             print(line)
         return 0
+    if args.command == "evaluate":
+        from .evaluate import evaluate_command
+
+        result = evaluate_command(checkpoint=args.checkpoint, run_id=args.run, tracking_uri=args.tracking_uri,
+                                  storage_options=_storage_options(args.storage_options), seeds=args.seeds,
+                                  K=args.K, n_ll=args.n_ll, n_test=args.n_test, n_train=args.n_train,
+                                  classifiers=args.classifiers, data=args.data, progress=not args.quiet)
+        for line in result.lines():
+            print(line)
+        return 0
+    if args.command == "classifiers":
+        return _classifiers(args)
+    if args.command == "demo":
+        from .experiments import demo
+
+        demo(args.root, percent=args.percent, dm=args.dm, overrides=list(args.overrides),
+             tracking_uri=args.tracking_uri, ray_address=args.address)
+        return 0
+    if args.command == "experiment":
+        return _experiment(args)
     if args.command == "propagate":
         from .propagate import run_propagate
 
@@ -241,6 +324,64 @@ def run(args: argparse.Namespace) -> int:
                    emit=print_json)
         return 0
     raise MvaeDistError(f"unknown command {args.command!r}")
+
+
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        values = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise MvaeDistError(f"{what} must be a comma list of numbers, got {text!r}") from None
+    if not values:
+        raise MvaeDistError(f"{what} must not be empty")
+    return values
+
+
+def _experiment(args: argparse.Namespace) -> int:
+    from .experiments import studies
+
+    common = {"root": args.root, "dm": args.dm, "seeds": args.seeds, "tracking_uri": args.tracking_uri,
+              "ray_address": args.address}
+    if args.experiment == "data-efficiency":
+        studies.data_efficiency(args.config, args.overrides, fractions=_floats(args.fractions, "--fractions"),
+                                arms=args.arms, **common)
+    elif args.experiment == "gamma":
+        studies.gamma_ablation(args.config, args.overrides, gammas=_floats(args.gammas, "--gammas"),
+                               sr_fraction=args.sr_fraction, **common)
+    else:
+        studies.label_propagation(args.config, args.overrides, sr_fraction=args.sr_fraction,
+                                  arms=args.arms, **common)
+    return 0
+
+
+def _classifiers(args: argparse.Namespace) -> int:
+    from .eval.classifiers import list_classifier_versions, train_classifiers
+
+    options = _storage_options(args.storage_options)
+    if args.classifiers == "list":
+        versions = list_classifier_versions(args.data, options)
+        if not versions:
+            print(f"no classifiers at {args.data}")
+        for v in versions:
+            accs = ", ".join(f"{k} {c['test_accuracy']:.4f}" for k, c in v["classifiers"].items())
+            print(f"v{v['version']}  {v['created']}  test accuracy: {accs}")
+        return 0
+    records = train_classifiers(args.data, args.out, epochs=args.epochs, seed=args.seed,
+                                storage_options=options, progress=not args.quiet)
+    for name, r in records.items():
+        print(f"{name}: test accuracy {r.test_accuracy:.4f} on {r.test_size} images "
+              f"({r.architecture}, {r.epochs} epochs, {r.seconds:.0f} s) -> {r.url}")
+    if not args.no_mlflow:
+        from .tracking import Tracker
+
+        version = next(iter(records.values())).version
+        with Tracker(args.tracking_uri, args.experiment) as t:
+            run_id = t.start(f"classifiers-v{version}", params={"data": args.data, "seed": args.seed,
+                                                       "epochs": args.epochs or "default"},
+                    tags={"classifier_version": version, "store": args.out or args.data})
+            t.log_metrics({f"test_accuracy_{n}": r.test_accuracy for n, r in records.items()}, step=0)
+            t.log_dict({n: r.info() for n, r in records.items()}, "classifiers.json")
+        print(f"logged to MLflow run {run_id} ({args.experiment})")
+    return 0
 
 
 def _quiet_libraries() -> None:

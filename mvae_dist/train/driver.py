@@ -102,12 +102,14 @@ def build_trainer(cfg: TrainConfig, *, run_id: str, tracking_uri: str, storage: 
 
 
 def fit(cfg: TrainConfig, *, resume: bool = False, debug_dir: str | None = None,
-        ray_address: str | None = None) -> TrainResult:
+        ray_address: str | None = None, parent_run_id: str | None = None,
+        tags: dict[str, str] | None = None) -> TrainResult:
     """Train ``cfg`` on Ray Train and return where its results are.
 
     resume: continue the run named ``cfg.train.name`` under ``cfg.train.storage_path`` from its
     latest checkpoint (its MLflow run continues too); without it an existing run of that name
-    is an error, so nothing is overwritten.
+    is an error, so nothing is overwritten. parent_run_id / tags: make the MLflow run a child
+    of an experiment's run, with extra tags.
     """
     import ray
 
@@ -131,8 +133,9 @@ def fit(cfg: TrainConfig, *, resume: bool = False, debug_dir: str | None = None,
         runs = find_runs(cfg.tracking.experiment, f"tags.ray_run_path = '{run_path}'", tracking_uri=uri)
         run_id = runs[0].run_id if runs else None
     run_id = tracker.start(cfg.tracking.run_name or cfg.train.name, params=cfg.to_dict(),
-                           tags={"ray_run_path": run_path, "model": cfg.model.name,
-                                 "objective": cfg.objective.name}, run_id=run_id)
+                           tags={**(tags or {}), "ray_run_path": run_path, "model": cfg.model.name,
+                                 "objective": cfg.objective.name}, run_id=run_id,
+                           parent_run_id=None if run_id else parent_run_id)
 
     if not ray.is_initialized():
         ray.init(address=ray_address, log_to_driver=True)

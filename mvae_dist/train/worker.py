@@ -90,6 +90,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if resumed_from is not None:
             tracker.log_metrics({"resumed_from_step": resumed_from}, step=pos.step)
     _debug(debug_dir, rank, step=pos.step, resumed_from=resumed_from)
+    classifiers = None
+    if tracker is not None and cfg.train.eval_every:
+        from ..evaluate import resolve_classifiers
+
+        classifiers = resolve_classifiers(cfg, storage_options, required=False, device=device)
+        if classifiers is None and cfg.eval.classifiers != "none":
+            print(f"[{cfg.train.name}] no digit classifiers for {cfg.data.url}: evaluation logs the "
+                  f"likelihood only (train them: mvae-dist classifiers train --data {cfg.data.url})",
+                  flush=True)
 
     last_eval: dict[str, float] = {}  # every report carries the latest evaluation (Tune schedulers need it)
 
@@ -153,7 +162,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if tracker is not None and cfg.train.eval_every and (
             pos.epoch % cfg.train.eval_every == 0 or done or pos.epoch >= cfg.train.epochs
         ):
-            last_eval.update(_evaluate(model, cfg, device, tracker, pos.step, storage_options))
+            last_eval.update(_evaluate(model, cfg, device, tracker, pos.step, storage_options, classifiers))
         report(metrics, with_checkpoint=True)
 
     if aborted:
@@ -166,30 +175,18 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         tracker.end("FINISHED")
 
 
-@torch.no_grad()
-def _evaluate(model, cfg: TrainConfig, device, tracker, step: int, storage_options) -> dict[str, float]:
-    """Rank 0: test-set IWAE of log p(x_1..M) on a few batches and the image grids."""
-    from ..data import make_loader
-    from ..eval import images
-    from ..objectives import log_joint
+def _evaluate(model, cfg: TrainConfig, device, tracker, step: int, storage_options,
+              classifiers) -> dict[str, float]:
+    """Rank 0: the paper's metrics (``evaluate.evaluate_and_log``: one seed; log p(x_1..M) with
+    train.eval_K samples on train.eval_batches batches) and the image grids, logged to MLflow.
+    -> what the next Ray Train reports carry (Tune's metrics), incl. ``test_log_joint``."""
+    from ..evaluate import evaluate_and_log
 
-    model.eval()
-    loader = make_loader(cfg.data.url, cfg.data.test_split, cfg.data.batch_size, shuffle=False,
-                         drop_last=False, storage_options=storage_options)
-    values, first = [], None
-    for i, batch in enumerate(loader):
-        if i >= cfg.train.eval_batches:
-            break
-        xs = [x.to(device) for x in batch["xs"]]
-        first = first or xs
-        values.append(log_joint(model, xs, cfg.train.eval_K, estimator="iwae").mean().item())
-    out = {"test_log_joint": sum(values) / len(values)} if values else {}
-    if out:
-        tracker.log_metrics(out, step=step)
-    if first is not None:
-        grids = images.standard_grids(model, first, n=min(8, first[0].shape[0]), n_joint=32,
-                                      seed=cfg.train.seed)
-        for name, img in grids.items():
-            tracker.log_image(img, f"images/{name}_{step:07d}.png")
+    n_ll = cfg.train.eval_batches * cfg.data.batch_size
+    flat, _ = evaluate_and_log(model, cfg, tracker=tracker, step=step, classifiers=classifiers, seeds=1,
+                               ll_K=cfg.train.eval_K, ll_n=n_ll, storage_options=storage_options)
+    out = {k: float(v) for k, v in flat.items() if not k.endswith("_std")}
+    out["test_log_joint"] = out["log_joint"]
+    tracker.log_metrics({"test_log_joint": out["test_log_joint"]}, step=step)
     model.train()
     return out

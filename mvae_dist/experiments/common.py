@@ -1,0 +1,199 @@
+"""What every study shares: a parent MLflow run, arms trained on Ray Train and evaluated, tables, plots.
+
+An *arm* is one training run of a study (e.g. cI-MMVAE at 20% of the data): a TrainConfig built
+from the study's base config plus the arm's overrides, trained with ``train.driver.fit`` as a
+child MLflow run of the study's parent run, then evaluated with ``evaluate.evaluate_and_log``
+(the same code as ``mvae-dist evaluate``) into that child run. A study returns rows (one per arm:
+its settings and flat metrics), logged to the parent run as ``results.json`` / ``results.md``
+with plots, and written to ``<root>/<study>-<time>/`` as well.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import TrainConfig, load_train_config
+
+#: arms of the paper's comparisons: objective overrides
+OBJECTIVES: dict[str, dict[str, Any]] = {
+    "baseline": {"objective.name": "baseline"},
+    "cI": {"objective.name": "contrastive", "objective.estimator": "iwae"},
+    "cC": {"objective.name": "contrastive", "objective.estimator": "cubo"},
+}
+
+#: columns of the summary tables, when present: (metric key, header)
+COLUMNS: list[tuple[str, str]] = [
+    ("latent_acc", "latent acc"),
+    ("coherence_cross", "cross coh."),
+    ("coherence_joint", "joint coh."),
+    ("coherence_synergy", "synergy coh."),
+    ("log_joint", "log p(x,y)"),
+]
+
+
+def with_overrides(cfg: TrainConfig, overrides: Mapping[str, Any]) -> TrainConfig:
+    """``cfg`` with ``{"section.key": value}`` overrides applied and validated."""
+    data = copy.deepcopy(cfg.to_dict())
+    for key, value in overrides.items():
+        section, _, name = key.partition(".")
+        data.setdefault(section, {})[name] = value
+    return TrainConfig.from_dict(data)
+
+
+@dataclass
+class Study:
+    """A study in progress: its parent MLflow run and where its runs and outputs go."""
+
+    name: str
+    base: TrainConfig
+    root: str
+    tracking_uri: str
+    parent_run_id: str
+    stamp: str
+    seeds: int = 1
+    ray_address: str | None = None
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.root) / f"{self.name}-{self.stamp}"
+
+
+def open_study(name: str, config: str | None, overrides: Sequence[str], *, root: str,
+               tracking_uri: str | None, params: Mapping[str, Any], seeds: int = 1,
+               ray_address: str | None = None) -> Study:
+    """Resolve the base config and open the parent MLflow run ``<name>-<time>``."""
+    from ..tracking import Tracker, default_tracking_uri
+
+    base = load_train_config(config, list(overrides))
+    uri = tracking_uri or base.tracking.tracking_uri or default_tracking_uri()
+    base = with_overrides(base, {"tracking.tracking_uri": uri})
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    t = Tracker(uri, base.tracking.experiment)
+    parent = t.start(f"{name}-{stamp}", params={"study": name, **params, "base": base.to_dict()},
+                     tags={"study": name})  # stays RUNNING until finish_study ends it
+    return Study(name, base, os.path.abspath(root), uri, parent, stamp, seeds, ray_address)
+
+
+def run_arm(study: Study, arm: str, overrides: Mapping[str, Any], *, settings: Mapping[str, Any],
+            classifiers: Any, evaluate: bool = True) -> dict[str, Any]:
+    """Train one arm as a child run of the study, evaluate it -> its row (settings + metrics)."""
+    from ..evaluate import evaluate_and_log
+    from ..tracking import Tracker
+    from ..train.driver import fit
+    from ..trained import load_trained
+
+    name = f"{study.name}-{arm}-{study.stamp}"
+    cfg = with_overrides(study.base, {**overrides, "train.name": name, "tracking.run_name": arm,
+                                      "train.storage_path": str(Path(study.root) / "runs")})
+    print(f"== {study.name}: training {arm} ({cfg.model.name}, {cfg.objective.name}"
+          f"{'/' + cfg.objective.estimator if cfg.objective.name == 'contrastive' else ''}, "
+          f"data {cfg.data.url}:{cfg.data.train_split})", flush=True)
+    t0 = time.perf_counter()
+    res = fit(cfg, ray_address=study.ray_address, parent_run_id=study.parent_run_id,
+              tags={"study": study.name, "arm": arm})
+    row: dict[str, Any] = {"arm": arm, **settings, "run_id": res.run_id,
+                           "train_s": round(time.perf_counter() - t0, 1), "steps": res.metrics.get("step")}
+    if evaluate:
+        print(f"== {study.name}: evaluating {arm}", flush=True)
+        trained = load_trained(run_id=res.run_id, tracking_uri=study.tracking_uri)
+        t = Tracker(study.tracking_uri, cfg.tracking.experiment)
+        t.attach(res.run_id)
+        flat, _ = evaluate_and_log(trained.model, cfg, tracker=t, step=max(trained.step, 0),
+                                   classifiers=classifiers, seeds=study.seeds, ll_K=cfg.eval.ll_K,
+                                   ll_n=cfg.eval.ll_n, storage_options=None, progress=False)
+        row.update(flat)
+    study.rows.append(row)
+    return row
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]], keys: Sequence[str],
+                   headers: Sequence[str] | None = None) -> str:
+    """A Markdown table of ``rows`` over ``keys``; means with their spread (``key_std``) as ``m ± s``."""
+    headers = list(headers or keys)
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for r in rows:
+        lines.append("| " + " | ".join(_cell(r, k) for k in keys) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(row: Mapping[str, Any], key: str) -> str:
+    v = row.get(key)
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    if isinstance(v, float):
+        text = f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
+        std = row.get(f"{key}_std")
+        if isinstance(std, float) and std > 0 and not math.isnan(std):
+            text += f" ± {std:.3f}" if abs(std) < 100 else f" ± {std:.1f}"
+        return text
+    return str(v)
+
+
+def metric_columns(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """The summary COLUMNS that some row has."""
+    return [(k, h) for k, h in COLUMNS if any(k in r for r in rows)]
+
+
+def line_plot(rows: Sequence[Mapping[str, Any]], x: str, y: str, by: str, *, title: str,
+              reference: float | None = None, reference_label: str = "", log_x: bool = False) -> np.ndarray:
+    """uint8 [H, W, 3]: ``y`` against ``x``, one line per value of ``by`` (± its spread)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.5, 4.0), dpi=100)
+    canvas = FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for group in dict.fromkeys(r[by] for r in rows):
+        pts = sorted((r[x], r[y], r.get(f"{y}_std", 0.0)) for r in rows if r[by] == group and y in r
+                     and r[y] is not None and not (isinstance(r[y], float) and math.isnan(r[y])))
+        if pts:
+            xs, ys, es = zip(*pts)
+            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=str(group))
+    if reference is not None and not math.isnan(reference):
+        ax.axhline(reference, color="tab:cyan", linestyle="--", label=reference_label)
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def finish_study(study: Study, table: str, plots: Mapping[str, np.ndarray],
+                 extra: Mapping[str, Any] | None = None, failed: bool = False) -> Path:
+    """Log results/plots to the parent run, close it, write the same files locally -> the folder."""
+    from ..eval.images import save_png
+    from ..tracking import Tracker
+
+    t = Tracker(study.tracking_uri, study.base.tracking.experiment)
+    t.attach(study.parent_run_id)
+    results = {"study": study.name, "rows": study.rows, **(extra or {})}
+    t.log_dict(results, "results.json")
+    t.log_text(table, "results.md")
+    for name, img in plots.items():
+        t.log_image(img, f"plots/{name}.png")
+    t.end("FAILED" if failed else "FINISHED")
+    final = study.out_dir
+    tmp = final.with_name(f".{final.name}.tmp")
+    (tmp / "plots").mkdir(parents=True, exist_ok=True)
+    (tmp / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    (tmp / "results.md").write_text(table)
+    for name, img in plots.items():
+        save_png(img, tmp / "plots" / f"{name}.png")
+    os.replace(tmp, final)
+    return final

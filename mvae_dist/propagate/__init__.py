@@ -1,0 +1,44 @@
+"""Label propagation (paper §4.5): relatedness from PMI, the Siamese baseline, Ray-scale scoring.
+
+Public API::
+
+    choose_threshold(scores, related) -> float                       # max F1 on S_m
+    relatedness_scores(pred, related) -> {precision, recall, f1, accuracy, n, n_pred_related, n_related}
+    score_pmi(model, batches, K, device="cpu", seed=0, *, progress=False) -> Scored
+    train_siamese(url, split="sr", *, epochs=10, seed=0, storage_options=None, ...) -> SiameseModel
+    siamese_scores(model, url, split, *, batch_size=256, storage_options=None) -> Scored
+    siamese_baseline(url, *, train_split="sr", calibrate="sm", pool="fm", ...) -> SiameseResult
+    run_propagate(*, checkpoint | run_id, data, pool, calibrate, threshold, out, workers, K,
+                  batch_size, tracking_uri, storage_options, ray_address, ...) -> PropagateResult
+
+Names resolve lazily: importing this package pulls in neither Ray nor webdataset; Ray is
+imported only when ``run_propagate`` runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "choose_threshold": ".relatedness",
+    "relatedness_scores": ".relatedness",
+    "score_pmi": ".relatedness",
+    "Scored": ".relatedness",
+    "SiameseModel": ".siamese",
+    "SiameseResult": ".siamese",
+    "train_siamese": ".siamese",
+    "siamese_scores": ".siamese",
+    "siamese_baseline": ".siamese",
+    "run_propagate": ".scale",
+    "PropagateResult": ".scale",
+    "ShardScorer": ".scale",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

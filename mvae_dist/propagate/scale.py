@@ -1,0 +1,499 @@
+"""``run_propagate``: PMI label propagation over a mixed pool on Ray workers (paper §4.5).
+
+1. Load the trained model (checkpoint URI or MLflow run) and the data set's manifest.
+2. Threshold: the given one, or the F1-maximising PMI threshold on the calibration split
+   (S_m, ground truth known), scored by the workers.
+3. The pool's shards (F_m) are dealt to ``workers`` Ray worker slots by index (shard i ->
+   slot i mod W: disjoint sets); a slot runs one Ray task per shard, one after the other, so at
+   most W tasks run at once. A task scores its shard's pairs by PMI in batches under no_grad
+   and writes the pairs with PMI >= threshold, byte for byte, to ``{out}/train/shard-i``.
+4. The driver writes ``{out}/manifest.json`` LAST (a valid data set: ``make_loader(out,
+   "train")`` and ``verify(out)`` read it), with provenance: source data URL, pool, threshold,
+   model source, and precision / recall / F1 of the found pairs against the ground truth.
+
+Nothing is half-written: ``{out}`` must be empty or absent; a marker ``_propagating.json`` is
+published first and removed last; on failure the files written so far are removed again. Each
+pair's PMI noise is seeded by (seed, key) (see ``relatedness.pair_noise``), so the result does
+not depend on the number of workers or the batch size.
+
+Tasks rather than actors: Ray keeps its worker processes (torch already imported) between
+tasks and between runs, so a second propagation starts in well under a second. The model goes
+into the object store once; each process builds it once per run (``_call`` caches it).
+Ray is imported inside ``run_propagate`` only; ``ShardScorer`` is a plain class, usable and
+tested without Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from mvae_dist.data.manifest import url_to_fs
+from mvae_dist.data.shards import atomic_write
+from mvae_dist.errors import ConfigError, DataError
+
+from .pools import batches, class_counts, event_shape, read_shard, read_shard_bytes, shard_url, write_samples
+from .relatedness import Scored, choose_threshold, pair_noise, pmi_with_noise, relatedness_scores
+
+MARKER = "_propagating.json"  # the run's parameters while shards are being written
+
+
+# ------------------------------------------------------------------------------ the worker
+class ShardScorer:
+    """Scores whole shards by PMI with one model (what each Ray task runs).
+
+    model: (ModelConfig, state dict), as one ``ray.put`` object hands them to every task; K
+    importance samples; pairs are scored ``batch_size`` at a time; ``threads``: torch intra-op
+    threads; storage_options: fsspec options for reading shards, out_storage_options for writing
+    (default: the same).
+    """
+
+    def __init__(self, model: tuple[Any, dict], *, K: int, batch_size: int, seed: int,
+                 storage_options: dict | None = None, out_storage_options: dict | None = None,
+                 threads: int = 1, device: str = "cpu") -> None:
+        from mvae_dist.models import build_model
+
+        if threads > 0:
+            torch.set_num_threads(threads)
+        model_config, state_dict = model
+        self.device = torch.device(device)
+        self.model = build_model(model_config)
+        self.model.load_state_dict(state_dict)
+        self.model.to(self.device).eval()
+        self.K, self.batch_size, self.seed = K, batch_size, seed
+        self.storage_options = storage_options
+        self.out_storage_options = out_storage_options if out_storage_options is not None else storage_options
+
+    def _score(self, samples: list[dict], n_modalities: int) -> dict:
+        scores, related, ids, labels, keys = [], [], [], [], []
+        for batch in batches(samples, self.batch_size, n_modalities):
+            xs = [x.to(self.device) for x in batch["xs"]]
+            eps, eps_m = pair_noise(self.model, self.K, batch["key"], self.seed)
+            value = pmi_with_noise(self.model, xs, self.K, eps.to(self.device),
+                                   [e.to(self.device) for e in eps_m])
+            scores.append(value.double().cpu().numpy())
+            related.append(batch["related"].numpy())
+            ids.append(batch["ids"].numpy())
+            labels.append(batch["labels"].numpy())
+            keys.extend(batch["key"])
+        if not scores:
+            empty = np.zeros((0, n_modalities), np.int64)
+            return {"scores": np.zeros(0), "related": np.zeros(0, bool), "ids": empty, "labels": empty,
+                    "keys": []}
+        return {"scores": np.concatenate(scores), "related": np.concatenate(related),
+                "ids": np.concatenate(ids), "labels": np.concatenate(labels), "keys": keys}
+
+    def score(self, url: str, entry: dict, n_modalities: int) -> dict:
+        """PMI of every pair of one shard -> {scores [P], related [P], ids, labels [P, M], keys,
+        seconds}."""
+        t0 = time.perf_counter()
+        out = self._score(read_shard(url, entry, self.storage_options), n_modalities)
+        out["seconds"] = time.perf_counter() - t0
+        return out
+
+    def select(self, url: str, entry: dict, n_modalities: int, threshold: float, out: str,
+               rel: str) -> dict:
+        """Score one shard and publish its pairs with PMI >= threshold at ``out/rel`` (nothing
+        when none is) -> score()'s dict plus ``found`` (bool [P]) and ``entry`` (or None)."""
+        t0 = time.perf_counter()
+        samples = read_shard(url, entry, self.storage_options)
+        res = self._score(samples, n_modalities)
+        found = res["scores"] >= threshold
+        res["found"] = found
+        res["entry"] = None
+        if found.any():
+            kept = [s for s, keep in zip(samples, found) if keep]
+            res["entry"] = write_samples(out, rel, kept, self.out_storage_options)
+        res["seconds"] = time.perf_counter() - t0
+        return res
+
+    def copy(self, url: str, entry: dict, out: str, rel: str) -> dict:
+        """Copy one shard unchanged to ``out/rel`` -> its new manifest entry."""
+        data = read_shard_bytes(url, entry, self.storage_options)
+        fs, root = url_to_fs(out, self.out_storage_options)
+        atomic_write(fs, f"{root.rstrip('/')}/{rel}", data)
+        return {**entry, "path": rel}
+
+
+# ------------------------------------------------------------------------------ the result
+@dataclass
+class PropagateResult:
+    """What a propagation found and where it went.
+
+    threshold: the PMI threshold used; calibrated_on: the split it was chosen on (None when
+    given); calibration: relatedness_scores on that split at the threshold; scores:
+    relatedness_scores of the found pairs on the pool against its ground truth (precision,
+    recall, f1, accuracy, n, n_pred_related, n_related); pool_scores: every pool pair's PMI.
+    """
+
+    out: str
+    data: str
+    pool: str
+    threshold: float
+    calibrated_on: str | None
+    calibration: dict | None
+    scores: dict
+    n_scored: int
+    n_found: int
+    n_shards: int
+    workers: int
+    K: int
+    model_source: str
+    run_id: str | None
+    seconds: dict
+    extra_train: dict = field(default_factory=dict)
+    copied: dict = field(default_factory=dict)
+    pool_scores: Scored | None = field(default=None, repr=False)
+
+    @property
+    def manifest_url(self) -> str:
+        return f"{self.out}/manifest.json"
+
+    @property
+    def pairs_per_s(self) -> float:
+        """Pool pairs scored per second (wall clock of the pool phase, all workers together)."""
+        s = self.seconds.get("pool", 0.0)
+        return self.n_scored / s if s > 0 else float("nan")
+
+    @property
+    def n_train(self) -> int:
+        return self.n_found + sum(self.extra_train.values())
+
+    def lines(self) -> list[str]:
+        if self.calibrated_on is None:
+            head = f"threshold {self.threshold:.4f} (given)"
+        else:
+            c = self.calibration or {}
+            head = (f"threshold {self.threshold:.4f} (chosen on {self.calibrated_on}: "
+                    f"F1 {c.get('f1', 0):.3f} over {c.get('n', 0)} pairs)")
+        s = self.scores
+        extra = "".join(f" + {k} {v}" for k, v in self.extra_train.items())
+        copied = "".join(f", {k} {v}" for k, v in self.copied.items())
+        return [
+            head,
+            f"scored {self.n_scored} pairs of {self.pool} on {self.workers} Ray worker(s) in "
+            f"{self.seconds.get('pool', 0):.1f} s ({self.pairs_per_s:.0f} pairs/s, K={self.K})",
+            f"found {self.n_found} related pairs; against the ground truth: precision {s['precision']:.3f} "
+            f"recall {s['recall']:.3f} F1 {s['f1']:.3f}",
+            f"wrote train: {self.n_found} pairs{extra} in {self.n_shards} shards{copied} "
+            f"-> {self.manifest_url}",
+        ]
+
+
+# ------------------------------------------------------------------------------ checks
+def _check_args(workers: int, K: int, batch_size: int, threshold: float | None) -> None:
+    for name, value in (("workers", workers), ("K", K), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= 1, got {value!r}")
+    if threshold is not None and not (isinstance(threshold, (int, float)) and math.isfinite(threshold)):
+        raise ConfigError(f"--threshold must be a finite number, got {threshold!r}")
+
+
+def _check_out(out: str, data: str | None, storage_options: dict | None) -> None:
+    """ConfigError unless ``out`` is absent or an empty directory / prefix."""
+    from mvae_dist.data.manifest import MANIFEST, check_bucket, url_to_fs
+
+    fs, root = url_to_fs(out, storage_options)
+    check_bucket(fs, root, out)
+    if fs.exists(f"{root}/{MANIFEST}"):
+        raise ConfigError(f"{out} already holds a data set (manifest.json); "
+                          "choose another --out or delete it")
+    if fs.exists(f"{root}/{MARKER}"):
+        raise ConfigError(f"{out} holds an unfinished propagation ({MARKER}); "
+                          "delete it or choose another --out")
+    if fs.exists(root) and fs.isdir(root) and fs.ls(root, detail=False):
+        raise ConfigError(f"{out} is not empty; refusing to write into it")
+    if data is not None and out.rstrip("/") == data.rstrip("/"):
+        raise ConfigError("--out must differ from --data")
+
+
+def _check_split(manifest: dict, split: str, what: str, data: str) -> dict:
+    if split not in manifest["splits"]:
+        raise ConfigError(f"--{what} {split!r} is not a split of {data} (has {sorted(manifest['splits'])})")
+    info = manifest["splits"][split]
+    if info["count"] == 0:
+        raise ConfigError(f"--{what} {split!r} of {data} holds no pairs")
+    return info
+
+
+def _check_modalities(manifest: dict, model_config: Any, data: str) -> None:
+    from mvae_dist.models.builders import event_shape as model_shape
+
+    want = [tuple(model_shape(s)) for s in model_config.modalities]
+    have = [event_shape(m["shape"]) for m in manifest["modalities"]]
+    if want != have:
+        raise ConfigError(f"the model's modalities {list(model_config.modalities)} expect inputs {want}, "
+                          f"but {data} holds {have}")
+
+
+# ------------------------------------------------------------------------------ Ray plumbing
+_SCORERS: dict[str, ShardScorer] = {}  # per Ray worker process: the current run's scorer
+
+
+def _call(run: str, model_ref: list, init: dict, method: str, *args: Any) -> Any:
+    """A Ray task: ``ShardScorer(...).method(*args)``, building the scorer once per run and process.
+
+    ``model_ref`` is a one-element list holding the ObjectRef, so that Ray does not fetch and
+    unpickle the state dict for every task, only when this process first needs it.
+    """
+    scorer = _SCORERS.get(run)
+    if scorer is None:
+        import ray
+
+        _SCORERS.clear()  # one model per process: the previous run's is dropped
+        scorer = _SCORERS[run] = ShardScorer(ray.get(model_ref[0]), **init)
+    return getattr(scorer, method)(*args)
+
+
+def _run_slots(ray: Any, task: Any, jobs: list[tuple], slots: int, *, desc: str, progress: bool,
+               weights: list[int] | None = None) -> list:
+    """Run ``task.remote(*job)`` for every job; job i belongs to slot i mod ``slots`` and each
+    slot runs its jobs one after the other (at most ``slots`` in flight) -> results in job order.
+
+    The progress bar advances by ``weights[i]`` (pairs) as job i ends.
+    """
+    from tqdm.auto import tqdm
+
+    weights = weights or [1] * len(jobs)
+    queues = [list(range(w, len(jobs), slots)) for w in range(slots)]
+    results: list[Any] = [None] * len(jobs)
+    running: dict[Any, tuple[int, int]] = {}
+
+    def submit(w: int) -> None:
+        if queues[w]:
+            i = queues[w].pop(0)
+            running[task.remote(*jobs[i])] = (w, i)
+
+    for w in range(slots):
+        submit(w)
+    try:
+        with tqdm(total=sum(weights), unit="pair", desc=desc, disable=not progress) as bar:
+            while running:
+                done, _ = ray.wait(list(running), num_returns=1)
+                for ref in done:
+                    w, i = running.pop(ref)
+                    results[i] = ray.get(ref)
+                    bar.update(weights[i])
+                    submit(w)
+    except BaseException:
+        # Stop the tasks still running before the caller cleans up, or they could publish a
+        # shard after the clean-up (each write is atomic, so an interrupted one leaves nothing).
+        for ref in running:
+            ray.cancel(ref)
+        ray.wait(list(running), num_returns=len(running), timeout=60)
+        raise
+    return results
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The user-facing error inside a Ray task error (a DataError reading a shard, ...)."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc
+
+
+def run_propagate(*, checkpoint: str | None = None, run_id: str | None = None, data: str | None = None,
+                  pool: str = "fm", calibrate: str | None = "sm", threshold: float | None = None, out: str,
+                  workers: int = 2, K: int = 30, batch_size: int = 256, tracking_uri: str | None = None,
+                  storage_options: dict | None = None, ray_address: str | None = None, seed: int = 0,
+                  progress: bool = True, cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0,
+                  extra_train: Sequence[str] = (), copy_splits: Sequence[str] = ()) -> PropagateResult:
+    """Label propagation (paper §4.5) with a trained model -> PropagateResult; see the module doc.
+
+    checkpoint | run_id: the model (exactly one). data: the data set holding ``pool`` and
+    ``calibrate`` (default: the model's ``data.url``). threshold: a PMI threshold, or None to
+    choose it on ``calibrate`` by max F1. out: where the found pairs go, as split ``train`` of
+    a new data set. workers: Ray worker slots scoring disjoint sets of shards, one task at a
+    time each (``cpus_per_worker`` CPUs, ``gpus_per_worker`` GPUs per task; with GPUs the
+    tasks score on "cuda"). K: importance samples per PMI estimate.
+    storage_options: fsspec options for the checkpoint, data and output (never logged).
+    extra_train: source splits appended unchanged to the output's ``train`` (e.g. ("sr",): S_r
+    plus the found pairs, the paper's retraining set); copy_splits: source splits copied
+    unchanged (e.g. ("test",)). A task whose worker process dies is retried by Ray (tasks are
+    idempotent: a shard is published whole or not at all); an error in a task is not.
+    """
+    from mvae_dist.config import load_storage_options
+    from mvae_dist.data.manifest import MANIFEST, open_manifest
+    from mvae_dist.data.shards import shard_path
+    from mvae_dist.trained import load_trained
+
+    t_start = time.perf_counter()
+    _check_args(workers, K, batch_size, threshold)
+    if threshold is None and not calibrate:
+        raise ConfigError("give --threshold or a --calibrate split to choose it on")
+    out = str(out).rstrip("/")
+    _check_out(out, data, storage_options)
+
+    trained = load_trained(checkpoint=checkpoint, run_id=run_id, tracking_uri=tracking_uri,
+                           storage_options=storage_options)
+    data_options = storage_options
+    if data is None:
+        data = trained.config.data.url
+        if data_options is None:
+            data_options = load_storage_options(trained.config.data.storage_options_file)
+    data = data.rstrip("/")
+    if out == data:
+        raise ConfigError("--out must differ from --data")
+    manifest = open_manifest(data, data_options)
+    _check_modalities(manifest, trained.config.model, data)
+    pool_info = _check_split(manifest, pool, "pool", data)
+    cal_info = None
+    if threshold is None:
+        cal_info = _check_split(manifest, calibrate, "calibrate", data)
+        if cal_info.get("related") in (0, cal_info["count"]):
+            raise ConfigError(f"--calibrate {calibrate!r} has no mix of related and unrelated pairs "
+                              f"({cal_info.get('related')} of {cal_info['count']} related); "
+                              "choose a mixed split such as sm, or give --threshold")
+    for split in (*extra_train, *copy_splits):
+        _check_split(manifest, split, "extra split", data)
+    if "train" in copy_splits:
+        raise ConfigError("copy_splits cannot hold 'train': the output's train split is the found pairs")
+    n_mod = len(manifest["modalities"])
+    t_loaded = time.perf_counter()
+
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=ray_address, log_to_driver=False, configure_logging=False)
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if workers * cpus_per_worker > cpus:
+        raise ConfigError(f"--workers {workers} need {workers * cpus_per_worker:g} CPUs; "
+                          f"the Ray cluster has {cpus:g}")
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if workers * gpus_per_worker > gpus:
+        raise ConfigError(f"--workers {workers} need {workers * gpus_per_worker:g} GPUs; "
+                          f"the Ray cluster has {gpus:g}")
+    slots = min(workers, max(len(pool_info["shards"]), len(cal_info["shards"]) if cal_info else 0))
+    state = {k: v.detach().cpu() for k, v in trained.model.state_dict().items()}
+    model_ref = [ray.put((trained.config.model, state))]
+    init = {"K": K, "batch_size": batch_size, "seed": seed, "storage_options": data_options,
+            "out_storage_options": storage_options or {}, "threads": max(1, int(cpus_per_worker)),
+            "device": "cuda" if gpus_per_worker > 0 else "cpu"}
+    run_key = uuid.uuid4().hex
+    task = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)(_call)
+
+    def jobs(method: str, args: list[tuple]) -> list[tuple]:
+        return [(run_key, model_ref, init, method, *a) for a in args]
+
+    fs, root = url_to_fs(out, storage_options)
+    written: list[str] = []  # relative paths that may exist under out (for clean-up on failure)
+    try:
+        # ---- threshold
+        calibration = None
+        if threshold is None:
+            entries = cal_info["shards"]
+            res = _run_slots(ray, task, jobs("score", [(shard_url(data, e), e, n_mod) for e in entries]),
+                             slots, desc=f"PMI {calibrate}", progress=progress,
+                             weights=[e["count"] for e in entries])
+            cal_scores = np.concatenate([r["scores"] for r in res])
+            cal_related = np.concatenate([r["related"] for r in res])
+            threshold = choose_threshold(cal_scores, cal_related)
+            calibration = relatedness_scores(cal_scores >= threshold, cal_related)
+        threshold = float(threshold)
+        t_cal = time.perf_counter()
+
+        # ---- the pool: score, select, write (shard i -> slot i mod W -> out/train/shard-i)
+        atomic_write(fs, f"{root}/{MARKER}", json.dumps(
+            {"data": data, "pool": pool, "threshold": threshold, "model": trained.source}).encode())
+        written.append(MARKER)
+        entries = pool_info["shards"]
+        rels = [shard_path("train", i) for i in range(len(entries))]
+        written.extend(rels)
+        args = [(shard_url(data, e), e, n_mod, threshold, out, rels[i]) for i, e in enumerate(entries)]
+        res = _run_slots(ray, task, jobs("select", args), slots, desc=f"PMI {pool}", progress=progress,
+                         weights=[e["count"] for e in entries])
+        t_pool = time.perf_counter()
+        arrays = (np.concatenate([r[k] for r in res]) for k in ("scores", "related", "ids", "labels"))
+        scored = Scored(*arrays, [k for r in res for k in r["keys"]])
+        found = np.concatenate([r["found"] for r in res])
+        shards = [r["entry"] for r in res if r["entry"] is not None]
+        train = {"count": int(found.sum()), "related": int((found & scored.related).sum()), "mixed": False,
+                 "class_counts": class_counts(scored.labels[found, 0]), "shards": shards}
+
+        # ---- extra splits, copied by the workers
+        extra_counts: dict[str, int] = {}
+        copy_jobs = []
+        next_index = len(entries)
+        for split in extra_train:
+            info = manifest["splits"][split]
+            for e in info["shards"]:
+                rel = shard_path("train", next_index)
+                next_index += 1
+                copy_jobs.append(("train", shard_url(data, e), e, rel))
+            extra_counts[split] = int(info["count"])
+            train["count"] += int(info["count"])
+            train["related"] += int(info.get("related", info["count"]))
+            for k, v in info.get("class_counts", {}).items():
+                train["class_counts"][k] = train["class_counts"].get(k, 0) + int(v)
+        train["class_counts"] = dict(sorted(train["class_counts"].items(), key=lambda kv: int(kv[0])))
+        for split in copy_splits:
+            for e in manifest["splits"][split]["shards"]:
+                copy_jobs.append((split, shard_url(data, e), e, e["path"]))
+        written.extend(rel for _, _, _, rel in copy_jobs)
+        copies = _run_slots(ray, task, jobs("copy", [(url, e, out, rel) for _, url, e, rel in copy_jobs]),
+                            slots, desc="copy", progress=False)
+        splits = {"train": train}
+        for (split, _, _, _), entry in zip(copy_jobs, copies):
+            if split == "train":
+                train["shards"].append(entry)
+            else:
+                splits.setdefault(split, {**manifest["splits"][split], "shards": []})["shards"].append(entry)
+
+        # ---- the manifest, last
+        scores = relatedness_scores(found, scored.related)
+        propagation = {
+            "data": data, "pool": pool, "pool_count": int(pool_info["count"]),
+            "threshold": threshold, "calibrated_on": calibrate if calibration is not None else None,
+            "calibration": calibration, "scores": scores, "n_scored": int(len(found)),
+            "n_found": int(found.sum()), "K": K, "seed": seed,
+            "model": {"source": trained.source, "run_id": trained.run_id, "step": trained.step,
+                      "name": trained.config.model.name, "objective": trained.config.objective.name,
+                      "estimator": trained.config.objective.estimator},
+            "extra_train": extra_counts, "copied": list(copy_splits),
+        }
+        new_manifest = {
+            "format_version": manifest["format_version"],
+            "dataset": manifest["dataset"],
+            "config": {**manifest["config"], "propagated_from": data},
+            "synthetic": manifest["synthetic"],
+            "modalities": manifest["modalities"],
+            "splits": splits,
+            "sources": manifest.get("sources", {}),
+            "propagation": propagation,
+        }
+        atomic_write(fs, f"{root}/{MANIFEST}", json.dumps(new_manifest, indent=1).encode())
+        fs.rm_file(f"{root}/{MARKER}")
+    except BaseException as exc:
+        _clean(fs, root, written)
+        inner = _unwrap(exc)
+        if inner is not exc and isinstance(inner, (ConfigError, DataError)):
+            raise inner from None
+        raise
+    t_end = time.perf_counter()
+    return PropagateResult(
+        out=out, data=data, pool=pool, threshold=threshold,
+        calibrated_on=calibrate if calibration is not None else None, calibration=calibration,
+        scores=scores, n_scored=int(len(found)), n_found=int(found.sum()), n_shards=len(train["shards"]),
+        workers=slots, K=K, model_source=trained.source, run_id=trained.run_id,
+        seconds={"load": t_loaded - t_start, "calibrate": t_cal - t_loaded, "pool": t_pool - t_cal,
+                 "total": t_end - t_start},
+        extra_train=extra_counts, copied={s: int(manifest["splits"][s]["count"]) for s in copy_splits},
+        pool_scores=scored,
+    )
+
+
+def _clean(fs: Any, root: str, rels: list[str]) -> None:
+    """Best-effort removal of what a failed run may have written (the marker last)."""
+    for rel in [r for r in rels if r != MARKER] + [MARKER]:
+        try:
+            if fs.exists(f"{root}/{rel}"):
+                fs.rm_file(f"{root}/{rel}")
+        except Exception:  # noqa: BLE001 - clean-up must not hide the original error
+            pass

@@ -1,0 +1,95 @@
+"""The demo and the label-propagation study end to end on small builds (real Ray Train, sqlite MLflow)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mvae_dist.cli import main
+
+#: a small embedded build: real MNIST, 50 / 10 synthetic street images per digit, 1 pair per instance
+SMALL = {"street_per_class": (50, 10), "shard_size": 25}
+#: a few steps and small evaluations: plumbing, not quality
+QUICK = ["train.max_steps=2", "train.epochs=1", "eval.n_test=50", "eval.n_latent_train=100", "eval.ll_n=8",
+         "eval.ll_K=3", "data.batch_size=16", "objective.K=2", "objective.N=2", "train.log_every=1"]
+
+
+def _classifiers_for(url: str) -> None:
+    """One-epoch classifiers stored with the build, so the studies do not train 10-epoch ones."""
+    from mvae_dist.eval.classifiers import train_classifiers
+
+    train_classifiers(url, epochs=1)
+
+
+def _client(uri):
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=uri)
+
+
+@pytest.mark.slow
+def test_demo_trains_both_and_prints_the_table(ray_cluster, tmp_path, capsys):
+    from mvae_dist.experiments import demo
+    from mvae_dist.experiments.studies import ensure_data
+
+    root = str(tmp_path / "demo")
+    _classifiers_for(ensure_data(root, dm=1, data_options=SMALL, progress=False))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    out = demo(root, dm=1, overrides=QUICK, tracking_uri=uri, data_options=SMALL)
+    text = capsys.readouterr().out
+    assert "| metric | MMVAE | cI-MMVAE |" in text and "cross coherence mnist -> svhn" in text
+    assert "mlflow ui --backend-store-uri" in text
+    results = json.loads((out / "results.json").read_text())
+    assert [r["arm"] for r in results["rows"]] == ["MMVAE", "cI-MMVAE"]
+    assert all(0.0 <= r["coherence_cross"] <= 1.0 and r["log_joint"] < 0 for r in results["rows"])
+    parent = results["rows"][0]["run_id"]
+    client = _client(uri)
+    parent_id = client.get_run(parent).data.tags["mlflow.parentRunId"]
+    assert client.get_run(parent_id).info.status == "FINISHED"
+    kids = [client.get_run(r["run_id"]) for r in results["rows"]]
+    assert {k.data.tags["arm"] for k in kids} == {"MMVAE", "cI-MMVAE"}
+    assert all(k.info.status == "FINISHED" and "eval/coherence_cross" in k.data.metrics for k in kids)
+    assert kids[0].data.params["objective.name"] == "baseline"
+    assert kids[1].data.params["objective.name"] == "contrastive"
+
+
+@pytest.mark.slow
+def test_label_propagation_study(ray_cluster, tmp_path, capsys):
+    from mvae_dist.experiments import label_propagation
+    from mvae_dist.experiments.studies import ensure_data
+
+    root = str(tmp_path / "lp")
+    opts = SMALL
+    url = ensure_data(root, dm=1, sr_fraction=0.5, data_options=opts, progress=False)
+    assert url.endswith("embedded-dm1-f1-sr0.5")
+    _classifiers_for(url)
+    out = label_propagation(None, QUICK, sr_fraction=0.5, arms=["cI"], dm=1, root=root, K=2,
+                            tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", data_options=opts)
+    text = capsys.readouterr().out
+    assert "Siamese" in text and "cI-MMVAE PMI" in text
+    results = json.loads((out / "results.json").read_text())
+    assert [r["arm"] for r in results["rows"]] == ["MMVAE on F_r", "cI on S_r", "cI on S_r + found"]
+    preds = {r["predictor"]: r for r in results["relatedness"]}
+    assert set(preds) == {"Siamese", "cI-MMVAE PMI"}
+    assert all(0.0 <= p["f1"] <= 1.0 for p in preds.values())
+    found = list(Path(root).glob("propagated/cI-*/manifest.json"))
+    assert len(found) == 1
+    manifest = json.loads(found[0].read_text())
+    source = json.loads((Path(root) / "data" / "embedded-dm1-f1-sr0.5" / "manifest.json").read_text())
+    n_sr = source["splits"]["sr"]["count"]
+    assert manifest["splits"]["train"]["count"] == n_sr + preds["cI-MMVAE PMI"]["n_pred_related"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["experiment", "gamma", "--gammas", "2,1.0"], "gamma must be > 1"),
+    (["experiment", "data-efficiency", "--fractions", "0.2,1.5"], "data fractions must be in (0, 1]"),
+    (["experiment", "data-efficiency", "--fractions", "a"], "--fractions must be a comma list"),
+    (["experiment", "label-propagation", "--sr-fraction", "1"], "--sr-fraction must be in (0, 1)"),
+    (["demo", "--percent", "0"], "--percent must be in (0, 100]"),
+])
+def test_bad_study_arguments_are_one_line_errors(args, message, tmp_path, capsys):
+    assert main([*args, "--root", str(tmp_path), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err

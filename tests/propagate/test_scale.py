@@ -1,0 +1,204 @@
+"""run_propagate on Ray workers, end to end on the tiny embedded pools, against in-process PMI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from mvae_dist.cli import main
+from mvae_dist.data import make_loader, open_manifest, verify
+from mvae_dist.errors import ConfigError, DataError
+from mvae_dist.propagate import run_propagate
+from mvae_dist.propagate.relatedness import choose_threshold, relatedness_scores, score_pmi
+from mvae_dist.trained import load_trained
+
+K = 2
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_pools, untrained_checkpoint):
+    """PMI of every sm and fm pair scored in this process (one thread), as run_propagate does."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # the workers' thread count: same kernels, same rounding
+    try:
+        model = load_trained(checkpoint=untrained_checkpoint).model
+        return {split: score_pmi(model, make_loader(tiny_pools, split, 64, shuffle=False, drop_last=False),
+                                 K, seed=0) for split in ("sm", "fm")}
+    finally:
+        torch.set_num_threads(before)
+
+
+def read_all(url: str, split: str = "train", storage_options: dict | None = None) -> dict:
+    keys, related, labels = [], [], []
+    for b in make_loader(url, split, 64, shuffle=False, drop_last=False, storage_options=storage_options):
+        keys += b["key"]
+        related.append(b["related"].numpy())
+        labels.append(b["labels"].numpy())
+    return {"keys": keys, "related": np.concatenate(related), "labels": np.concatenate(labels)}
+
+
+def test_end_to_end_on_two_workers_matches_in_process_pmi(ray_cluster, tiny_pools, untrained_checkpoint,
+                                                           reference, tmp_path):
+    out = str(tmp_path / "found")
+    r = run_propagate(checkpoint=untrained_checkpoint, out=out, workers=2, K=K, batch_size=16, progress=False)
+    # the threshold: max F1 on sm, as chosen in-process
+    sm, fm = reference["sm"], reference["fm"]
+    assert r.threshold == pytest.approx(choose_threshold(sm.scores, sm.related), abs=1e-6)
+    assert r.calibrated_on == "sm" and r.calibration["n"] == 50 and r.data == tiny_pools
+    # the pool: every pair scored once, the found ones are those with PMI >= threshold
+    assert r.workers == 2 and r.n_scored == 450 and sorted(r.pool_scores.keys) == sorted(fm.keys)
+    ref = dict(zip(fm.keys, fm.scores))
+    np.testing.assert_allclose([ref[k] for k in r.pool_scores.keys], r.pool_scores.scores, atol=1e-4)
+    expected = {k for k, s in zip(fm.keys, fm.scores) if s >= r.threshold}
+    assert r.n_found == len(expected) > 0
+    for name, value in relatedness_scores(fm.scores >= r.threshold, fm.related).items():
+        assert r.scores[name] == pytest.approx(value)
+
+    # a valid data set whose train split holds exactly the found pairs
+    manifest = open_manifest(out)
+    assert list(manifest["splits"]) == ["train"] and verify(out)["shards"] == r.n_shards > 0
+    got = read_all(out)
+    assert sorted(got["keys"]) == sorted(expected) and len(got["keys"]) == r.n_found
+    train = manifest["splits"]["train"]
+    assert train["count"] == r.n_found and train["related"] == int(got["related"].sum())
+    assert sum(train["class_counts"].values()) == r.n_found
+    src = open_manifest(tiny_pools)
+    assert manifest["modalities"] == src["modalities"] and manifest["synthetic"] == ["svhn-like"]
+    assert manifest["config"]["propagated_from"] == tiny_pools
+    prov = manifest["propagation"]
+    assert prov["data"] == tiny_pools and prov["pool"] == "fm" and prov["calibrated_on"] == "sm"
+    assert prov["threshold"] == r.threshold and prov["n_found"] == r.n_found and prov["K"] == K
+    assert prov["model"]["source"] == untrained_checkpoint and prov["model"]["step"] == 7
+    assert prov["scores"]["f1"] == pytest.approx(r.scores["f1"])
+    assert not os.path.exists(os.path.join(out, "_propagating.json"))
+
+    lines = r.lines()
+    assert lines[0].startswith(f"threshold {r.threshold:.4f} (chosen on sm")
+    assert "scored 450 pairs of fm on 2 Ray worker(s)" in lines[1]
+    assert lines[2].startswith(f"found {r.n_found} related pairs") and "F1" in lines[2]
+    assert lines[3].endswith(f"-> {out}/manifest.json")
+    assert r.pairs_per_s > 0
+    print("\n".join(lines))
+
+
+def test_given_threshold_one_worker_extra_splits_and_no_overwrite(ray_cluster, tiny_pools,
+                                                                  untrained_checkpoint, reference, tmp_path):
+    fm = reference["fm"]
+    t = float(np.median(fm.scores))
+    out = str(tmp_path / "given")
+    r = run_propagate(checkpoint=untrained_checkpoint, data=tiny_pools, threshold=t, out=out, workers=1, K=K,
+                      batch_size=64, progress=False, extra_train=("sr",), copy_splits=("test",))
+    assert r.threshold == t and r.calibrated_on is None and r.calibration is None
+    assert r.n_found == int((fm.scores >= t).sum()) and r.workers == 1
+    assert r.n_train == r.n_found + 50 and r.extra_train == {"sr": 50} and r.copied == {"test": 100}
+    assert "(given)" in r.lines()[0] and "+ sr 50" in r.lines()[3]
+    verify(out)
+    train, test = read_all(out), read_all(out, "test")
+    assert len(train["keys"]) == r.n_found + 50
+    assert sum(k.startswith("sr-") for k in train["keys"]) == 50
+    assert len(test["keys"]) == 100 and test["related"].all()
+    m = open_manifest(out)
+    assert m["splits"]["test"]["count"] == 100 and m["propagation"]["calibrated_on"] is None
+    assert m["splits"]["train"]["related"] == int(train["related"].sum())
+
+    before = open(os.path.join(out, "manifest.json"), "rb").read()
+    with pytest.raises(ConfigError, match="already holds a data set"):
+        run_propagate(checkpoint=untrained_checkpoint, threshold=t, out=out, workers=1, K=K, progress=False)
+    assert open(os.path.join(out, "manifest.json"), "rb").read() == before
+
+
+def test_bad_input_is_a_one_line_error(ray_cluster, tiny_pools, untrained_checkpoint, tmp_path):
+    out = str(tmp_path / "out")
+    kw = dict(checkpoint=untrained_checkpoint, out=out, K=1, progress=False)
+    cases = [
+        (dict(pool="nope"), ConfigError, "--pool 'nope' is not a split of"),
+        (dict(calibrate="sr"), ConfigError, "--calibrate 'sr' has no mix of related and unrelated pairs"),
+        (dict(threshold=float("nan")), ConfigError, "--threshold must be a finite number"),
+        (dict(workers=0), ConfigError, "--workers must be an integer >= 1"),
+        (dict(workers=64), ConfigError, "--workers 64 need 64 CPUs"),
+        (dict(data=str(tmp_path / "missing")), DataError, "manifest.json not found"),
+        (dict(run_id="abc"), ConfigError, "exactly one of --checkpoint"),
+        (dict(data=tiny_pools, out=tiny_pools), ConfigError, "already holds a data set"),
+    ]
+    for extra, err, message in cases:
+        with pytest.raises(err, match=message.replace("(", r"\(").replace("[", r"\[")) as info:
+            run_propagate(**{**kw, **extra})
+        assert "\n" not in str(info.value)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    with pytest.raises(ConfigError, match="is not empty"):
+        run_propagate(**{**kw, "out": str(tmp_path / "full")})
+    assert not os.path.exists(out)
+
+
+def test_a_corrupt_shard_fails_cleanly_leaving_nothing(ray_cluster, tiny_pools, untrained_checkpoint,
+                                                       tmp_path):
+    data = str(tmp_path / "data")
+    shutil.copytree(tiny_pools, data)
+    bad = os.path.join(data, "fm", "shard-000011.tar")
+    with open(bad, "r+b") as f:
+        f.truncate(1000)
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match=r"truncated or corrupt shard .*fm/shard-000011.tar") as info:
+        run_propagate(checkpoint=untrained_checkpoint, data=data, threshold=0.0, out=str(out), workers=2,
+                      K=1, progress=False)
+    assert "\n" not in str(info.value)
+    assert not out.exists() or list(out.rglob("*")) == [p for p in out.rglob("*") if p.is_dir()]
+
+
+def test_cli_propagate(ray_cluster, tiny_pools, untrained_checkpoint, tmp_path, capsys):
+    out = str(tmp_path / "cli")
+    args = ["propagate", "--checkpoint", untrained_checkpoint, "--pool", "sm", "--out", out,
+            "--workers", "2", "--K", "1", "--batch-size", "16"]
+    assert main(args) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4 and lines[0].startswith("threshold ") and "pairs of sm" in lines[1]
+    assert json.load(open(os.path.join(out, "manifest.json")))["propagation"]["pool"] == "sm"
+    fresh = [*args[:6], str(tmp_path / "other"), *args[7:]]
+    for bad, message in [
+        (args, f"mvae-dist: error: {out} already holds a data set"),
+        ([*fresh[:4], "nope", *fresh[5:]], "mvae-dist: error: --pool 'nope' is not a split of"),
+        ([*fresh, "--threshold", "inf"], "mvae-dist: error: --threshold must be a finite number, got inf"),
+        ([*fresh[:2], str(tmp_path), *fresh[3:]], "mvae-dist: error: --checkpoint"),
+    ]:
+        assert main(bad) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(message), err
+    assert not (tmp_path / "other").exists()
+
+
+def test_output_to_s3(ray_cluster, tiny_pools, untrained_checkpoint, s3_bucket, s3_storage_options):
+    out = f"s3://{s3_bucket}/found"
+    r = run_propagate(checkpoint=untrained_checkpoint, pool="sm", threshold=-1e9, out=out, workers=2, K=1,
+                      storage_options=s3_storage_options, progress=False)
+    assert r.n_found == r.n_scored == 50  # a threshold below every PMI keeps the whole pool
+    assert verify(out, s3_storage_options)["shards"] == 2
+    got = read_all(out, storage_options=s3_storage_options)
+    assert len(got["keys"]) == 50 and got["related"].sum() == 25
+    with pytest.raises(ConfigError, match="already holds a data set"):
+        run_propagate(checkpoint=untrained_checkpoint, pool="sm", threshold=0.0, out=out, K=1,
+                      storage_options=s3_storage_options, progress=False)
+
+
+def test_propagate_package_imports_without_ray():
+    code = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in {'ray', 'mlflow'}:
+            raise ImportError('blocked: ' + name)
+sys.meta_path.insert(0, Block())
+import mvae_dist.propagate.relatedness, mvae_dist.propagate.siamese, mvae_dist.propagate.scale
+from mvae_dist.propagate import run_propagate, choose_threshold, train_siamese
+print('ok')
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "ok"
