@@ -399,21 +399,30 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def read_yaml_mapping(path: str, what: str, expected: str) -> dict[str, Any]:
+    """The mapping in the YAML file ``path`` (empty file: {}); ConfigError naming ``what`` and the
+    problem: unreadable, not YAML, or not ``expected`` (e.g. "a mapping of sections")."""
+    import yaml
+
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {path!r}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what} {path!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {path!r} must hold {expected}")
+    return data
+
+
 def load_train_config(path: str | None, overrides: list[str] | None = None) -> TrainConfig:
     """YAML file (optional) + ``section.key=value`` overrides -> validated TrainConfig."""
-    import yaml
 
     data: dict[str, Any] = {}
     if path is not None:
-        try:
-            with open(path) as f:
-                data = yaml.safe_load(f) or {}
-        except OSError as e:
-            raise ConfigError(f"cannot read config file {path!r}: {e.strerror}") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path!r} is not valid YAML: {str(e).splitlines()[0]}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {path!r} must hold a mapping of sections")
+        data = read_yaml_mapping(path, "config file", "a mapping of sections")
     for section, values in parse_overrides(overrides or []).items():
         base = data.get(section) or {}
         if not isinstance(base, dict):

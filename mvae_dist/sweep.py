@@ -81,7 +81,7 @@ from typing import Any, Literal
 
 import yaml
 
-from .config import SECTIONS, TrainConfig, load_storage_options, load_train_config
+from .config import SECTIONS, TrainConfig, load_storage_options, load_train_config, read_yaml_mapping
 from .errors import ConfigError, MvaeDistError
 
 #: CPU share of each trial's driver (the function that fits the trial's TorchTrainer)
@@ -244,16 +244,7 @@ class SweepSpec:
 
 def load_sweep_spec(path: str, overrides: list[str] | None = None) -> SweepSpec:
     """Read, override and validate a sweep spec -> SweepSpec; ConfigError naming the bad key."""
-    try:
-        with open(path) as f:
-            raw = yaml.safe_load(f)
-    except OSError as e:
-        raise ConfigError(f"cannot read sweep spec {path!r}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"sweep spec {path!r} is not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"sweep spec {path!r} must hold a mapping of keys ({', '.join(SPEC_KEYS)})")
-    raw = copy.deepcopy(raw)
+    raw = read_yaml_mapping(path, "sweep spec", f"a mapping of keys ({', '.join(SPEC_KEYS)})")
     for item in overrides or []:
         _apply_override(raw, item)
     try:

@@ -109,7 +109,8 @@ def batch_quotas(samples: list[list[int]], batch_size: int) -> list[list[int]]:
 # ---- decoding -------------------------------------------------------------------------------
 
 
-def _decode_sample(sample: dict, n_modalities: int) -> dict:
+def decode_sample(sample: dict, n_modalities: int) -> dict:
+    """A raw WebDataset sample (``json``, ``m{m}.npy``, ``__key__``) -> the form ``collate`` batches."""
     meta = json.loads(sample["json"])
     return {
         "xs": [decode_npy(sample[f"m{m}.npy"]) for m in range(n_modalities)],
@@ -214,7 +215,7 @@ def shard_samples(
     if verify:
         check_shard_bytes(data, entry, url)
     try:
-        samples = [_decode_sample(s, n_modalities) for s in tar_samples(data)]
+        samples = [decode_sample(s, n_modalities) for s in tar_samples(data)]
     except (tarfile.TarError, KeyError, ValueError, EOFError, OSError) as exc:
         raise DataError(f"corrupt shard {url}: {type(exc).__name__}: {exc}") from exc
     if len(samples) != entry["count"]:

@@ -8,14 +8,13 @@ workers in ``scale.py`` call these functions.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
 from mvae_dist.data.manifest import check_shard_bytes, join, url_to_fs
 from mvae_dist.data.shards import write_shard
-from mvae_dist.data.stream import collate, decode_npy, tar_samples
+from mvae_dist.data.stream import collate, decode_sample, tar_samples
 from mvae_dist.errors import DataError
 
 
@@ -57,25 +56,13 @@ def read_shard(url: str, entry: dict, storage_options: dict | None = None) -> li
     return samples
 
 
-def decode(sample: dict, n_modalities: int) -> dict:
-    """A raw sample -> the decoded form ``data.stream.collate`` batches."""
-    meta = json.loads(sample["json"])
-    return {
-        "xs": [decode_npy(sample[f"m{m}.npy"]) for m in range(n_modalities)],
-        "labels": np.asarray(meta["labels"], np.int64),
-        "ids": np.asarray(meta["ids"], np.int64),
-        "related": bool(meta["related"]),
-        "key": sample["__key__"],
-    }
-
-
 def batches(samples: Sequence[dict], batch_size: int, n_modalities: int) -> Iterator[dict]:
     """Raw samples -> loader-style batch dicts (``xs``, ``labels``, ``ids``, ``related``, ``key``)
     of at most ``batch_size`` pairs, in order."""
     for start in range(0, len(samples), batch_size):
         chunk = samples[start:start + batch_size]
         try:
-            yield collate([decode(s, n_modalities) for s in chunk])
+            yield collate([decode_sample(s, n_modalities) for s in chunk])
         except (KeyError, ValueError) as exc:
             raise DataError(f"corrupt sample {chunk[0].get('__key__')!r}...: {type(exc).__name__}: {exc}") \
                 from exc
