@@ -6,6 +6,7 @@ A bad value raises ConfigError naming the key, e.g. ``objective.gamma must be > 
 from __future__ import annotations
 
 import dataclasses
+import os
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -396,6 +397,23 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
         except yaml.YAMLError:
             value = raw
         out.setdefault(section, {})[field_name] = value
+    return out
+
+
+def absolute_local_paths(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A config dict with its local relative paths made absolute (Ray workers and Tune trials run
+    in other working directories): data.url, the storage-options files, train.storage_path and
+    an eval.classifiers store. URLs (``scheme://``) and absolute paths stay as they are."""
+    def fix(value: str | None) -> str | None:
+        if not value or "://" in value or os.path.isabs(value) or value in ("auto", "none"):
+            return value
+        return os.path.abspath(value)
+
+    out = {k: dict(v) if isinstance(v, Mapping) else v for k, v in cfg.items()}
+    for section, key in (("data", "url"), ("data", "storage_options_file"), ("train", "storage_path"),
+                         ("train", "storage_options_file"), ("eval", "classifiers")):
+        if isinstance(out.get(section), dict) and key in out[section]:
+            out[section][key] = fix(out[section][key])
     return out
 
 

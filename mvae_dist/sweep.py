@@ -81,7 +81,14 @@ from typing import Any, Literal
 
 import yaml
 
-from .config import SECTIONS, TrainConfig, load_storage_options, load_train_config, read_yaml_mapping
+from .config import (
+    SECTIONS,
+    TrainConfig,
+    absolute_local_paths,
+    load_storage_options,
+    load_train_config,
+    read_yaml_mapping,
+)
 from .errors import ConfigError, MvaeDistError
 
 #: CPU share of each trial's driver (the function that fits the trial's TorchTrainer)
@@ -372,7 +379,7 @@ def _parse_spec(raw: dict, path: str) -> SweepSpec:
             base["train"][key] = getattr(resources, field_name)
     experiment = tracking.get("experiment") or base["tracking"]["experiment"]
     base["tracking"]["experiment"] = experiment
-    _absolutize(base)
+    base = absolute_local_paths(base)
     try:
         base = TrainConfig.from_dict(base).to_dict()
     except ConfigError as e:
@@ -526,19 +533,6 @@ def _validate_space(spec: SweepSpec) -> None:
         except ConfigError as e:
             shown = ", ".join(f"{k}={v!r}" for k, v in params.items())
             raise ConfigError(f"space: the trial {shown} is invalid: {e}") from None
-
-
-def _absolutize(cfg: dict) -> None:
-    """Local relative paths -> absolute (trials run in other working directories)."""
-    def fix(value: str | None) -> str | None:
-        if not value or "://" in value or os.path.isabs(value):
-            return value
-        return os.path.abspath(value)
-
-    cfg["data"]["url"] = fix(cfg["data"]["url"])
-    cfg["data"]["storage_options_file"] = fix(cfg["data"]["storage_options_file"])
-    cfg["train"]["storage_options_file"] = fix(cfg["train"]["storage_options_file"])
-    cfg["train"]["storage_path"] = fix(cfg["train"]["storage_path"])
 
 
 def _plain_value(v: Any) -> Any:

@@ -32,3 +32,18 @@ def test_bad_values_are_named(cls, section, data, message):
     with pytest.raises(ConfigError) as e:
         from_mapping(cls, data, section)
     assert message in str(e.value)
+
+
+def test_absolute_local_paths_leaves_urls_and_keywords(tmp_path, monkeypatch):
+    from mvae_dist.config import absolute_local_paths
+
+    monkeypatch.chdir(tmp_path)
+    cfg = {"data": {"url": "data/embedded", "storage_options_file": None},
+           "train": {"storage_path": "s3://bucket/runs", "storage_options_file": "/etc/s3.yaml"},
+           "eval": {"classifiers": "auto"}, "model": {"name": "mmvae"}}
+    out = absolute_local_paths(cfg)
+    assert out["data"]["url"] == str(tmp_path / "data" / "embedded")
+    assert out["train"] == cfg["train"] and out["eval"]["classifiers"] == "auto"
+    assert cfg["data"]["url"] == "data/embedded"  # the input is not modified
+    store = absolute_local_paths({"eval": {"classifiers": "clf"}})["eval"]["classifiers"]
+    assert store == str(tmp_path / "clf")

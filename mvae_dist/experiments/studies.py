@@ -38,7 +38,7 @@ def ensure_data(root: str, *, fraction: float = 1.0, dm: int = 5, sr_fraction: f
     from ..data import prepare
 
     name = f"embedded-dm{dm}-f{fraction:g}" + (f"-sr{sr_fraction:g}" if sr_fraction else "")
-    url = str(Path(root) / "data" / name)
+    url = str(Path(root).resolve() / "data" / name)
     opts: dict[str, Any] = {"dm": dm, "shard_size": 500, **(data_options or {})}
     if sr_fraction:
         opts["sr_fraction"] = sr_fraction

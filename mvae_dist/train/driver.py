@@ -12,7 +12,7 @@ from typing import Any
 
 import fsspec
 
-from ..config import TrainConfig, load_storage_options
+from ..config import TrainConfig, absolute_local_paths, load_storage_options
 from ..errors import ConfigError, MvaeDistError
 
 
@@ -115,6 +115,11 @@ def fit(cfg: TrainConfig, *, resume: bool = False, debug_dir: str | None = None,
 
     from ..tracking import Tracker, default_tracking_uri, find_runs
 
+    cfg = TrainConfig.from_dict(absolute_local_paths(cfg.to_dict()))  # workers run elsewhere
+    from ..data import open_manifest
+
+    open_manifest(cfg.data.url, load_storage_options(cfg.data.storage_options_file,
+                                                     "data.storage_options_file"))  # fail fast, here
     options = load_storage_options(cfg.train.storage_options_file, "train.storage_options_file")
     storage = run_storage(cfg.train.storage_path, cfg.train.name, options)
     run_path = storage.url
