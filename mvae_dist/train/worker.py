@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,6 +35,13 @@ def _debug(cfg_debug_dir: str | None, rank: int, **info: Any) -> None:
     tmp = d / f".rank{rank}.json.tmp"
     tmp.write_text(json.dumps({"rank": rank, "pid": os.getpid(), **info}))
     os.replace(tmp, d / f"rank{rank}.json")
+
+
+def _say(line: str) -> None:
+    """One progress line to the driver's console. Ray Train patches ``print`` into its logger,
+    which reaches the driver twice; writing to stdout reaches it once."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -96,9 +104,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
         classifiers = resolve_classifiers(cfg, storage_options, required=False, device=device)
         if classifiers is None and cfg.eval.classifiers != "none":
-            print(f"[{cfg.train.name}] no digit classifiers for {cfg.data.url}: evaluation logs the "
-                  f"likelihood only (train them: mvae-dist classifiers train --data {cfg.data.url})",
-                  flush=True)
+            _say(f"[{cfg.train.name}] no digit classifiers for {cfg.data.url}: evaluation logs the "
+                 f"likelihood only (train them: mvae-dist classifiers train --data {cfg.data.url})")
 
     last_eval: dict[str, float] = {}  # every report carries the latest evaluation (Tune schedulers need it)
 
@@ -146,8 +153,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 mean["pairs_per_s"] = len(window) * cfg.data.batch_size * world / max(dt, 1e-9)
                 mean["nonfinite_steps"] = nonfinite
                 tracker.log_metrics(mean, step=pos.step)
-                print(f"[{cfg.train.name}] step {pos.step}/{total} epoch {pos.epoch + 1}/{cfg.train.epochs} "
-                      f"loss {mean['loss']:.1f} {mean['pairs_per_s']:.0f} pairs/s", flush=True)
+                _say(f"[{cfg.train.name}] step {pos.step}/{total} epoch {pos.epoch + 1}/{cfg.train.epochs} "
+                     f"loss {mean['loss']:.1f} {mean['pairs_per_s']:.0f} pairs/s")
                 window, t_window = [], time.perf_counter()
             if cfg.train.checkpoint_every and pos.step % cfg.train.checkpoint_every == 0:
                 report({k: float(v) for k, v in stats.items()}, with_checkpoint=True)
