@@ -27,7 +27,7 @@ from .errors import DataError
 from .models.base import MultimodalVAE
 
 
-def resolve_classifiers(cfg: TrainConfig, storage_options: dict | None, *, required: bool,
+def load_eval_classifiers(cfg: TrainConfig, storage_options: dict | None, *, required: bool,
                         device: str | torch.device = "cpu") -> dict[str, torch.nn.Module] | None:
     """The classifiers ``cfg.eval.classifiers`` names, or None ("none", or "auto" without a store
     when not ``required``). A missing store is a DataError naming the command that trains one."""
@@ -140,7 +140,7 @@ def evaluate_command(*, checkpoint: str | None, run_id: str | None, tracking_uri
     cfg = replace(cfg, eval=EvalConfig(**vars(ev)).validate(), data=data_cfg)
     data_options = storage_options or load_storage_options(cfg.data.storage_options_file,
                                                            "data.storage_options_file")
-    clfs = resolve_classifiers(cfg, data_options, required=cfg.eval.classifiers != "none", device=device)
+    clfs = load_eval_classifiers(cfg, data_options, required=cfg.eval.classifiers != "none", device=device)
 
     target, status = trained.run_id, None
     if target is None and checkpoint is not None:

@@ -100,9 +100,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     _debug(debug_dir, rank, step=pos.step, resumed_from=resumed_from)
     classifiers = None
     if tracker is not None and cfg.train.eval_every:
-        from ..evaluate import resolve_classifiers
+        from ..evaluate import load_eval_classifiers
 
-        classifiers = resolve_classifiers(cfg, storage_options, required=False, device=device)
+        classifiers = load_eval_classifiers(cfg, storage_options, required=False, device=device)
         if classifiers is None and cfg.eval.classifiers != "none":
             _say(f"[{cfg.train.name}] no digit classifiers for {cfg.data.url}: evaluation logs the "
                  f"likelihood only (train them: mvae-dist classifiers train --data {cfg.data.url})")
@@ -169,7 +169,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if tracker is not None and cfg.train.eval_every and (
             pos.epoch % cfg.train.eval_every == 0 or done or pos.epoch >= cfg.train.epochs
         ):
-            last_eval.update(_evaluate(model, cfg, device, tracker, pos.step, storage_options, classifiers))
+            last_eval.update(_evaluate(model, cfg, tracker, pos.step, storage_options, classifiers))
         report(metrics, with_checkpoint=True)
 
     if aborted:
@@ -182,7 +182,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         tracker.end("FINISHED")
 
 
-def _evaluate(model, cfg: TrainConfig, device, tracker, step: int, storage_options,
+def _evaluate(model, cfg: TrainConfig, tracker, step: int, storage_options,
               classifiers) -> dict[str, float]:
     """Rank 0: the paper's metrics (``evaluate.evaluate_and_log``: one seed; log p(x_1..M) with
     train.eval_K samples on train.eval_batches batches) and the image grids, logged to MLflow.
