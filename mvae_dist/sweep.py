@@ -728,7 +728,7 @@ def _run_trial(params: dict[str, Any], plan: _Plan) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from .tracking import Tracker
-    from .train.driver import TrainingError, build_trainer, finish_fit, run_storage
+    from .train.driver import TrainingError, build_trainer, failure_reason, finish_fit, run_storage
 
     trial_id = tune.get_context().get_trial_id()
     cfg = plan.config(params, trial_id)
@@ -738,14 +738,25 @@ def _run_trial(params: dict[str, Any], plan: _Plan) -> None:
     run_id = tracker.start(cfg.tracking.run_name, params=cfg.to_dict(), parent_run_id=plan.parent_run_id,
                            tags={**plan.tags(trial_id), TAG_STATUS: "running", "ray_run_path": storage.url,
                                  "model": cfg.model.name, "objective": cfg.objective.name})
+    class _EpochReports(TuneReportCallback):
+        """Forwards each epoch's report to Tune, but not a worker's give-up report on non-finite
+        losses: it has no metrics (Tune would stop the whole sweep over the missing metric);
+        finish_fit turns it into this trial's error instead."""
+
+        def after_report(self, run_context: Any, metrics: list, checkpoint: Any) -> None:
+            if metrics and metrics[0].get("aborted_nonfinite"):
+                return
+            super().after_report(run_context, metrics, checkpoint)
+
     trainer = build_trainer(cfg, run_id=run_id, tracking_uri=plan.tracking_uri, storage=storage,
-                            callbacks=[TuneReportCallback()])
+                            callbacks=[_EpochReports()])
     try:
         result = trainer.fit()
     except Exception as e:
-        tracker.set_tags({TAG_STATUS: "error"})
-        tracker.end("FAILED")
-        raise TrainingError(f"trial {trial_id} failed: {str(e).splitlines()[0] if str(e) else e!r}") from e
+        # The driver's _TrialCallback alone tags and ends the child run: when the scheduler stops a
+        # trial, fit() may raise here as its actor is torn down, after the driver recorded
+        # early_stopped, and a write from here would turn that into a false "error".
+        raise TrainingError(f"trial {trial_id} failed: {failure_reason(e)}") from e
     finish_fit(cfg, result, tracker, storage)
 
 
@@ -758,6 +769,22 @@ def _short_error(exc: Any) -> str:
     text = str(cause).strip() or type(cause).__name__
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return (lines[-1] if len(lines) > 1 and "Traceback" in lines[0] else lines[0])[:500]
+
+
+def _trial_error(trial: Any) -> str:
+    """The trial's error in one line. Tune writes it to the trial's local folder before calling
+    on_trial_error and syncs it to storage later, so the local copy is read first."""
+    import cloudpickle
+
+    try:
+        local = trial.pickled_error_file
+        if local and os.path.exists(local):
+            with open(local, "rb") as f:
+                return _short_error(cloudpickle.load(f))
+        exc = trial.get_pickled_error() or trial.get_error()
+        return _short_error(exc) if exc else "trial failed"
+    except Exception:  # an unreadable error file: the status is what matters
+        return "trial failed"
 
 
 def _attach(tracking_uri: str, experiment: str, run_id: str) -> Any:
@@ -814,13 +841,7 @@ def _callback_class() -> type:
             self._finish(trial, None)
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            error = "trial failed"
-            try:
-                exc = trial.get_pickled_error() or trial.get_error()
-                if exc:
-                    error = _short_error(exc)
-            except Exception:  # the error file may be unreadable; the status is what matters
-                pass
+            error = _trial_error(trial)
             self._finish(trial, error)
 
         def _finish(self, trial: Any, error: str | None) -> None:
@@ -879,6 +900,11 @@ def run_sweep(spec_path: str, overrides: list[str] | None = None, *, tracking_ur
         sweep_run = f"{spec.name}-{stamp}-{n}"
         storage = run_storage(spec.base["train"]["storage_path"], sweep_run, options)
 
+    from .data import open_manifest
+
+    data = spec.base["data"]  # every trial reads it: a missing data set is one error, here and now
+    open_manifest(data["url"], load_storage_options(data["storage_options_file"],
+                                                    "data.storage_options_file"))
     max_concurrent = _start_ray(spec, ray_address)
     parent = Tracker(uri, spec.experiment)
     parent_id = parent.start(spec.run_name or sweep_run, params=spec.to_dict(),
@@ -979,15 +1005,21 @@ def _close_children(plan: _Plan, status: str | None) -> None:
     from .tracking import find_runs
 
     try:
-        runs = find_runs(plan.spec.experiment, f"tags.mlflow.parentRunId = '{plan.parent_run_id}' "
-                         "AND attributes.status = 'RUNNING'", tracking_uri=plan.tracking_uri)
+        runs = find_runs(plan.spec.experiment, f"tags.mlflow.parentRunId = '{plan.parent_run_id}'",
+                         tracking_uri=plan.tracking_uri)
         for run in runs:
             tune_status = run.tags.get(TAG_STATUS, "running")
+            if run.status != "RUNNING" and tune_status in _RUN_STATUS:
+                continue
+            # still running, or ended by its workers while Tune never reported the trial's end
             end = status or _RUN_STATUS.get(tune_status, "FAILED")
+            if run.status != "RUNNING":
+                end = run.status
             t = _attach(plan.tracking_uri, plan.spec.experiment, run.run_id)
             if tune_status not in _RUN_STATUS:
-                t.set_tags({TAG_STATUS: "error" if end == "FAILED" else "killed"})
-            t.end(end)
+                t.set_tags({TAG_STATUS: {"FAILED": "error", "FINISHED": "completed"}.get(end, "killed")})
+            if run.status == "RUNNING":
+                t.end(end)
     except Exception as e:  # cleanup must not hide the sweep's own error
         warnings.warn(f"could not close the sweep's child runs: {e}", stacklevel=2)
 

@@ -55,6 +55,24 @@ class RunStorage:
         return f"{self.protocol}://{path.lstrip('/')}" if self.protocol and "://" not in path else path
 
 
+def failure_reason(exc: BaseException) -> str:
+    """One line saying why a Ray Train run failed: the lowest rank's own error (its last line, e.g.
+    ``DataError: manifest.json not found: ...``) rather than Ray's "Training failed due to worker
+    errors:" header; the controller's error; else the exception's first line."""
+    inner: Any = exc
+    failures = getattr(exc, "worker_failures", None)
+    if failures:
+        inner = failures[min(failures)]
+    elif getattr(exc, "controller_failure", None) is not None:
+        inner = exc.controller_failure  # type: ignore[attr-defined]
+    inner = getattr(inner, "cause", None) or inner  # a RayTaskError wraps the worker's exception
+    lines = [ln.strip() for ln in str(inner).splitlines() if ln.strip()]
+    if not lines:
+        return type(inner).__name__
+    line = lines[-1] if inner is not exc else lines[0]
+    return line if ":" in line or inner is exc else f"{type(inner).__name__}: {line}"
+
+
 def run_storage(storage_path: str, name: str, options: dict | None = None) -> RunStorage:
     """Resolve ``train.storage_path`` (+ its fsspec options) for the run called ``name``."""
     if "://" not in storage_path or storage_path.startswith("file://"):
@@ -149,7 +167,7 @@ def fit(cfg: TrainConfig, *, resume: bool = False, debug_dir: str | None = None,
         result = trainer.fit()
     except Exception as e:
         tracker.end("FAILED")
-        raise TrainingError(f"training run {cfg.train.name!r} failed: {str(e).splitlines()[0]}") from e
+        raise TrainingError(f"training run {cfg.train.name!r} failed: {failure_reason(e)}") from e
     ckpt, metrics = finish_fit(cfg, result, tracker, storage)
     return TrainResult(run_id, uri, ckpt, metrics, run_path)
 

@@ -213,7 +213,37 @@ def test_tiny_sweep_end_to_end(ray_cluster, sweep_data, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_a_trial_larger_than_the_cluster_is_refused(ray_cluster, capsys, tmp_path):
+def test_failed_trials_are_tagged_error_with_their_reason(ray_cluster, sweep_data, tmp_path, capsys):
+    """Trials whose workers give up on non-finite losses (lr 1e30) fail alone: each child run
+    ends FAILED tagged error with the worker's reason, and the sweep says no trial reported."""
+    from mvae_dist.tracking import find_runs
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    line = _error(capsys, TINY, f"base.data.url={sweep_data}", f"base.train.storage_path={tmp_path}/runs",
+                  f"output_dir={tmp_path}/sweeps", "tracking.experiment=sweep-fail", "verbose=0",
+                  "num_samples=2", "base.optim.lr=1.0e30", "base.train.max_nonfinite=0",
+                  "--tracking-uri", uri)
+    assert "no trial of sweep" in line and "first error: stopped after 1 non-finite losses" in line, line
+    runs = find_runs("sweep-fail", tracking_uri=uri)
+    parents = [r for r in runs if r.parent_run_id is None]
+    children = [r for r in runs if r.parent_run_id is not None]
+    assert len(parents) == 1 and parents[0].status == "FAILED"
+    assert len(children) == 2
+    for c in children:
+        assert (c.status, c.tags["tune_status"]) == ("FAILED", "error"), (c.status, c.tags)
+        assert c.tags["tune_error"].startswith("stopped after 1 non-finite losses"), c.tags["tune_error"]
+
+
+def test_a_missing_data_set_is_refused_before_ray_starts(tmp_path, capsys):
+    line = _error(capsys, TINY, f"base.data.url={tmp_path}/nowhere", f"output_dir={tmp_path}/sweeps",
+                  "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db")
+    assert line == f"mvae-dist: error: manifest.json not found: {tmp_path}/nowhere/manifest.json", line
+    assert not (tmp_path / "sweeps").exists()
+
+
+@pytest.mark.slow
+def test_a_trial_larger_than_the_cluster_is_refused(ray_cluster, sweep_data, capsys, tmp_path):
     line = _error(capsys, TINY, "resources.cpus_per_worker=2", f"output_dir={tmp_path}",
+                  f"base.data.url={sweep_data}",
                   "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db")
     assert "resources: a trial needs 2.01 CPUs" in line and "lower resources.cpus_per_worker" in line, line

@@ -1,0 +1,27 @@
+"""failure_reason: the one line a failed Ray Train run is reported with."""
+
+from __future__ import annotations
+
+from ray.train.v2.api.exceptions import ControllerError, WorkerGroupError
+
+from mvae_dist.errors import DataError
+from mvae_dist.train.driver import failure_reason
+
+
+def test_the_lowest_ranks_own_error_not_rays_header():
+    failures = {1: ValueError("rank 1 broke"), 0: DataError("manifest.json not found: /d/manifest.json")}
+    e = WorkerGroupError("Training failed due to worker errors:", failures)
+    assert failure_reason(e) == "manifest.json not found: /d/manifest.json"
+
+
+def test_a_traceback_text_gives_its_last_line_and_a_bare_message_its_type():
+    tb = "Traceback (most recent call last):\n  File \"w.py\", line 1, in f\nKeyError: 'xs'\n"
+    assert failure_reason(WorkerGroupError("header", {0: RuntimeError(tb)})) == "KeyError: 'xs'"
+    assert failure_reason(WorkerGroupError("header", {0: ValueError("bad shape")})) == "ValueError: bad shape"
+    assert failure_reason(WorkerGroupError("header", {0: ValueError()})) == "ValueError"
+
+
+def test_controller_and_other_errors():
+    e = ControllerError(RuntimeError("placement failed"))
+    assert failure_reason(e) == "RuntimeError: placement failed"
+    assert failure_reason(OSError("disk full\nmore")) == "disk full"
