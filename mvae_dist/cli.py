@@ -117,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     xg = xsub.add_parser("gamma", help="the gamma ablation: generation quality and PMI F1 against gamma")
     xg.add_argument("--gammas", default="1.1,1.5,2,5,10", help="comma list, each > 1")
     xg.add_argument("--sr-fraction", type=float, default=0.1, help="S_r share of the pools for PMI F1")
+    xg.add_argument("--fraction", type=float, default=1.0, help="train on this share of each modality")
     xlp = xsub.add_parser("label-propagation", help="section 4.5: train on S_r, propagate by PMI, retrain")
     xlp.add_argument("--sr-fraction", type=float, default=0.1, help="S_r: this share of the related pairs")
     xlp.add_argument("--arms", type=_csv(("baseline", "cI", "cC")), default=["baseline", "cI", "cC"])
@@ -346,7 +347,7 @@ def _experiment(args: argparse.Namespace) -> int:
                                 arms=args.arms, **common)
     elif args.experiment == "gamma":
         studies.gamma_ablation(args.config, args.overrides, gammas=_floats(args.gammas, "--gammas"),
-                               sr_fraction=args.sr_fraction, **common)
+                               sr_fraction=args.sr_fraction, fraction=args.fraction, **common)
     else:
         studies.label_propagation(args.config, args.overrides, sr_fraction=args.sr_fraction,
                                   arms=args.arms, **common)

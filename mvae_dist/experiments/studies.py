@@ -140,18 +140,21 @@ def _take(loader: Any, max_pairs: int):
 
 def gamma_ablation(config: str | None = None, overrides: Sequence[str] = (), *,
                    gammas: Sequence[float] = (1.1, 1.5, 2.0, 5.0, 10.0), dm: int = 5,
-                   sr_fraction: float = 0.1,
+                   sr_fraction: float = 0.1, fraction: float = 1.0,
                    root: str = "experiments", tracking_uri: str | None = None, seeds: int = 1,
                    relatedness_pairs: int = 2000, ray_address: str | None = None,
                    data_options: dict | None = None) -> Path:
-    """cI-MMVAE at each gamma, with the baseline as a reference line: generation quality and PMI F1."""
+    """cI-MMVAE at each gamma, with the baseline as a reference line: generation quality and PMI F1.
+    fraction: train on this share of each modality (cut before pairing), as data-efficiency does."""
     _check_gammas(gammas)
+    _check_fractions([fraction])
     study = open_study("gamma", config or DEFAULT_CONFIG, overrides, root=root, tracking_uri=tracking_uri,
                        seeds=seeds, ray_address=ray_address,
-                       params={"gammas": list(gammas), "dm": dm, "sr_fraction": sr_fraction})
+                       params={"gammas": list(gammas), "dm": dm, "sr_fraction": sr_fraction,
+                               "fraction": fraction})
     failed = True
     try:
-        url = ensure_data(root, dm=dm, sr_fraction=sr_fraction, data_options=data_options)
+        url = ensure_data(root, fraction=fraction, dm=dm, sr_fraction=sr_fraction, data_options=data_options)
         clfs = ensure_classifiers(url)
         arms = [("baseline", None), *(("cI", g) for g in gammas)]
         for arm, g in arms:

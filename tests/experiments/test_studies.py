@@ -84,6 +84,7 @@ def test_label_propagation_study(ray_cluster, tmp_path, capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["experiment", "gamma", "--gammas", "2,1.0"], "gamma must be > 1"),
+    (["experiment", "gamma", "--fraction", "0"], "data fractions must be in (0, 1]"),
     (["experiment", "data-efficiency", "--fractions", "0.2,1.5"], "data fractions must be in (0, 1]"),
     (["experiment", "data-efficiency", "--fractions", "a"], "--fractions must be a comma list"),
     (["experiment", "label-propagation", "--sr-fraction", "1"], "--sr-fraction must be in (0, 1)"),
