@@ -59,7 +59,7 @@ def load_run_model(run_id: str, tracking_uri: str | None = None, storage_options
     from .tracking import get_run, load_logged_model, run_has_artifact
 
     record = get_run(run_id, tracking_uri)
-    step = int(record.metrics.get("step", -1)) if "step" in record.metrics else -1
+    step = int(record.tags.get("model_step", -1))  # tagged by the worker that logged the model
     if run_has_artifact(run_id, "model/state_dict.pt", tracking_uri):
         model, config = load_logged_model(run_id, tracking_uri)
         cfg = TrainConfig.from_dict(config)

@@ -178,6 +178,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             tracker.end("FAILED")
         return
     if tracker is not None:
+        tracker.set_tags({"model_step": pos.step})  # the logged model's step (load_run_model)
         tracker.log_model(model, cfg.to_dict())
         tracker.end("FINISHED")
 

@@ -48,6 +48,10 @@ def test_train_end_to_end_checkpoints_and_mlflow(ray_cluster, tiny_data, tmp_pat
     arts = {a.path for a in _client(res.tracking_uri).list_artifacts(res.run_id, "images")}
     assert any(p.endswith(".png") and "cross" in p for p in arts)
     assert {a.path for a in _client(res.tracking_uri).list_artifacts(res.run_id)} >= {"model"}
+    from mvae_dist.trained import load_trained
+
+    trained = load_trained(run_id=res.run_id, tracking_uri=res.tracking_uri)  # the logged model
+    assert trained.step == 6 and trained.source == f"runs:/{res.run_id}/model"
 
     # the same name again without --resume is refused: nothing is overwritten
     with pytest.raises(Exception, match="already exists"):
