@@ -132,7 +132,10 @@ def _cell(row: Mapping[str, Any], key: str) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "n/a"
     if isinstance(v, float):
-        text = f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
+        if v == round(v, 2) and abs(v) < 1e6:  # a setting (10 %, gamma 1.5), not a measurement
+            text = f"{v:g}"
+        else:
+            text = f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
         std = row.get(f"{key}_std")
         if isinstance(std, float) and std > 0 and not math.isnan(std):
             text += f" ± {std:.3f}" if abs(std) < 100 else f" ± {std:.1f}"
