@@ -155,10 +155,12 @@ def gamma_ablation(config: str | None = None, overrides: Sequence[str] = (), *,
     failed = True
     try:
         url = ensure_data(root, fraction=fraction, dm=dm, sr_fraction=sr_fraction, data_options=data_options)
-        clfs = ensure_classifiers(url)
+        # the coherences are scored by classifiers of the whole training set (as data-efficiency's)
+        full = url if fraction == 1 else ensure_data(root, dm=dm, data_options=data_options)
+        clfs = ensure_classifiers(full)
         arms = [("baseline", None), *(("cI", g) for g in gammas)]
         for arm, g in arms:
-            over = {**OBJECTIVES[arm], "data.url": url}
+            over = {**OBJECTIVES[arm], "data.url": url, "eval.classifiers": full}
             if g is not None:
                 over["objective.gamma"] = g
             row = run_arm(study, arm if g is None else f"cI gamma={g:g}", over,
