@@ -94,3 +94,30 @@ def test_bad_study_arguments_are_one_line_errors(args, message, tmp_path, capsys
     assert main([*args, "--root", str(tmp_path), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+@pytest.mark.slow
+def test_gamma_study_on_a_fraction(ray_cluster, tmp_path, capsys):
+    """Baseline + cI at two gammas on half of each modality: PMI F1 per arm, plots against gamma
+    with the baseline as reference, coherences scored by the whole training set's classifiers."""
+    from mvae_dist.experiments import gamma_ablation
+    from mvae_dist.experiments.studies import ensure_data
+
+    root = str(tmp_path / "g")
+    full = ensure_data(root, dm=1, data_options=SMALL, progress=False)
+    _classifiers_for(full)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    out = gamma_ablation(None, QUICK, gammas=(1.5, 4.0), dm=1, sr_fraction=0.5, fraction=0.5, root=root,
+                         tracking_uri=uri, relatedness_pairs=40, data_options=SMALL)
+    results = json.loads((out / "results.json").read_text())
+    rows = results["rows"]
+    assert [(r["objective"], r["gamma"]) for r in rows] == [("baseline", None), ("cI", 1.5), ("cI", 4.0)]
+    assert all(0.0 <= r["pmi_f1"] <= 1.0 and 0.0 <= r["coherence_cross"] <= 1.0 for r in rows)
+    assert {p.name for p in (out / "plots").iterdir()} >= {"latent_acc_vs_gamma.png", "pmi_f1_vs_gamma.png"}
+    client = _client(uri)
+    for r in rows:
+        run = client.get_run(r["run_id"])
+        assert run.data.params["eval.classifiers"] == full
+        assert run.data.params["data.url"].endswith("embedded-dm1-f0.5-sr0.5")
+        assert "eval/pmi_f1" in run.data.metrics
+    assert "| objective | gamma |" in capsys.readouterr().out
