@@ -28,6 +28,8 @@ from .common import (
 
 #: importance samples per PMI estimate (the paper's K)
 RELATEDNESS_K = 30
+#: relatedness prediction by PMI (threshold on S_m, scored on F_m), as study table columns
+PMI_COLUMNS = (("pmi_precision", "PMI precision"), ("pmi_recall", "PMI recall"), ("pmi_f1", "PMI F1"))
 DEFAULT_CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "embedded" / "demo.yaml")
 
 
@@ -71,8 +73,10 @@ def _check_fractions(fractions: Sequence[float]) -> None:
         raise ConfigError(f"data fractions must be in (0, 1], got {bad[0]}")
 
 
-def _summary(study: Study, keys: Sequence[str], headers: Sequence[str]) -> str:
-    cols = metric_columns(study.rows)
+def _summary(study: Study, keys: Sequence[str], headers: Sequence[str],
+             extra: Sequence[tuple[str, str]] = ()) -> str:
+    """The study's table: its settings, the evaluation's metric columns, then ``extra`` (key, header)."""
+    cols = [*metric_columns(study.rows), *extra]
     return markdown_table(study.rows, [*keys, *(k for k, _ in cols)], [*headers, *(h for _, h in cols)])
 
 
@@ -171,7 +175,7 @@ def gamma_ablation(config: str | None = None, overrides: Sequence[str] = (), *,
         base = next((r for r in study.rows if r["objective"] == "baseline"), {})
         rows = [r for r in study.rows if r["objective"] == "cI"]
         keys = [k for k, _ in metric_columns(study.rows)] + ["pmi_f1"]
-        table = _summary(study, ["objective", "gamma"], ["objective", "gamma"])
+        table = _summary(study, ["objective", "gamma"], ["objective", "gamma"], PMI_COLUMNS)
         plots = {f"{k}_vs_gamma": line_plot(rows, "gamma", k, "objective", title=k, log_x=True,
                                             reference=base.get(k, math.nan), reference_label="MMVAE")
                  for k in keys if any(k in r for r in rows)}
@@ -242,7 +246,7 @@ def label_propagation(config: str | None = None, overrides: Sequence[str] = (), 
                     settings={"objective": arm, "stage": f"S_r ({pct}) + propagated"}, classifiers=clfs)
         failed = False
     finally:
-        table = _summary(study, ["objective", "stage"], ["objective", "trained on"])
+        table = _summary(study, ["objective", "stage"], ["objective", "trained on"], PMI_COLUMNS)
         rel_keys = ["predictor", "precision", "recall", "f1", "n_pred_related", "n"]
         rel_table = markdown_table(relatedness, rel_keys,
                                    ["predictor of relatedness on F_m", "precision", "recall", "F1",
