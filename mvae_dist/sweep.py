@@ -1001,7 +1001,8 @@ def _tune(plan: _Plan, storage: Any, max_concurrent: int) -> list[TrialRecord]:
 
 
 def _close_children(plan: _Plan, status: str | None) -> None:
-    """End every child run still RUNNING: with ``status``, or (None) as its trial's record says."""
+    """End every child run still RUNNING: with ``status``, or (None) as its trial's record says;
+    tag the runs its workers ended while Tune never reported the trial's end by their status."""
     from .tracking import find_runs
 
     try:
