@@ -1010,16 +1010,15 @@ def _close_children(plan: _Plan, status: str | None) -> None:
                          tracking_uri=plan.tracking_uri)
         for run in runs:
             tune_status = run.tags.get(TAG_STATUS, "running")
-            if run.status != "RUNNING" and tune_status in _RUN_STATUS:
-                continue
+            running = run.status == "RUNNING"
+            if not running and tune_status in _RUN_STATUS:
+                continue  # ended and tagged
             # still running, or ended by its workers while Tune never reported the trial's end
-            end = status or _RUN_STATUS.get(tune_status, "FAILED")
-            if run.status != "RUNNING":
-                end = run.status
+            end = (status or _RUN_STATUS.get(tune_status, "FAILED")) if running else run.status
             t = _attach(plan.tracking_uri, plan.spec.experiment, run.run_id)
             if tune_status not in _RUN_STATUS:
                 t.set_tags({TAG_STATUS: {"FAILED": "error", "FINISHED": "completed"}.get(end, "killed")})
-            if run.status == "RUNNING":
+            if running:
                 t.end(end)
     except Exception as e:  # cleanup must not hide the sweep's own error
         warnings.warn(f"could not close the sweep's child runs: {e}", stacklevel=2)
