@@ -195,6 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="training config (default configs/embedded/mmvae-ci.yaml)")
     btrain.add_argument("--threads", type=int, default=None, help="torch threads per worker")
     btrain.add_argument("overrides", nargs="*", metavar="section.key=value")
+    learn = bsub.add_parser("learn", help="a learning curve: train one config in-process (no Ray), "
+                                          "evaluating every --eval-every steps")
+    learn.add_argument("--config", required=True, help="training config (YAML)")
+    learn.add_argument("--steps", type=_positive_int, default=1000)
+    learn.add_argument("--eval-every", type=_positive_int, default=250)
+    learn.add_argument("--n-test", type=_positive_int, default=500, help="test pairs per evaluation")
+    learn.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    learn.add_argument("overrides", nargs="*", metavar="section.key=value")
     loader = bsub.add_parser("loader", help="pairs/s through the shard loader")
     loader.add_argument("--data", required=True, help="URL of a prepared data set (its prefix)")
     loader.add_argument("--split", default="train")
@@ -296,6 +304,16 @@ def run(args: argparse.Namespace) -> int:
 
         bench_train(data=args.data, workers=args.workers, steps=args.steps, config=args.config,
                     overrides=args.overrides, threads=args.threads, emit=print_json)
+        return 0
+    if args.command == "bench" and args.bench == "learn":
+        from .bench import print_json
+        from .config import absolute_local_paths, load_train_config
+        from .experiments.curve import learning_curve
+
+        cfg = load_train_config(args.config, args.overrides)
+        cfg = cfg.from_dict(absolute_local_paths(cfg.to_dict()))
+        learning_curve(cfg, steps=args.steps, eval_every=args.eval_every, n_test=args.n_test,
+                       threads=args.threads, on_row=print_json)
         return 0
     if args.command == "bench" and args.bench == "loader":
         from .bench import print_json

@@ -26,7 +26,10 @@ class ModelConfig:
     "vector:D" (a D-dimensional vector with an MLP). family: posterior and prior family,
     default laplace for MMVAE and normal for MVAE / JMVAE. llik_scaling: "auto" rescales each
     modality's log-likelihood by (largest event size / its event size), as the MMVAE code does
-    for MNIST-SVHN; or a list of one number per modality.
+    for MNIST-SVHN; or a list of one number per modality. posterior_scale: how encoders make the
+    posterior scale, "softplus" or "softmax" (softmax over latent dims x L + 1e-6, the official
+    MMVAE code's). learn_prior: learn the prior's scale (softmax x L; MMVAE only, as the
+    official code's --learn-prior).
     """
 
     name: str = "mmvae"
@@ -39,6 +42,8 @@ class ModelConfig:
     hidden: int = 400
     jmvae_alpha: float = 0.01
     mvae_unimodal_weight: float = 1.0
+    posterior_scale: str = "softplus"
+    learn_prior: bool = False
 
     def validate(self) -> ModelConfig:
         if self.name not in MODEL_NAMES:
@@ -70,6 +75,13 @@ class ModelConfig:
             raise ConfigError(f"model.hidden must be >= 1, got {self.hidden}")
         if self.jmvae_alpha < 0:
             raise ConfigError(f"model.jmvae_alpha must be >= 0, got {self.jmvae_alpha}")
+        if self.posterior_scale not in ("softplus", "softmax"):
+            raise ConfigError(
+                f"model.posterior_scale must be 'softplus' or 'softmax', got {self.posterior_scale!r}"
+            )
+        if self.learn_prior and self.name != "mmvae":
+            raise ConfigError(f"model.learn_prior applies to mmvae only (the prior is the product's "
+                              f"expert in mvae and jmvae's KL target), got model.name {self.name!r}")
         return self
 
     @property
@@ -105,8 +117,9 @@ class ObjectiveConfig:
             raise ConfigError(f"objective.N must be >= 1, got {self.N}")
         if self.K < 1:
             raise ConfigError(f"objective.K must be >= 1, got {self.K}")
-        if self.dreg and (self.name != "baseline" or self.baseline_estimator != "iwae" or self.looser):
-            raise ConfigError("objective.dreg applies to the baseline objective with the pooled iwae bound")
+        if self.dreg and (self.name != "baseline" or self.baseline_estimator != "iwae"):
+            raise ConfigError("objective.dreg applies to the baseline objective with the iwae bound (in the "
+                              "contrastive objective the negatives reuse the positives' samples)")
         return self
 
 
@@ -207,10 +220,12 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """Adam with an optional cosine schedule (the paper trains with Adam, lr 1e-3)."""
+    """Adam with an optional cosine schedule (the paper trains with Adam, lr 1e-3; the official
+    MMVAE code with amsgrad)."""
 
     lr: float = 1e-3
     weight_decay: float = 0.0
+    amsgrad: bool = False
     schedule: str = "constant"
     grad_clip: float = 0.0
 

@@ -28,6 +28,7 @@ from .manifest import (
 )
 from .shards import atomic_write, encode_pair, existing_shard, is_local, shard_path, write_shard
 from .sources import DATASETS, Source, check_source, load_source
+from .sources.street import RENDERER as STREET_RENDERER
 
 LOCK = "_building.json"  # the config of a build in progress, for resuming and for refusing others
 DEFAULT_SHARD_SIZE = 2000  # pairs per shard: ~13 MB for MNIST-SVHN pairs
@@ -59,6 +60,8 @@ def _config(
         "unrelated_fraction": float(options.get("unrelated_fraction", 0.5)),
         "street_per_class": list(options["street_per_class"]) if options.get("street_per_class") else None,
     }
+    if dataset == "embedded":  # shards of another street renderer are refused, never mixed in
+        cfg["renderer"] = STREET_RENDERER
     if cfg["dm"] < 1 or cfg["max_d"] < 1:
         raise ConfigError(f"dm and max_d must be >= 1, got dm={cfg['dm']}, max_d={cfg['max_d']}")
     if cfg["sr_fraction"] is not None and not 0.0 < cfg["sr_fraction"] < 1.0:

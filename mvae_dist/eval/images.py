@@ -91,17 +91,17 @@ def cross_generation_grid(model: nn.Module, xs: Sequence[Tensor], n: int = 8, *,
 
 def joint_generation_grid(model: nn.Module, n: int = 64,
                           generator: torch.Generator | None = None) -> np.ndarray:
-    """Joint generations: z ~ p(z) = family(0, 1), decoded (loc) in every modality.
+    """Joint generations: z ~ p(z) (the model's prior), decoded (loc) in every modality.
 
     ``n`` prior samples [n, L]; one panel per modality, side by side, each a ceil(sqrt(n))-column
     grid in which cell j of every panel comes from the same z_j. -> uint8 [H, W, 3].
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    with _inference(model) as dev:
+    with _inference(model):
         gen = _generator(generator)
         # Draw on the CPU with the (CPU) generator, then move: the same grid on any device.
-        z = standard_noise(model.family, (n, model.latent_dim), generator=gen).to(dev)
+        z = model.sample_prior(n, gen)
         outs = [_decode(model, m, z) for m in range(len(model.modalities))]
         ranges = _vector_ranges(outs, list(range(len(outs))))
         ncol = math.ceil(math.sqrt(n))

@@ -222,10 +222,9 @@ def joint_coherence(model: MultimodalVAE, classifiers: Sequence[nn.Module], n: i
         raise ValueError(f"n must be >= 1, got {n}")
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
     preds = []
-    with _inference(model) as dev:
+    with _inference(model):
         for s in _chunks(n, batch_size):
-            z = standard_noise(model.family, (s.stop - s.start, model.latent_dim), generator=gen)
-            z = z.to(dev, _dtype(model))
+            z = model.sample_prior(s.stop - s.start, gen)
             preds.append(torch.stack([_classify(c, _decode(model, m, z)) for m, c in enumerate(classifiers)]))
     return agreement(torch.cat(preds, 1))
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..data.sources.street import RENDERER as STREET_RENDERER
 from ..errors import ConfigError
 from .common import (
     OBJECTIVES,
@@ -39,7 +40,7 @@ def ensure_data(root: str, *, fraction: float = 1.0, dm: int = 5, sr_fraction: f
     ``prepare`` options (e.g. ``street_per_class`` for small test builds)."""
     from ..data import prepare
 
-    name = f"embedded-dm{dm}-f{fraction:g}" + (f"-sr{sr_fraction:g}" if sr_fraction else "")
+    name = f"embedded-{STREET_RENDERER}-dm{dm}-f{fraction:g}" + (f"-sr{sr_fraction:g}" if sr_fraction else "")
     url = str(Path(root).resolve() / "data" / name)
     opts: dict[str, Any] = {"dm": dm, "shard_size": 500, **(data_options or {})}
     if sr_fraction:

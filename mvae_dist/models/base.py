@@ -63,7 +63,8 @@ class MultimodalVAE(nn.Module):
     #: how many sample sets of size K one item has (MMVAE: one per expert)
     samples_per_k: int = 1
 
-    def __init__(self, modalities: list[Modality], latent_dim: int, family: str = "laplace") -> None:
+    def __init__(self, modalities: list[Modality], latent_dim: int, family: str = "laplace",
+                 learn_prior: bool = False) -> None:
         super().__init__()
         if len(modalities) < 2:
             raise ValueError(f"a multimodal VAE needs at least 2 modalities, got {len(modalities)}")
@@ -76,7 +77,9 @@ class MultimodalVAE(nn.Module):
         self.latent_dim = latent_dim
         self.family = check_family(family, "posterior/prior family")
         self.register_buffer("_prior_loc", torch.zeros(latent_dim), persistent=False)
-        self.register_buffer("_prior_scale", torch.ones(latent_dim), persistent=False)
+        # Learned prior scale (the official MMVAE code's --learn-prior): softmax(logits) * L, so
+        # the scales sum to L and start at 1; the location stays 0.
+        self.prior_logits = nn.Parameter(torch.zeros(latent_dim)) if learn_prior else None
 
     # ----------------------------------------------------------------- basics
     @property
@@ -87,9 +90,27 @@ class MultimodalVAE(nn.Module):
     def names(self) -> list[str]:
         return [m.name for m in self.modalities]
 
+    @property
+    def learn_prior(self) -> bool:
+        return self.prior_logits is not None
+
+    def prior_scale(self) -> Tensor:
+        """Scale of p(z) per latent dimension [L]: 1, or softmax(prior_logits) * L if learned."""
+        if self.prior_logits is None:
+            return torch.ones_like(self._prior_loc)
+        return torch.softmax(self.prior_logits, -1) * self.latent_dim
+
     def log_prior(self, z: Tensor) -> Tensor:
         """log p(z) summed over the latent dimension: [..., L] -> [...]."""
-        return log_prob_sum(self.family, z, self._prior_loc, self._prior_scale)
+        return log_prob_sum(self.family, z, self._prior_loc, self.prior_scale())
+
+    def sample_prior(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """n draws z ~ p(z) -> [n, L] on the model's device; the noise is drawn on the
+        generator's device (the CPU by default) so a seed gives the same z on any device."""
+        eps = standard_noise(self.family, (n, self.latent_dim), generator=generator)
+        p = self._prior_loc
+        with torch.no_grad():
+            return p + self.prior_scale() * eps.to(p.device, p.dtype)
 
     def encode(self, xs: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
         """Unimodal posteriors q(z | x_m): list of M (loc [B, L], scale [B, L])."""

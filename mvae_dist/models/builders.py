@@ -25,23 +25,26 @@ def event_shape(spec: str) -> tuple[int, ...]:
 
 
 def mnist_modality(latent_dim: int = 20, likelihood: str = "laplace", scale: float = 0.75,
-                   llik_scaling: float = 1.0, hidden: int = 400, name: str = "mnist") -> Modality:
+                   llik_scaling: float = 1.0, hidden: int = 400, name: str = "mnist",
+                   posterior_scale: str = "softplus") -> Modality:
     """The paper's MNIST networks: 784-400-L MLP encoder and L-400-784 sigmoid decoder."""
-    return Modality(name, MLPEncoder(784, latent_dim, (hidden,)),
+    return Modality(name, MLPEncoder(784, latent_dim, (hidden,), posterior_scale),
                     MLPDecoder(latent_dim, (1, 28, 28), (hidden,), scale), likelihood, llik_scaling)
 
 
 def svhn_modality(latent_dim: int = 20, likelihood: str = "laplace", scale: float = 0.75,
-                  llik_scaling: float = 1.0, name: str = "svhn") -> Modality:
+                  llik_scaling: float = 1.0, name: str = "svhn",
+                  posterior_scale: str = "softplus") -> Modality:
     """The paper's SVHN networks: 32-64-128 channel conv encoder and its transposed decoder."""
-    return Modality(name, SVHNEncoder(latent_dim), SVHNDecoder(latent_dim, scale=scale),
-                    likelihood, llik_scaling)
+    return Modality(name, SVHNEncoder(latent_dim, scale=posterior_scale),
+                    SVHNDecoder(latent_dim, scale=scale), likelihood, llik_scaling)
 
 
 def vector_modality(dim: int, latent_dim: int = 20, likelihood: str = "normal", scale: float = 0.75,
-                    llik_scaling: float = 1.0, hidden: int = 128, name: str | None = None) -> Modality:
+                    llik_scaling: float = 1.0, hidden: int = 128, name: str | None = None,
+                    posterior_scale: str = "softplus") -> Modality:
     """A generic D-dimensional vector with MLP encoder/decoder (unbounded loc)."""
-    return Modality(name or f"vector{dim}", MLPEncoder(dim, latent_dim, (hidden,)),
+    return Modality(name or f"vector{dim}", MLPEncoder(dim, latent_dim, (hidden,), posterior_scale),
                     MLPDecoder(latent_dim, (dim,), (hidden,), scale, bounded=False),
                     likelihood, llik_scaling)
 
@@ -74,13 +77,14 @@ def build_model(cfg: ModelConfig | Mapping[str, Any]) -> MultimodalVAE:
     for i, (spec, w) in enumerate(zip(cfg.modalities, scaling)):
         kind, dim = parse_modality_spec(spec)
         name = kind if cfg.modalities.count(spec) == 1 else f"{kind}{i}"
+        ps = cfg.posterior_scale
         if kind == "mnist":
-            mods.append(mnist_modality(L, cfg.likelihood, cfg.likelihood_scale, w, cfg.hidden, name))
+            mods.append(mnist_modality(L, cfg.likelihood, cfg.likelihood_scale, w, cfg.hidden, name, ps))
         elif kind == "svhn":
-            mods.append(svhn_modality(L, cfg.likelihood, cfg.likelihood_scale, w, name))
+            mods.append(svhn_modality(L, cfg.likelihood, cfg.likelihood_scale, w, name, ps))
         else:
             mods.append(vector_modality(dim, L, cfg.likelihood, cfg.likelihood_scale, w,
-                                        cfg.hidden, name if kind != "vector" else f"vector{i}"))
+                                        cfg.hidden, name if kind != "vector" else f"vector{i}", ps))
     family = cfg.posterior_family
     return _REGISTRY[cfg.name](cfg, mods, family)
 
@@ -99,7 +103,7 @@ def _jmvae(cfg: ModelConfig, mods: list[Modality], family: str) -> JMVAE:
 
 
 _REGISTRY = {
-    "mmvae": lambda cfg, mods, family: MMVAE(mods, cfg.latent_dim, family),
+    "mmvae": lambda cfg, mods, family: MMVAE(mods, cfg.latent_dim, family, cfg.learn_prior),
     "mvae": lambda cfg, mods, family: MVAE(mods, cfg.latent_dim, family, cfg.mvae_unimodal_weight),
     "jmvae": _jmvae,
 }

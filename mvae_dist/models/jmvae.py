@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from .base import MultimodalVAE, PassState
 from .distributions import kl_divergence, log_prob_sum
 from .modality import Modality
-from .networks import _positive
+from .networks import posterior_scale
 
 
 class ConcatJointEncoder(nn.Module):
@@ -33,7 +33,7 @@ class ConcatJointEncoder(nn.Module):
 
     def head(self, feats: list[Tensor]) -> tuple[Tensor, Tensor]:
         h = self.body(torch.cat(feats, dim=-1))
-        return self.loc(h), _positive(self.raw_scale(h))
+        return self.loc(h), posterior_scale(self.raw_scale(h))
 
     def forward(self, xs: list[Tensor]) -> tuple[Tensor, Tensor]:
         return self.head([self.features(m, x) for m, x in enumerate(xs)])

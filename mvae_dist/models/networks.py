@@ -14,11 +14,24 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 _MIN_SCALE = 1e-4
+_ETA = 1e-6  # the official MMVAE code's Constants.eta
+
+#: how an encoder turns its unconstrained scale output [B, L] into a posterior scale [B, L]
+POSTERIOR_SCALES = ("softplus", "softmax")
 
 
-def _positive(raw: Tensor) -> Tensor:
-    """Posterior scale from an unconstrained output; bounded away from 0 for stable log q."""
-    return F.softplus(raw) + _MIN_SCALE
+def posterior_scale(raw: Tensor, kind: str = "softplus") -> Tensor:
+    """Posterior scale from an unconstrained output raw [B, L] -> [B, L].
+
+    "softplus": softplus(raw) + 1e-4 (each dimension free, bounded away from 0);
+    "softmax": softmax(raw over L) * L + 1e-6, the official MMVAE parameterisation: the scales
+    of one item sum to L (+ L·eta), so no dimension's scale can blow up early in training.
+    """
+    if kind == "softplus":
+        return F.softplus(raw) + _MIN_SCALE
+    if kind == "softmax":
+        return F.softmax(raw, dim=-1) * raw.shape[-1] + _ETA
+    raise ValueError(f"unknown posterior scale {kind!r}; expected one of {', '.join(POSTERIOR_SCALES)}")
 
 
 class _FixedScale(nn.Module):
@@ -34,8 +47,11 @@ class _FixedScale(nn.Module):
 class MLPEncoder(nn.Module):
     """x [B, *event] -> flatten -> hidden ReLU layers -> (loc, scale) [B, L]."""
 
-    def __init__(self, in_features: int, latent_dim: int, hidden: Sequence[int] = (400,)) -> None:
+    def __init__(self, in_features: int, latent_dim: int, hidden: Sequence[int] = (400,),
+                 scale: str = "softplus") -> None:
         super().__init__()
+        posterior_scale(torch.zeros(1, 1), scale)  # an unknown kind fails here, not in forward
+        self.scale_kind = scale
         dims = [in_features, *hidden]
         self.body = nn.Sequential(
             *[m for a, b in zip(dims[:-1], dims[1:]) for m in (nn.Linear(a, b), nn.ReLU())]
@@ -45,7 +61,7 @@ class MLPEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         h = self.body(x.flatten(1).to(self.loc.weight.dtype))
-        return self.loc(h), _positive(self.raw_scale(h))
+        return self.loc(h), posterior_scale(self.raw_scale(h), self.scale_kind)
 
 
 class MLPDecoder(_FixedScale):
@@ -73,8 +89,10 @@ class MLPDecoder(_FixedScale):
 class SVHNEncoder(nn.Module):
     """x [B, 3, 32, 32] -> conv 32-64-128 (4x4, stride 2) -> 4x4 conv heads -> (loc, scale) [B, L]."""
 
-    def __init__(self, latent_dim: int = 20, channels: int = 3) -> None:
+    def __init__(self, latent_dim: int = 20, channels: int = 3, scale: str = "softplus") -> None:
         super().__init__()
+        posterior_scale(torch.zeros(1, 1), scale)
+        self.scale_kind = scale
         self.body = nn.Sequential(
             nn.Conv2d(channels, 32, 4, 2, 1), nn.ReLU(),  # 32 -> 16
             nn.Conv2d(32, 64, 4, 2, 1), nn.ReLU(),  # 16 -> 8
@@ -85,7 +103,7 @@ class SVHNEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         h = self.body(x.to(self.loc.weight.dtype))
-        return self.loc(h).flatten(1), _positive(self.raw_scale(h).flatten(1))
+        return self.loc(h).flatten(1), posterior_scale(self.raw_scale(h).flatten(1), self.scale_kind)
 
 
 class SVHNDecoder(_FixedScale):

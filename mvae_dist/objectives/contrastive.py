@@ -22,7 +22,7 @@ from torch import Tensor
 
 from ..models.base import CrossRank, MultimodalVAE
 from ..models.distributions import standard_noise
-from .estimators import check_estimator, estimate, iwae
+from .estimators import check_estimator, estimate, iwae, iwae_looser
 from .joint import check_K
 
 
@@ -90,12 +90,14 @@ def contrastive_loss(
     estimator: str = "iwae", negatives: Tensor | None = None, *,
     generator: torch.Generator | None = None, eps: Tensor | None = None,
     eps_neg: Tensor | None = None, impl: Literal["fused", "loop"] = "fused",
-    group: CrossRank | None = None,
+    group: CrossRank | None = None, looser: bool = False,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Paper eq. 4 averaged over the batch -> (loss scalar, stats).
 
     xs: M tensors [B, *event_m]. estimator: term 2's estimator ("iwae" | "cubo" | "elbo");
-    term 1 is always IWAE. negatives: [M, B, N] indices (``sample_negatives``), drawn if None.
+    term 1 is IWAE, pooled over all samples, or with ``looser`` the per-expert average
+    ``iwae_looser`` (MMVAE's training bound; the same as pooled for one sample set per item).
+    negatives: [M, B, N] indices (``sample_negatives``), drawn if None.
     eps / eps_neg: noise of the positives (``model.noise_shape(K, B)``) and of the negative
     tuples (``model.negative_noise_shape(K, G*B*N)``; unused by MMVAE, which reuses the
     positives' samples), drawn from ``generator`` if None.
@@ -147,6 +149,7 @@ def contrastive_loss(
 
     state = model.prepare(xs, K, eps)
     log_p = iwae(state.log_w)  # [B]
+    bound = iwae_looser(state.log_w, model.samples_per_k) if looser else log_p  # [B]
     if group is not None:
         log_w_neg = model.tuple_log_weights_dist(state, tuples, eps_neg, group)  # [S, G*P]
     elif impl == "fused":
@@ -155,7 +158,7 @@ def contrastive_loss(
         log_w_neg = _loop_log_weights(model, state, tuples, eps_neg, K)
     est_neg = estimate(log_w_neg, estimator).reshape(G, B, N)
     term2 = torch.logsumexp(est_neg, dim=-1).mean(0)  # [B]: mean over the G directions
-    term1 = -gamma * log_p
+    term1 = -gamma * bound
     loss = (term1 + term2).mean()
     stats = {
         "loss": loss.detach(),

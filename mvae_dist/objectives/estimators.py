@@ -70,3 +70,23 @@ def dreg_iwae(log_w: Tensor, z: Tensor) -> Tensor:
         z.register_hook(lambda g: g * w_tilde.reshape(lead).unsqueeze(-1))
     surrogate = (w_tilde * log_w).sum(0)
     return iwae(log_w).detach() + surrogate - surrogate.detach()
+
+
+def dreg_iwae_looser(log_w: Tensor, z: Tensor, groups: int) -> Tensor:
+    """Per-expert IWAE averaged over experts, with DReG gradients (the official MMVAE code's
+    ``m_dreg_looser``, its default training objective).
+
+    log_w: [groups*K, B] expert-major, computed with the proposal's parameters detached (as for
+    ``dreg_iwae``); z: the samples, whose leading dims flatten to [groups*K, B]. Returns [B] with
+    the value of ``iwae_looser``; its gradient is mean_e Σ_k w̃_ek ∇ log w_ek for the generative
+    parameters and mean_e Σ_k w̃_ek² ∂log w_ek/∂z ∂z/∂φ for the proposal's, where w̃_e· are the
+    weights normalised within expert e's K samples.
+    """
+    S, B = log_w.shape
+    K = S // groups
+    w_tilde = torch.softmax(log_w.reshape(groups, K, B), 1).reshape(S, B).detach()  # [S, B]
+    if z.requires_grad:
+        lead = z.shape[:-1]
+        z.register_hook(lambda g: g * w_tilde.reshape(lead).unsqueeze(-1))
+    surrogate = (w_tilde * log_w).sum(0) / groups
+    return iwae_looser(log_w, groups).detach() + surrogate - surrogate.detach()

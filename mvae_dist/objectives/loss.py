@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ..models.base import CrossRank, MultimodalVAE
 from .contrastive import contrastive_loss
-from .estimators import check_estimator, dreg_iwae, estimate, iwae_looser
+from .estimators import check_estimator, dreg_iwae, dreg_iwae_looser, estimate, iwae_looser
 from .joint import check_K
 
 
@@ -25,8 +25,10 @@ def training_loss(
 
     baseline: -mean(bound) with bound = ``baseline_estimator`` ("elbo" | "iwae"), DReG
     gradients if ``dreg``; for MMVAE ``looser`` uses the per-expert average of IWAE bounds (the
-    MMVAE paper's training objective) instead of the pooled estimate.
-    contrastive: eq. 4 with term 2 by ``estimator`` ("iwae" = cI, "cubo" = cC).
+    MMVAE paper's training objective) instead of the pooled estimate; ``dreg`` and ``looser``
+    together are the official MMVAE code's ``m_dreg_looser``.
+    contrastive: eq. 4 with term 2 by ``estimator`` ("iwae" = cI, "cubo" = cC); ``looser`` makes
+    term 1 the per-expert bound (DReG does not apply: the negatives reuse the positives' samples).
     ``impl`` picks the contrastive implementation ("fused", or the reference "loop").
     Both add ``model.extra_loss`` (zero for MMVAE). With ``group`` (data parallel), the
     contrastive negatives come from the global batch and every random draw is the global
@@ -35,8 +37,11 @@ def training_loss(
     check_K(K)
     W, r = (1, 0) if group is None else (group.world_size, group.rank)
     if objective == "contrastive":
+        if dreg:
+            raise ValueError("dreg applies to the baseline objective (the contrastive negatives reuse "
+                             "the positives' samples, whose gradient DReG reweights)")
         loss, stats = contrastive_loss(model, xs, gamma, N, K, estimator, negatives,
-                                       generator=generator, group=group, impl=impl)
+                                       generator=generator, group=group, impl=impl, looser=looser)
     elif objective == "baseline":
         check_estimator(baseline_estimator)
         if baseline_estimator == "cubo":
@@ -45,9 +50,10 @@ def training_loss(
         eps = model.draw_eps(K, W * B, generator).narrow(-2, r * B, B)
         state = model.prepare(xs, K, eps, detach_q=dreg)
         if dreg:
-            if baseline_estimator != "iwae" or looser:
-                raise ValueError("dreg applies to the pooled 'iwae' baseline bound only")
-            bound = dreg_iwae(state.log_w, state.z)
+            if baseline_estimator != "iwae":
+                raise ValueError("dreg applies to the 'iwae' baseline bound only")
+            bound = (dreg_iwae_looser(state.log_w, state.z, model.samples_per_k) if looser
+                     else dreg_iwae(state.log_w, state.z))
         elif looser and baseline_estimator == "iwae":
             bound = iwae_looser(state.log_w, model.samples_per_k)
         else:

@@ -43,8 +43,11 @@ def step_generator(seed: int, step: int, device: torch.device | str = "cpu") -> 
     return g
 
 
-def make_optimizer(params: Any, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+def make_optimizer(params: Any, lr: float, weight_decay: float,
+                   amsgrad: bool = False) -> torch.optim.Optimizer:
+    """Adam over the parameters that train (a frozen parameter gets no state)."""
+    return torch.optim.Adam([p for p in params if p.requires_grad], lr=lr, weight_decay=weight_decay,
+                            amsgrad=amsgrad)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, total_steps: int):

@@ -66,7 +66,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         group = TorchCrossRank(rank, world)
     else:
         module, group = step_module, None
-    opt = make_optimizer(model.parameters(), cfg.optim.lr, cfg.optim.weight_decay)
+    opt = make_optimizer(model.parameters(), cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.amsgrad)
 
     storage_options = load_storage_options(cfg.data.storage_options_file, "data.storage_options_file")
     loader = make_loader(cfg.data.url, cfg.data.train_split, cfg.data.batch_size, rank=rank,

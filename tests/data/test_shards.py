@@ -14,6 +14,7 @@ import pytest
 
 from mvae_dist.data import build as build_mod
 from mvae_dist.data import open_manifest, prepare, verify
+from mvae_dist.data.sources import street
 from mvae_dist.errors import ConfigError, DataError
 
 from .conftest import SMALL
@@ -73,6 +74,21 @@ def test_rerun_same_config_is_a_noop(small_dataset):
 def test_other_config_into_same_prefix_is_an_error(small_dataset):
     with pytest.raises(ConfigError, match=r"built differently \(dm: 3 requested, 2 there"):
         prepare("embedded", small_dataset, **{**SMALL, "dm": 3})
+
+
+def test_shards_of_another_street_renderer_are_refused(small_copy):
+    """A data set written by the previous street renderer (its manifest names another, or none)
+    is never extended or reused by this one: the mismatch is named."""
+    path = os.path.join(small_copy, "manifest.json")
+    with open(path) as f:
+        manifest = json.load(f)
+    assert manifest["config"]["renderer"] == street.RENDERER
+    del manifest["config"]["renderer"]  # what every manifest of the first renderer looks like
+    with open(path, "w") as f:
+        json.dump(manifest, f)
+    want = rf"built differently \(renderer: '{street.RENDERER}' requested, None"
+    with pytest.raises(ConfigError, match=want):
+        prepare("embedded", small_copy, **SMALL)
 
 
 def test_resume_after_interruption(small_copy, monkeypatch):

@@ -3,9 +3,18 @@
 Nothing here is real SVHN data. Each image is a 32x32 RGB uint8 crop centred on one digit
 (its label) in the manner of SVHN's cropped-digit format: the digit is set in a real font
 (the TrueType fonts matplotlib ships: DejaVu Sans/Serif/Mono, STIX, Computer Modern), at a
-random size, rotation, aspect and offset, in a random colour over a random background (solid,
-gradient or noise texture), with neighbouring house-number digits that the crop cuts at its
-edges, an optional drop shadow, then Gaussian blur and pixel noise.
+random size, rotation, aspect and offset, in an ink colour over a plate colour (solid, gradient
+or noise texture), with neighbouring house-number digits that the crop cuts at its edges, an
+optional drop shadow, then Gaussian blur and pixel noise.
+
+Colours follow house-number plates rather than uniform RGB (renderer "street-v2"): a plate is
+light with dark digits (probability ``Difficulty.dark_on_light``) or dark with light digits,
+each colour drawn from a small palette of plate and paint colours (white, cream, greys, muted
+blues, greens, browns, reds, brass) with per-image jitter, at a luminance contrast of at least
+``Difficulty.contrast[0]``. As on real plates, the digit is then most of what varies between
+two images of one plate colour. Version 1 ("street-v1", before December 2026) drew both colours
+uniformly over RGB at contrasts from 0.1: the background colour then outweighed the digit in
+any likelihood, and a generative model learnt colour long before digits (docs/data.md).
 
 Speed: the glyph bitmaps are rasterised once per (font, digit) with matplotlib's FreeType
 binding; each image is then a numpy composite (one bilinear warp at 2x resolution, a blur,
@@ -24,6 +33,9 @@ import numpy as np
 
 from mvae_dist.errors import DataError
 
+#: the renderer's name and version, stored in every manifest of the embedded set: shards of
+#: another version are refused by ``data prepare`` (a configuration mismatch), never mixed
+RENDERER = "street-v2"
 SIZE = 32  # output side in pixels
 _SS = 2  # supersampling factor of the warp (anti-aliasing)
 _RENDER_PT = 48  # glyph raster size; ~35 px tall digits, larger than any output digit
@@ -53,21 +65,44 @@ FONT_FILES = (
 class Difficulty:
     """Ranges of the random rendering parameters (uniform unless noted).
 
-    The defaults were tuned so that a small CNN trained for about a minute on CPU on the
-    embedded training split reaches 90-99% test accuracy (see tests/data/test_sources.py).
+    The defaults keep the task non-trivial: a small CNN trained for about a minute on CPU on
+    the embedded training split reaches 90-99% test accuracy (see tests/data/test_sources.py).
     """
 
-    height: tuple[float, float] = (15.0, 25.0)  # digit height in output pixels
-    rotation_deg: float = 10.0  # std of a normal, clipped at 2.5 std
+    height: tuple[float, float] = (17.0, 25.0)  # digit height in output pixels
+    rotation_deg: float = 8.0  # std of a normal, clipped at 2.5 std
     shear: float = 0.25  # |horizontal shear| (italic-like slant)
     aspect: tuple[float, float] = (0.75, 1.3)  # horizontal stretch
     shift: float = 2.0  # |offset| of the centre digit in pixels
-    neighbour_p: float = 0.7  # probability of a digit on each side
-    gap: tuple[float, float] = (0.1, 0.4)  # gap between digits, in digit heights
-    contrast: tuple[float, float] = (0.1, 0.8)  # |luminance difference| of ink and background
-    shadow_p: float = 0.25
-    blur_sigma: tuple[float, float] = (0.0, 1.2)
-    noise_sigma: tuple[float, float] = (0.0, 0.06)  # in [0, 1] intensity units
+    neighbour_p: float = 0.5  # probability of a digit on each side
+    gap: tuple[float, float] = (0.15, 0.45)  # gap between digits, in digit heights
+    contrast: tuple[float, float] = (0.35, 0.9)  # |luminance difference| of ink and plate
+    dark_on_light: float = 0.7  # probability of dark digits on a light plate (else light on dark)
+    colour_jitter: float = 0.06  # std of the per-channel jitter of palette colours
+    shadow_p: float = 0.2
+    blur_sigma: tuple[float, float] = (0.0, 0.9)
+    noise_sigma: tuple[float, float] = (0.0, 0.05)  # in [0, 1] intensity units
+
+
+# Plate and paint colours (RGB in [0, 1]) of house numbers: light and dark ends of each polarity.
+LIGHT_COLOURS = np.array([
+    [0.95, 0.95, 0.93],  # white
+    [0.93, 0.89, 0.78],  # cream
+    [0.80, 0.80, 0.80],  # light grey
+    [0.92, 0.85, 0.55],  # pale yellow / brass
+    [0.75, 0.82, 0.90],  # pale blue
+    [0.78, 0.86, 0.76],  # pale green
+    [0.88, 0.74, 0.62],  # sand / terracotta light
+])
+DARK_COLOURS = np.array([
+    [0.08, 0.08, 0.08],  # black
+    [0.28, 0.28, 0.30],  # dark grey
+    [0.10, 0.18, 0.40],  # navy
+    [0.10, 0.30, 0.18],  # dark green
+    [0.35, 0.20, 0.10],  # brown
+    [0.50, 0.10, 0.10],  # dark red
+    [0.45, 0.35, 0.15],  # bronze
+])
 
 
 def _font_dir() -> str:
@@ -164,31 +199,40 @@ def _luma(c: np.ndarray) -> float:
 
 
 def _colours(rng: np.random.Generator, d: Difficulty) -> tuple[np.ndarray, np.ndarray]:
-    """Background and ink colours [3] in [0, 1] whose luminances differ by the drawn contrast."""
-    target = rng.uniform(*d.contrast)
-    bg = rng.uniform(0, 1, 3)
-    for _ in range(20):
-        fg = rng.uniform(0, 1, 3)
-        if abs(_luma(fg) - _luma(bg)) >= target:
-            return bg, fg
-    # fall back: push the ink's luminance away from the background's
-    sign = 1.0 if _luma(bg) < 0.5 else -1.0
-    fg = np.clip(bg + sign * target / 0.9 + rng.normal(0, 0.05, 3), 0, 1)
-    return bg, fg
+    """Plate and ink colours [3] in [0, 1]: palette colours of opposite ends (dark ink on a light
+    plate with probability ``d.dark_on_light``), jittered, at least ``d.contrast[0]`` apart in
+    luminance and at most ``d.contrast[1]``."""
+    lo, hi = d.contrast
+    light = LIGHT_COLOURS[rng.integers(len(LIGHT_COLOURS))]
+    dark = DARK_COLOURS[rng.integers(len(DARK_COLOURS))]
+    light = np.clip(light + rng.normal(0, d.colour_jitter, 3), 0, 1)
+    dark = np.clip(dark + rng.normal(0, d.colour_jitter, 3), 0, 1)
+    gap = _luma(light) - _luma(dark)
+    if gap < lo:  # brighten the light one and darken the dark one, half the shortfall each
+        light = np.clip(light + (lo - gap) / 2 + 0.01, 0, 1)
+        dark = np.clip(dark - (lo - gap) / 2 - 0.01, 0, 1)
+    elif gap > hi:  # fade the dark colour towards the light one
+        mix = (gap - hi) / gap
+        light, dark = light, dark + mix * (light - dark)
+    if rng.random() < d.dark_on_light:
+        return light, dark
+    return dark, light
 
 
 def _background(rng: np.random.Generator, bg: np.ndarray) -> np.ndarray:
-    """Background [32, 32, 3] float: solid, linear gradient, or low-frequency noise texture."""
+    """Plate [32, 32, 3] float: solid, a shading gradient, or a low-frequency texture (weathered
+    paint, brick) whose variation is mostly in brightness, as on real plates."""
     kind = rng.integers(3)
     if kind == 0:
         return np.broadcast_to(bg, (SIZE, SIZE, 3)).astype(np.float32)
     if kind == 1:
-        other = np.clip(bg + rng.normal(0, 0.25, 3), 0, 1)
+        other = np.clip(bg * rng.uniform(0.6, 1.15), 0, 1)  # the same colour, shaded
         angle = rng.uniform(0, 2 * np.pi)
         g = np.linspace(-1, 1, SIZE)
         t = (np.cos(angle) * g[None, :] + np.sin(angle) * g[:, None]) * 0.5 + 0.5  # [32, 32]
         return (bg * (1 - t[..., None]) + other * t[..., None]).astype(np.float32)
-    coarse = rng.normal(0, rng.uniform(0.05, 0.2), (5, 5, 3))
+    amp = rng.uniform(0.03, 0.12)
+    coarse = rng.normal(0, amp, (5, 5, 1)) + rng.normal(0, amp / 4, (5, 5, 3))  # brightness + a little hue
     up = _upsample_matrix()
     tex = np.einsum("yi,ijc,xj->yxc", up, coarse, up)  # bilinear 5x5 -> 32x32
     return np.clip(bg + tex, 0, 1).astype(np.float32)

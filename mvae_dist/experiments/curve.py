@@ -1,0 +1,99 @@
+"""``mvae-dist bench learn``: a learning curve of one training config, in one process, no Ray.
+
+The same model, objective, optimiser and shard loader as ``mvae-dist train``, on the global batch
+(data.batch_size x train.num_workers items per step, as W Ray workers would see it), evaluated
+every ``eval_every`` steps with the paper's metrics (one seed, no likelihood). Each evaluation is
+one JSON line: the step, the training wall time so far (evaluation excluded), latent accuracy of
+the joint and of each unimodal posterior, the cross coherences, joint coherence and the mean
+training loss since the previous line. This is how the training choices of the demo config were
+found (docs/results.md, "Learning curves").
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import TrainConfig
+from ..errors import ConfigError
+
+#: the metrics a curve row keeps (the rest of the evaluation report is dropped)
+CURVE_KEYS = ("latent_acc", "coherence_cross", "coherence_joint")
+
+
+def _row_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
+    keep = {k: v for k, v in metrics.items()
+            if k in CURVE_KEYS or k.startswith(("latent_acc_", "coherence_cross_"))}
+    return {k: round(float(v), 4) for k, v in keep.items() if not k.endswith("_std")}
+
+
+def learning_curve(cfg: TrainConfig, *, steps: int, eval_every: int,
+                   classifiers: Mapping[str, nn.Module] | None = None, n_test: int = 500,
+                   n_train_latent: int = 1000, threads: int | None = None,
+                   on_row: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Train ``cfg`` for ``steps`` steps on one process -> one row per evaluation (and at step 0).
+
+    classifiers: the digit classifiers per modality (default: the latest stored with
+    ``eval.classifiers``, or with the data set when that is "auto").
+    """
+    from ..data import make_loader
+    from ..eval.metrics import evaluate_model
+    from ..models import build_model
+    from ..train.step import TrainStep, apply_step, make_optimizer, make_scheduler, step_generator
+
+    if steps < 1 or eval_every < 1:
+        raise ConfigError(f"steps and eval_every must be >= 1, got {steps} and {eval_every}")
+    if threads:
+        torch.set_num_threads(threads)
+    if classifiers is None:
+        from ..eval.classifiers import load_classifiers
+
+        store = cfg.data.url if cfg.eval.classifiers in ("auto", "none") else cfg.eval.classifiers
+        classifiers = load_classifiers(store)
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model)
+    module = TrainStep(model, cfg.objective)
+    opt = make_optimizer(model.parameters(), cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.amsgrad)
+    sched = make_scheduler(opt, cfg.optim.schedule, steps)
+    batch = cfg.data.batch_size * cfg.train.num_workers
+    loader = make_loader(cfg.data.url, cfg.data.train_split, batch, seed=cfg.train.seed,
+                         shuffle_buffer=cfg.data.shuffle_buffer)
+
+    rows: list[dict[str, Any]] = []
+    losses: list[float] = []
+    train_s = 0.0
+
+    def evaluate(step: int) -> None:
+        report = evaluate_model(model, cfg.data.url, classifiers, seeds=(0,), n_test=n_test,
+                                n_train_latent=n_train_latent, K_ll=0)
+        row = {"bench": "learn", "step": step, "train_s": round(train_s, 1),
+               "loss": round(sum(losses) / len(losses), 1) if losses else None,
+               **_row_metrics(report.metrics())}
+        losses.clear()
+        model.train()
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
+
+    evaluate(0)
+    step, epoch = 0, 0
+    while step < steps:
+        loader.set_epoch(epoch)
+        for b in loader:
+            t0 = time.perf_counter()
+            g = step_generator(cfg.train.seed, step)
+            stats, stepped = apply_step(module, opt, sched, b["xs"], g, None, cfg.optim.grad_clip)
+            train_s += time.perf_counter() - t0
+            step += 1
+            if stepped:
+                losses.append(stats["loss"])
+            if step % eval_every == 0 or step == steps:
+                evaluate(step)
+            if step >= steps:
+                break
+        epoch += 1
+    return rows

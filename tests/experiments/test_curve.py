@@ -1,0 +1,60 @@
+"""mvae_dist/experiments/curve.py: ``mvae-dist bench learn`` trains in-process and evaluates."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mvae_dist.cli import main
+from mvae_dist.config import TrainConfig
+from mvae_dist.eval.classifiers import build_classifier
+from mvae_dist.experiments.curve import learning_curve
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> str:
+    from mvae_dist.data import prepare
+
+    out = str(tmp_path_factory.mktemp("curve") / "ds")
+    prepare("embedded", out, dm=1, street_per_class=(10, 10), shard_size=64, progress=False)
+    return out
+
+
+def _cfg(url: str) -> TrainConfig:
+    return TrainConfig.from_dict({
+        "model": {"posterior_scale": "softmax", "learn_prior": True},
+        "objective": {"name": "contrastive", "K": 1, "N": 2, "looser": True},
+        "data": {"url": url, "batch_size": 16, "shuffle_buffer": 10},
+        "optim": {"amsgrad": True},
+        "train": {"num_workers": 2},
+    })
+
+
+def test_rows_at_start_every_eval_and_end(tiny_data):
+    clfs = {"mnist": build_classifier("conv", (1, 28, 28)),
+            "svhn-like": build_classifier("conv", (3, 32, 32))}
+    seen = []
+    rows = learning_curve(_cfg(tiny_data), steps=5, eval_every=2, classifiers=clfs, n_test=40,
+                          n_train_latent=40, on_row=seen.append)
+    assert [r["step"] for r in rows] == [0, 2, 4, 5] and seen == rows
+    assert rows[0]["loss"] is None and all(r["loss"] > 0 for r in rows[1:])
+    assert rows[-1]["train_s"] >= rows[1]["train_s"] > 0
+    for key in ("latent_acc", "latent_acc_mnist", "latent_acc_svhn", "coherence_joint",
+                "coherence_cross_mnist_to_svhn", "coherence_cross_svhn_to_mnist"):
+        assert all(0.0 <= r[key] <= 1.0 for r in rows), key
+
+
+def test_cli_prints_json_lines_and_needs_classifiers(tiny_data, tmp_path, capsys):
+    from mvae_dist.eval.classifiers import train_classifiers
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data:\n  url: {tiny_data}\n  batch_size: 8\n  shuffle_buffer: 10\n"
+                   "objective:\n  K: 1\n  N: 2\n")
+    assert main(["bench", "learn", "--config", str(cfg), "--steps", "1", "--eval-every", "1"]) == 1
+    assert "classifiers" in capsys.readouterr().err
+    train_classifiers(tiny_data, epochs=1, progress=False)
+    assert main(["bench", "learn", "--config", str(cfg), "--steps", "2", "--eval-every", "1",
+                 "--n-test", "20", "train.num_workers=1"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [r["step"] for r in rows] == [0, 1, 2] and all(r["bench"] == "learn" for r in rows)
