@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "cI-MMVAE on 20%% of the pairs (Ray Train), evaluation, side-by-side table")
     demo.add_argument("--root", default="demo", help="working folder for data, runs and results")
     demo.add_argument("--percent", type=float, default=20.0, help="percent of each modality to train on")
-    demo.add_argument("--dm", type=_positive_int, default=5, help="pairs per instance")
+    demo.add_argument("--dm", type=_positive_int, default=10, help="pairs per instance (default 10)")
     demo.add_argument("--tracking-uri", default=None)
     demo.add_argument("--address", default=None, help="Ray cluster address (default: local / $RAY_ADDRESS)")
     demo.add_argument("overrides", nargs="*", metavar="section.key=value", help="override the base config")
@@ -125,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
         x.add_argument("--config", default=None, help="base config (default configs/embedded/demo.yaml)")
         x.add_argument("--root", default="experiments", help="working folder for data, runs and results")
         x.add_argument("--dm", type=_positive_int, default=5, help="pairs per instance")
-        x.add_argument("--seeds", type=_positive_int, default=1, help="evaluation seeds per arm")
+        x.add_argument("--seeds", type=_positive_int, default=1, help="evaluation seeds per trained model")
+        x.add_argument("--train-seeds", type=_positive_int, default=1,
+                       help="train each arm this many times (train.seed + 0, 1, ...); tables: mean ± std")
         x.add_argument("--tracking-uri", default=None)
         x.add_argument("--address", default=None, help="Ray cluster address")
         x.add_argument("overrides", nargs="*", metavar="section.key=value", help="override the base config")
@@ -359,7 +361,7 @@ def _experiment(args: argparse.Namespace) -> int:
     from .experiments import studies
 
     common = {"root": args.root, "dm": args.dm, "seeds": args.seeds, "tracking_uri": args.tracking_uri,
-              "ray_address": args.address}
+              "ray_address": args.address, "train_seeds": args.train_seeds}
     if args.experiment == "data-efficiency":
         studies.data_efficiency(args.config, args.overrides, fractions=_floats(args.fractions, "--fractions"),
                                 arms=args.arms, **common)

@@ -16,6 +16,7 @@ from .errors import ConfigError
 
 MODEL_NAMES = ("mmvae", "mvae", "jmvae")
 OBJECTIVES = ("baseline", "contrastive")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 @dataclass(frozen=True)
@@ -248,7 +249,10 @@ class TrainSection:
     storage_path: where Ray Train keeps the run's checkpoints (local path or any fsspec URL, e.g.
     s3://bucket/runs); storage_options_file: a YAML file of fsspec options for that URL (endpoint,
     credentials), else Ray resolves it from the standard environment (AWS_*, instance roles);
-    checkpoint_every: steps between checkpoints (0: one per epoch); max_steps: 0 = no limit.
+    checkpoint_every: steps between checkpoints (0: one per epoch); max_steps: 0 = no limit;
+    ray_log_level: the level of Ray Train's own per-report worker lines ("Reporting training
+    result ...", "Checkpoint successfully created ...", one per report and rank): WARNING hides
+    them, INFO shows them.
     """
 
     name: str = "mvae-run"
@@ -269,6 +273,7 @@ class TrainSection:
     max_failures: int = 2
     max_nonfinite: int = 10
     threads_per_worker: int = 0
+    ray_log_level: str = "WARNING"
 
     def validate(self) -> TrainSection:
         checks = [
@@ -283,6 +288,8 @@ class TrainSection:
             (self.log_every >= 1, f"train.log_every must be >= 1, got {self.log_every}"),
             (self.max_failures >= -1, f"train.max_failures must be >= -1, got {self.max_failures}"),
             (self.max_nonfinite >= 0, f"train.max_nonfinite must be >= 0, got {self.max_nonfinite}"),
+            (self.ray_log_level in LOG_LEVELS,
+             f"train.ray_log_level must be one of {', '.join(LOG_LEVELS)}, got {self.ray_log_level!r}"),
             (bool(self.name) and "/" not in self.name,
              f"train.name must be a non-empty name without '/', got {self.name!r}"),
         ]

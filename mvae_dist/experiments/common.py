@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..config import TrainConfig, load_train_config
+from ..errors import ConfigError
 
 #: arms of the paper's comparisons: objective overrides
 OBJECTIVES: dict[str, dict[str, Any]] = {
@@ -52,7 +53,12 @@ def with_overrides(cfg: TrainConfig, overrides: Mapping[str, Any]) -> TrainConfi
 
 @dataclass
 class Study:
-    """A study in progress: its parent MLflow run and where its runs and outputs go."""
+    """A study in progress: its parent MLflow run and where its runs and outputs go.
+
+    seeds: evaluation seeds per trained model; train_seeds: how many times each arm is trained
+    (train.seed = base seed + 0, 1, ...). ``runs`` holds one row per trained model; ``rows``
+    one per arm, over its training seeds (see ``aggregate_seeds``).
+    """
 
     name: str
     base: TrainConfig
@@ -62,16 +68,56 @@ class Study:
     stamp: str
     seeds: int = 1
     ray_address: str | None = None
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    train_seeds: int = 1
+    runs: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def out_dir(self) -> Path:
         return Path(self.root) / f"{self.name}-{self.stamp}"
 
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        return aggregate_seeds(self.runs)
+
+
+#: row keys that are not measurements: never averaged over training seeds
+_NOT_AVERAGED = ("train_seed",)
+
+
+def aggregate_seeds(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per arm (in first-seen order) from one row per trained model.
+
+    An arm trained once keeps its row as it is (its ``_std`` keys: the spread over evaluation
+    seeds). An arm trained with several seeds gets, for every numeric value, the mean over its
+    seeds and ``key_std`` = their sample standard deviation (the spread over training seeds,
+    replacing the evaluation seeds'); settings are equal across seeds, so they keep their value
+    and a zero spread; text keeps the first seed's, and ``run_ids`` lists every seed's run.
+    """
+    groups: dict[Any, list[Mapping[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault(r["arm"], []).append(r)
+    out = []
+    for rs in groups.values():
+        if len(rs) == 1:
+            out.append(dict(rs[0]))
+            continue
+        row: dict[str, Any] = {"train_seeds": len(rs), "run_ids": [r.get("run_id") for r in rs]}
+        for key in dict.fromkeys(k for r in rs for k in r):
+            if key.endswith("_std") or key in _NOT_AVERAGED:
+                continue
+            vals = [r.get(key) for r in rs]
+            if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
+                row[key] = float(np.mean(vals))
+                row[f"{key}_std"] = float(np.std(vals, ddof=1))
+            else:
+                row[key] = vals[0]
+        out.append(row)
+    return out
+
 
 def open_study(name: str, config: str | None, overrides: Sequence[str], *, root: str,
                tracking_uri: str | None, params: Mapping[str, Any], seeds: int = 1,
-               ray_address: str | None = None) -> Study:
+               ray_address: str | None = None, train_seeds: int = 1) -> Study:
     """Resolve the base config and open the parent MLflow run ``<name>-<time>``."""
     from ..tracking import Tracker, default_tracking_uri
 
@@ -80,32 +126,38 @@ def open_study(name: str, config: str | None, overrides: Sequence[str], *, root:
     base = with_overrides(base, {"tracking.tracking_uri": uri})
     stamp = time.strftime("%Y%m%d-%H%M%S")
     t = Tracker(uri, base.tracking.experiment)
-    parent = t.start(f"{name}-{stamp}", params={"study": name, **params, "base": base.to_dict()},
+    if train_seeds < 1:
+        raise ConfigError(f"train_seeds must be >= 1, got {train_seeds}")
+    parent = t.start(f"{name}-{stamp}", params={"study": name, **params, "train_seeds": train_seeds,
+                                                "base": base.to_dict()},
                      tags={"study": name})  # stays RUNNING until finish_study ends it
-    return Study(name, base, os.path.abspath(root), uri, parent, stamp, seeds, ray_address)
+    return Study(name, base, os.path.abspath(root), uri, parent, stamp, seeds, ray_address, train_seeds)
 
 
 def run_arm(study: Study, arm: str, overrides: Mapping[str, Any], *, settings: Mapping[str, Any],
-            classifiers: Any, evaluate: bool = True) -> dict[str, Any]:
-    """Train one arm as a child run of the study, evaluate it -> its row (settings + metrics)."""
+            classifiers: Any, evaluate: bool = True, seed: int = 0) -> dict[str, Any]:
+    """Train one arm as a child run of the study (training seed ``seed``: train.seed = the base
+    config's + seed), evaluate it -> its row (settings + metrics), one of ``study.runs``."""
     from ..evaluate import evaluate_and_log
     from ..tracking import Tracker
     from ..train.driver import fit
     from ..trained import load_trained
 
-    name = f"{study.name}-{arm}-{study.stamp}"
-    cfg = with_overrides(study.base, {**overrides, "train.name": name, "tracking.run_name": arm,
+    label = arm if study.train_seeds == 1 else f"{arm} seed {seed}"
+    name = f"{study.name}-{label.replace(' ', '-')}-{study.stamp}"
+    cfg = with_overrides(study.base, {**overrides, "train.name": name, "tracking.run_name": label,
+                                      "train.seed": study.base.train.seed + seed,
                                       "train.storage_path": str(Path(study.root) / "runs")})
-    print(f"== {study.name}: training {arm} ({cfg.model.name}, {cfg.objective.name}"
+    print(f"== {study.name}: training {label} ({cfg.model.name}, {cfg.objective.name}"
           f"{'/' + cfg.objective.estimator if cfg.objective.name == 'contrastive' else ''}, "
           f"data {cfg.data.url}:{cfg.data.train_split})", flush=True)
     t0 = time.perf_counter()
     res = fit(cfg, ray_address=study.ray_address, parent_run_id=study.parent_run_id,
-              tags={"study": study.name, "arm": arm})
-    row: dict[str, Any] = {"arm": arm, **settings, "run_id": res.run_id,
+              tags={"study": study.name, "arm": arm, "train_seed": seed})
+    row: dict[str, Any] = {"arm": arm, **settings, "train_seed": seed, "run_id": res.run_id,
                            "train_s": round(time.perf_counter() - t0, 1), "steps": res.metrics.get("step")}
     if evaluate:
-        print(f"== {study.name}: evaluating {arm}", flush=True)
+        print(f"== {study.name}: evaluating {label}", flush=True)
         trained = load_trained(run_id=res.run_id, tracking_uri=study.tracking_uri)
         t = Tracker(study.tracking_uri, cfg.tracking.experiment)
         t.attach(res.run_id)
@@ -113,7 +165,7 @@ def run_arm(study: Study, arm: str, overrides: Mapping[str, Any], *, settings: M
                                    classifiers=classifiers, seeds=study.seeds, ll_K=cfg.eval.ll_K,
                                    ll_n=cfg.eval.ll_n, storage_options=None, progress=False)
         row.update(flat)
-    study.rows.append(row)
+    study.runs.append(row)
     return row
 
 
@@ -185,7 +237,7 @@ def finish_study(study: Study, table: str, plots: Mapping[str, np.ndarray],
 
     t = Tracker(study.tracking_uri, study.base.tracking.experiment)
     t.attach(study.parent_run_id)
-    results = {"study": study.name, "rows": study.rows, **(extra or {})}
+    results = {"study": study.name, "rows": study.rows, "runs": study.runs, **(extra or {})}
     t.log_dict(results, "results.json")
     t.log_text(table, "results.md")
     for name, img in plots.items():

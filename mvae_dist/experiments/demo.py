@@ -21,8 +21,11 @@ from .studies import DEFAULT_CONFIG, ensure_classifiers, ensure_data
 #: (row label, metric key) of the printed table
 DEMO_ROWS = [
     ("latent accuracy (joint z)", "latent_acc"),
+    ("latent accuracy (mnist z)", "latent_acc_mnist"),
+    ("latent accuracy (svhn z)", "latent_acc_svhn"),
     ("cross coherence mnist -> svhn", "coherence_cross_mnist_to_svhn"),
     ("cross coherence svhn -> mnist", "coherence_cross_svhn_to_mnist"),
+    ("cross coherence (mean)", "coherence_cross"),
     ("joint coherence", "coherence_joint"),
     ("log p(x,y) (IWAE)", "log_joint"),
 ]
@@ -41,7 +44,7 @@ def side_by_side(rows: list[dict], labels: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def demo(root: str = "demo", *, percent: float = 20.0, dm: int = 5, overrides: list[str] | None = None,
+def demo(root: str = "demo", *, percent: float = 20.0, dm: int = 10, overrides: list[str] | None = None,
          tracking_uri: str | None = None, ray_address: str | None = None,
          data_options: dict | None = None) -> Path:
     """Run the demo under ``root`` -> the folder with its results (see the module docstring)."""

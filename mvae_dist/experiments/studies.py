@@ -19,6 +19,7 @@ from ..errors import ConfigError
 from .common import (
     OBJECTIVES,
     Study,
+    aggregate_seeds,
     finish_study,
     line_plot,
     markdown_table,
@@ -86,25 +87,28 @@ def data_efficiency(config: str | None = None, overrides: Sequence[str] = (), *,
                     fractions: Sequence[float] = (0.1, 0.2, 0.5, 1.0),
                     arms: Sequence[str] = ("baseline", "cI", "cC"), dm: int = 5, root: str = "experiments",
                     tracking_uri: str | None = None, seeds: int = 1, ray_address: str | None = None,
-                    data_options: dict | None = None) -> Path:
-    """MMVAE vs cI-MMVAE vs cC-MMVAE at n% of the data (each unimodal set cut before pairing)."""
+                    data_options: dict | None = None, train_seeds: int = 1) -> Path:
+    """MMVAE vs cI-MMVAE vs cC-MMVAE at n% of the data (each unimodal set cut before pairing),
+    each arm trained ``train_seeds`` times (the table: mean ± std over them)."""
     _check_fractions(fractions)
     unknown = [a for a in arms if a not in OBJECTIVES]
     if unknown:
         raise ConfigError(f"unknown arm {unknown[0]!r}; choose from {', '.join(OBJECTIVES)}")
     study = open_study("data-efficiency", config or DEFAULT_CONFIG, overrides, root=root,
                        tracking_uri=tracking_uri, seeds=seeds, ray_address=ray_address,
+                       train_seeds=train_seeds,
                        params={"fractions": list(fractions), "arms": list(arms), "dm": dm})
     failed = True
     try:
         full = ensure_data(root, dm=dm, data_options=data_options)
         clfs = ensure_classifiers(full)
-        for f in fractions:
-            url = ensure_data(root, fraction=f, dm=dm, data_options=data_options)
-            for arm in arms:
-                run_arm(study, f"{arm}@{f * 100:g}%", {**OBJECTIVES[arm], "data.url": url,
-                                                       "eval.classifiers": full},
-                        settings={"objective": arm, "percent": f * 100}, classifiers=clfs)
+        urls = {f: ensure_data(root, fraction=f, dm=dm, data_options=data_options) for f in fractions}
+        for seed in range(train_seeds):  # seeds outermost: an interrupted study has whole tables
+            for f, url in urls.items():
+                for arm in arms:
+                    run_arm(study, f"{arm}@{f * 100:g}%", {**OBJECTIVES[arm], "data.url": url,
+                                                           "eval.classifiers": full},
+                            settings={"objective": arm, "percent": f * 100}, classifiers=clfs, seed=seed)
         failed = False
     finally:
         table = _summary(study, ["objective", "percent"], ["objective", "data %"])
@@ -148,13 +152,13 @@ def gamma_ablation(config: str | None = None, overrides: Sequence[str] = (), *,
                    sr_fraction: float = 0.1, fraction: float = 1.0,
                    root: str = "experiments", tracking_uri: str | None = None, seeds: int = 1,
                    relatedness_pairs: int = 2000, ray_address: str | None = None,
-                   data_options: dict | None = None) -> Path:
+                   data_options: dict | None = None, train_seeds: int = 1) -> Path:
     """cI-MMVAE at each gamma, with the baseline as a reference line: generation quality and PMI F1.
     fraction: train on this share of each modality (cut before pairing), as data-efficiency does."""
     _check_gammas(gammas)
     _check_fractions([fraction])
     study = open_study("gamma", config or DEFAULT_CONFIG, overrides, root=root, tracking_uri=tracking_uri,
-                       seeds=seeds, ray_address=ray_address,
+                       seeds=seeds, ray_address=ray_address, train_seeds=train_seeds,
                        params={"gammas": list(gammas), "dm": dm, "sr_fraction": sr_fraction,
                                "fraction": fraction})
     failed = True
@@ -164,13 +168,14 @@ def gamma_ablation(config: str | None = None, overrides: Sequence[str] = (), *,
         full = url if fraction == 1 else ensure_data(root, dm=dm, data_options=data_options)
         clfs = ensure_classifiers(full)
         arms = [("baseline", None), *(("cI", g) for g in gammas)]
-        for arm, g in arms:
-            over = {**OBJECTIVES[arm], "data.url": url, "eval.classifiers": full}
-            if g is not None:
-                over["objective.gamma"] = g
-            row = run_arm(study, arm if g is None else f"cI gamma={g:g}", over,
-                          settings={"objective": arm, "gamma": g}, classifiers=clfs)
-            row.update(_relatedness_of(study, row, url, relatedness_pairs))
+        for seed in range(train_seeds):
+            for arm, g in arms:
+                over = {**OBJECTIVES[arm], "data.url": url, "eval.classifiers": full}
+                if g is not None:
+                    over["objective.gamma"] = g
+                row = run_arm(study, arm if g is None else f"cI gamma={g:g}", over,
+                              settings={"objective": arm, "gamma": g}, classifiers=clfs, seed=seed)
+                row.update(_relatedness_of(study, row, url, relatedness_pairs))
         failed = False
     finally:
         base = next((r for r in study.rows if r["objective"] == "baseline"), {})
@@ -200,16 +205,50 @@ def _relatedness_of(study: Study, row: dict, url: str, max_pairs: int) -> dict[s
 
 
 # ------------------------------------------------------------------------------ label propagation
+def _propagation_round(study: Study, url: str, clfs: Any, arms: Sequence[str], pct: str,
+                       relatedness: list[dict[str, Any]], *, workers: int, K: int,
+                       ray_address: str | None, seed: int) -> None:
+    """One training seed of section 4.5: the Siamese baseline, MMVAE on F_r, and per arm: train
+    on S_r, propagate by PMI, retrain on S_r + found. Appends to ``relatedness`` and study.runs."""
+    from ..propagate import run_propagate, siamese_baseline
+
+    print(f"== label-propagation: Siamese baseline on S_r ({pct})", flush=True)
+    sia = siamese_baseline(url, seed=study.base.train.seed + seed)
+    relatedness.append({"arm": "Siamese", "predictor": "Siamese", **(sia.pool or {}),
+                        "threshold": sia.threshold})
+    run_arm(study, "MMVAE on F_r", {**OBJECTIVES["baseline"], "data.url": url},
+            settings={"objective": "baseline", "stage": "F_r (all related)"}, classifiers=clfs, seed=seed)
+    for arm in arms:
+        on_sr = {**OBJECTIVES[arm], "data.url": url, "data.train_split": "sr"}
+        row = run_arm(study, f"{arm} on S_r", on_sr,
+                      settings={"objective": arm, "stage": f"S_r ({pct})"}, classifiers=clfs, seed=seed)
+        out = str(Path(study.out_dir.parent) / "propagated" / f"{arm}-s{seed}-{study.stamp}")
+        print(f"== label-propagation: PMI propagation with {arm} -> {out}", flush=True)
+        prop = run_propagate(run_id=row["run_id"], data=url, pool="fm", calibrate="sm", out=out,
+                             workers=workers, K=K, tracking_uri=study.tracking_uri,
+                             ray_address=ray_address, extra_train=("sr",), copy_splits=("test",),
+                             progress=False)
+        for line in prop.lines():
+            print("   " + line, flush=True)
+        predictor = f"{arm}-MMVAE PMI"
+        relatedness.append({"arm": predictor, "predictor": predictor, **prop.scores,
+                            "threshold": prop.threshold})
+        row.update({f"pmi_{k}": prop.scores[k] for k in ("precision", "recall", "f1")})
+        run_arm(study, f"{arm} on S_r + found", {**OBJECTIVES[arm], "data.url": out},
+                settings={"objective": arm, "stage": f"S_r ({pct}) + propagated"}, classifiers=clfs,
+                seed=seed)
+
+
+
 def label_propagation(config: str | None = None, overrides: Sequence[str] = (), *, sr_fraction: float = 0.1,
                       arms: Sequence[str] = ("baseline", "cI", "cC"), dm: int = 5, root: str = "experiments",
                       tracking_uri: str | None = None, seeds: int = 1, workers: int = 2,
                       K: int = RELATEDNESS_K, ray_address: str | None = None,
-                      data_options: dict | None = None) -> Path:
+                      data_options: dict | None = None, train_seeds: int = 1) -> Path:
     """Section 4.5: train on S_r, choose the PMI threshold on S_m, classify F_m, add the pairs
     found related to S_r, retrain; the Siamese baseline on the same S_r; MMVAE on all of F_r as
-    the reference. Reports relatedness precision / recall / F1 and the metrics before and after."""
-    from ..propagate import run_propagate, siamese_baseline
-
+    the reference. Reports relatedness precision / recall / F1 and the metrics before and after,
+    over ``train_seeds`` repetitions of the whole procedure."""
     if not 0 < sr_fraction < 1:
         raise ConfigError(f"--sr-fraction must be in (0, 1), got {sr_fraction}")
     unknown = [a for a in arms if a not in OBJECTIVES]
@@ -217,6 +256,7 @@ def label_propagation(config: str | None = None, overrides: Sequence[str] = (), 
         raise ConfigError(f"unknown arm {unknown[0]!r}; choose from {', '.join(OBJECTIVES)}")
     study = open_study("label-propagation", config or DEFAULT_CONFIG, overrides, root=root,
                        tracking_uri=tracking_uri, seeds=seeds, ray_address=ray_address,
+                       train_seeds=train_seeds,
                        params={"sr_fraction": sr_fraction, "arms": list(arms), "dm": dm, "K": K})
     relatedness: list[dict[str, Any]] = []
     failed = True
@@ -224,32 +264,14 @@ def label_propagation(config: str | None = None, overrides: Sequence[str] = (), 
         url = ensure_data(root, dm=dm, sr_fraction=sr_fraction, data_options=data_options)
         clfs = ensure_classifiers(url)
         pct = f"{sr_fraction * 100:g}%"
-        print(f"== label-propagation: Siamese baseline on S_r ({pct})", flush=True)
-        sia = siamese_baseline(url, seed=study.base.train.seed)
-        relatedness.append({"predictor": "Siamese", **(sia.pool or {}), "threshold": sia.threshold})
-        run_arm(study, "MMVAE on F_r", {**OBJECTIVES["baseline"], "data.url": url},
-                settings={"objective": "baseline", "stage": "F_r (all related)"}, classifiers=clfs)
-        for arm in arms:
-            on_sr = {**OBJECTIVES[arm], "data.url": url, "data.train_split": "sr"}
-            row = run_arm(study, f"{arm} on S_r", on_sr,
-                          settings={"objective": arm, "stage": f"S_r ({pct})"}, classifiers=clfs)
-            out = str(Path(study.out_dir.parent) / "propagated" / f"{arm}-{study.stamp}")
-            print(f"== label-propagation: PMI propagation with {arm} -> {out}", flush=True)
-            prop = run_propagate(run_id=row["run_id"], data=url, pool="fm", calibrate="sm", out=out,
-                                 workers=workers, K=K, tracking_uri=study.tracking_uri,
-                                 ray_address=ray_address, extra_train=("sr",), copy_splits=("test",),
-                                 progress=False)
-            for line in prop.lines():
-                print("   " + line, flush=True)
-            relatedness.append({"predictor": f"{arm}-MMVAE PMI", **prop.scores, "threshold": prop.threshold})
-            row.update({f"pmi_{k}": prop.scores[k] for k in ("precision", "recall", "f1")})
-            run_arm(study, f"{arm} on S_r + found", {**OBJECTIVES[arm], "data.url": out},
-                    settings={"objective": arm, "stage": f"S_r ({pct}) + propagated"}, classifiers=clfs)
+        for seed in range(train_seeds):
+            _propagation_round(study, url, clfs, arms, pct, relatedness, workers=workers, K=K,
+                               ray_address=ray_address, seed=seed)
         failed = False
     finally:
         table = _summary(study, ["objective", "stage"], ["objective", "trained on"], PMI_COLUMNS)
         rel_keys = ["predictor", "precision", "recall", "f1", "n_pred_related", "n"]
-        rel_table = markdown_table(relatedness, rel_keys,
+        rel_table = markdown_table(aggregate_seeds(relatedness), rel_keys,
                                    ["predictor of relatedness on F_m", "precision", "recall", "F1",
                                     "predicted related", "pairs"])
         out_dir = finish_study(study, table + "\n" + rel_table, {}, extra={"relatedness": relatedness},

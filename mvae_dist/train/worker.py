@@ -44,12 +44,31 @@ def _say(line: str) -> None:
     sys.stdout.flush()
 
 
+#: Ray Train's per-report worker loggers: execution/context.py names its logger by its file path
+#: ("Reporting training result ..."), execution/storage.py by its module ("Checkpoint successfully
+#: created ..."); matched by suffix so that an install prefix does not matter.
+_RAY_REPORT_LOGGERS = ("ray/train/v2/_internal/execution/context.py",
+                       "ray.train.v2._internal.execution.storage", "ray.train._internal.storage")
+
+
+def quiet_ray_train_logs(level: str) -> None:
+    """Set Ray Train's per-report worker loggers to ``level`` (e.g. WARNING hides their lines)."""
+    import logging
+
+    for name in list(logging.Logger.manager.loggerDict):
+        if name.replace("\\", "/").endswith(_RAY_REPORT_LOGGERS):
+            logging.getLogger(name).setLevel(level)
+    for name in _RAY_REPORT_LOGGERS[1:]:  # not imported yet: set the level it will find
+        logging.getLogger(name).setLevel(level)
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train entry point. loop_config: {"config": TrainConfig dict, "run_id": MLflow run id,
     "tracking_uri": str, "debug_dir": optional str}."""
     from ..data import make_loader
 
     cfg = TrainConfig.from_dict(loop_config["config"])
+    quiet_ray_train_logs(cfg.train.ray_log_level)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()

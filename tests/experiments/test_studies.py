@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from mvae_dist.cli import main
+from mvae_dist.data.sources import street
 
 #: a small embedded build: real MNIST, 50 / 10 synthetic street images per digit, 1 pair per instance
 SMALL = {"street_per_class": (50, 10), "shard_size": 25}
@@ -40,6 +41,7 @@ def test_demo_trains_both_and_prints_the_table(ray_cluster, tmp_path, capsys):
     out = demo(root, dm=1, overrides=QUICK, tracking_uri=uri, data_options=SMALL)
     text = capsys.readouterr().out
     assert "| metric | MMVAE | cI-MMVAE |" in text and "cross coherence mnist -> svhn" in text
+    assert "| latent accuracy (svhn z) |" in text and "| latent accuracy (mnist z) |" in text
     assert "mlflow ui --backend-store-uri" in text
     results = json.loads((out / "results.json").read_text())
     assert [r["arm"] for r in results["rows"]] == ["MMVAE", "cI-MMVAE"]
@@ -63,7 +65,7 @@ def test_label_propagation_study(ray_cluster, tmp_path, capsys):
     root = str(tmp_path / "lp")
     opts = SMALL
     url = ensure_data(root, dm=1, sr_fraction=0.5, data_options=opts, progress=False)
-    assert url.endswith("embedded-dm1-f1-sr0.5")
+    assert url.endswith(f"embedded-{street.RENDERER}-dm1-f1-sr0.5")
     _classifiers_for(url)
     out = label_propagation(None, QUICK, sr_fraction=0.5, arms=["cI"], dm=1, root=root, K=2,
                             tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", data_options=opts)
@@ -77,7 +79,8 @@ def test_label_propagation_study(ray_cluster, tmp_path, capsys):
     found = list(Path(root).glob("propagated/cI-*/manifest.json"))
     assert len(found) == 1
     manifest = json.loads(found[0].read_text())
-    source = json.loads((Path(root) / "data" / "embedded-dm1-f1-sr0.5" / "manifest.json").read_text())
+    name = f"embedded-{street.RENDERER}-dm1-f1-sr0.5"
+    source = json.loads((Path(root) / "data" / name / "manifest.json").read_text())
     n_sr = source["splits"]["sr"]["count"]
     assert manifest["splits"]["train"]["count"] == n_sr + preds["cI-MMVAE PMI"]["n_pred_related"]
 
@@ -118,7 +121,7 @@ def test_gamma_study_on_a_fraction(ray_cluster, tmp_path, capsys):
     for r in rows:
         run = client.get_run(r["run_id"])
         assert run.data.params["eval.classifiers"] == full
-        assert run.data.params["data.url"].endswith("embedded-dm1-f0.5-sr0.5")
+        assert run.data.params["data.url"].endswith(f"embedded-{street.RENDERER}-dm1-f0.5-sr0.5")
         assert "eval/pmi_f1" in run.data.metrics
     printed = capsys.readouterr().out
     assert "| objective | gamma |" in printed and "| PMI precision | PMI recall | PMI F1 |" in printed
