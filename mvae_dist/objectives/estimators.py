@@ -55,36 +55,19 @@ def iwae_looser(log_w: Tensor, groups: int) -> Tensor:
                 ).reshape(groups, B).mean(0)
 
 
-def dreg_iwae(log_w: Tensor, z: Tensor) -> Tensor:
-    """IWAE value with doubly-reparameterised gradients (Tucker et al., 2019).
+def dreg_iwae(log_w: Tensor, z: Tensor, groups: int = 1) -> Tensor:
+    """IWAE value with doubly-reparameterised gradients (Tucker et al., 2019), per item.
 
     log_w: [S, B] computed with the proposal's parameters detached (``detach_q=True``), so
-    the proposal's parameters reach log_w only through the samples z ([S, B, L] after
-    reshaping; any leading layout whose first dims flatten to [S, B]). The returned [B] tensor
-    has the IWAE value; its gradient is Σ_k w̃_k ∇ log w_k for the generative parameters and
-    Σ_k w̃_k² ∂log w_k/∂z ∂z/∂φ for the proposal's parameters (w̃: normalised weights).
-    """
-    w_tilde = torch.softmax(log_w, 0).detach()  # [S, B]
-    if z.requires_grad:
-        lead = z.shape[:-1]
-        z.register_hook(lambda g: g * w_tilde.reshape(lead).unsqueeze(-1))
-    surrogate = (w_tilde * log_w).sum(0)
-    return iwae(log_w).detach() + surrogate - surrogate.detach()
-
-
-def dreg_iwae_looser(log_w: Tensor, z: Tensor, groups: int) -> Tensor:
-    """Per-expert IWAE averaged over experts, with DReG gradients (the official MMVAE code's
-    ``m_dreg_looser``, its default training objective).
-
-    log_w: [groups*K, B] expert-major, computed with the proposal's parameters detached (as for
-    ``dreg_iwae``); z: the samples, whose leading dims flatten to [groups*K, B]. Returns [B] with
-    the value of ``iwae_looser``; its gradient is mean_e Σ_k w̃_ek ∇ log w_ek for the generative
-    parameters and mean_e Σ_k w̃_ek² ∂log w_ek/∂z ∂z/∂φ for the proposal's, where w̃_e· are the
-    weights normalised within expert e's K samples.
+    the proposal's parameters reach log_w only through the samples z (any leading layout whose
+    dims flatten to [S, B], then L). groups = 1: the value is ``iwae``, the gradient
+    Σ_k w̃_k ∇ log w_k for the generative parameters and Σ_k w̃_k² ∂log w_k/∂z ∂z/∂φ for the
+    proposal's (w̃: normalised weights). groups = G (S = G·K, expert-major): the same per group,
+    averaged over groups, with weights normalised within each group; the value is
+    ``iwae_looser`` (the official MMVAE code's ``m_dreg_looser``). -> [B]
     """
     S, B = log_w.shape
-    K = S // groups
-    w_tilde = torch.softmax(log_w.reshape(groups, K, B), 1).reshape(S, B).detach()  # [S, B]
+    w_tilde = torch.softmax(log_w.reshape(groups, S // groups, B), 1).reshape(S, B).detach()
     if z.requires_grad:
         lead = z.shape[:-1]
         z.register_hook(lambda g: g * w_tilde.reshape(lead).unsqueeze(-1))

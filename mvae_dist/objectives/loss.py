@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ..models.base import CrossRank, MultimodalVAE
 from .contrastive import contrastive_loss
-from .estimators import check_estimator, dreg_iwae, dreg_iwae_looser, estimate, iwae_looser
+from .estimators import check_estimator, dreg_iwae, estimate, iwae_looser
 from .joint import check_K
 
 
@@ -52,8 +52,7 @@ def training_loss(
         if dreg:
             if baseline_estimator != "iwae":
                 raise ValueError("dreg applies to the 'iwae' baseline bound only")
-            bound = (dreg_iwae_looser(state.log_w, state.z, model.samples_per_k) if looser
-                     else dreg_iwae(state.log_w, state.z))
+            bound = dreg_iwae(state.log_w, state.z, model.samples_per_k if looser else 1)
         elif looser and baseline_estimator == "iwae":
             bound = iwae_looser(state.log_w, model.samples_per_k)
         else:
