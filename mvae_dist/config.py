@@ -17,6 +17,8 @@ from .errors import ConfigError
 MODEL_NAMES = ("mmvae", "mvae", "jmvae")
 OBJECTIVES = ("baseline", "contrastive")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+#: how encoders turn their unconstrained scale output into a posterior scale (models/networks.py)
+POSTERIOR_SCALES = ("softplus", "softmax")
 
 
 @dataclass(frozen=True)
@@ -76,10 +78,9 @@ class ModelConfig:
             raise ConfigError(f"model.hidden must be >= 1, got {self.hidden}")
         if self.jmvae_alpha < 0:
             raise ConfigError(f"model.jmvae_alpha must be >= 0, got {self.jmvae_alpha}")
-        if self.posterior_scale not in ("softplus", "softmax"):
-            raise ConfigError(
-                f"model.posterior_scale must be 'softplus' or 'softmax', got {self.posterior_scale!r}"
-            )
+        if self.posterior_scale not in POSTERIOR_SCALES:
+            raise ConfigError(f"model.posterior_scale must be one of {', '.join(POSTERIOR_SCALES)}, "
+                              f"got {self.posterior_scale!r}")
         if self.learn_prior and self.name != "mmvae":
             raise ConfigError(f"model.learn_prior applies to mmvae only (the prior is the product's "
                               f"expert in mvae and jmvae's KL target), got model.name {self.name!r}")

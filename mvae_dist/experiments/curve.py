@@ -37,11 +37,13 @@ def learning_curve(cfg: TrainConfig, *, steps: int, eval_every: int,
                    on_row: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Train ``cfg`` for ``steps`` steps on one process -> one row per evaluation (and at step 0).
 
-    classifiers: the digit classifiers per modality (default: the latest stored with
-    ``eval.classifiers``, or with the data set when that is "auto").
+    classifiers: the digit classifiers per modality (default: those ``eval.classifiers`` names, as
+    training and ``mvae-dist evaluate`` resolve them; required).
     """
+    from ..config import load_storage_options
     from ..data import make_loader
     from ..eval.metrics import evaluate_model
+    from ..evaluate import load_eval_classifiers
     from ..models import build_model
     from ..train.step import TrainStep, apply_step, make_optimizer, make_scheduler, step_generator
 
@@ -49,11 +51,12 @@ def learning_curve(cfg: TrainConfig, *, steps: int, eval_every: int,
         raise ConfigError(f"steps and eval_every must be >= 1, got {steps} and {eval_every}")
     if threads:
         torch.set_num_threads(threads)
+    storage_options = load_storage_options(cfg.data.storage_options_file, "data.storage_options_file")
     if classifiers is None:
-        from ..eval.classifiers import load_classifiers
-
-        store = cfg.data.url if cfg.eval.classifiers in ("auto", "none") else cfg.eval.classifiers
-        classifiers = load_classifiers(store)
+        classifiers = load_eval_classifiers(cfg, storage_options, required=True)
+        if classifiers is None:
+            raise ConfigError("bench learn scores coherence with digit classifiers: "
+                              "eval.classifiers must not be 'none'")
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model)
     module = TrainStep(model, cfg.objective)
@@ -61,7 +64,7 @@ def learning_curve(cfg: TrainConfig, *, steps: int, eval_every: int,
     sched = make_scheduler(opt, cfg.optim.schedule, steps)
     batch = cfg.data.batch_size * cfg.train.num_workers
     loader = make_loader(cfg.data.url, cfg.data.train_split, batch, seed=cfg.train.seed,
-                         shuffle_buffer=cfg.data.shuffle_buffer)
+                         shuffle_buffer=cfg.data.shuffle_buffer, storage_options=storage_options)
 
     rows: list[dict[str, Any]] = []
     losses: list[float] = []
@@ -69,7 +72,7 @@ def learning_curve(cfg: TrainConfig, *, steps: int, eval_every: int,
 
     def evaluate(step: int) -> None:
         report = evaluate_model(model, cfg.data.url, classifiers, seeds=(0,), n_test=n_test,
-                                n_train_latent=n_train_latent, K_ll=0)
+                                n_train_latent=n_train_latent, K_ll=0, storage_options=storage_options)
         row = {"bench": "learn", "step": step, "train_s": round(train_s, 1),
                "loss": round(sum(losses) / len(losses), 1) if losses else None,
                **_row_metrics(report.metrics())}

@@ -13,11 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import POSTERIOR_SCALES  # the one list of kinds; config checks it too
+
 _MIN_SCALE = 1e-4
 _ETA = 1e-6  # the official MMVAE code's Constants.eta
-
-#: how an encoder turns its unconstrained scale output [B, L] into a posterior scale [B, L]
-POSTERIOR_SCALES = ("softplus", "softmax")
 
 
 def posterior_scale(raw: Tensor, kind: str = "softplus") -> Tensor:

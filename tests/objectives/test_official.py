@@ -207,7 +207,8 @@ def test_amsgrad_reaches_the_optimiser():
 
 
 def test_config_checks_of_the_official_options():
-    with pytest.raises(ConfigError, match="model.posterior_scale must be 'softplus' or 'softmax'"):
+    bad_scale = "model.posterior_scale must be one of softplus, softmax, got 'exp'"
+    with pytest.raises(ConfigError, match=bad_scale):
         ModelConfig(posterior_scale="exp").validate()
     with pytest.raises(ConfigError, match="model.learn_prior applies to mmvae only"):
         ModelConfig(name="mvae", family="normal", learn_prior=True).validate()

@@ -213,7 +213,7 @@ def _colours(rng: np.random.Generator, d: Difficulty) -> tuple[np.ndarray, np.nd
         dark = np.clip(dark - (lo - gap) / 2 - 0.01, 0, 1)
     elif gap > hi:  # fade the dark colour towards the light one
         mix = (gap - hi) / gap
-        light, dark = light, dark + mix * (light - dark)
+        dark = dark + mix * (light - dark)
     if rng.random() < d.dark_on_light:
         return light, dark
     return dark, light
