@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     xlp = xsub.add_parser("label-propagation", help="section 4.5: train on S_r, propagate by PMI, retrain")
     xlp.add_argument("--sr-fraction", type=float, default=0.1, help="S_r: this share of the related pairs")
     xlp.add_argument("--arms", type=_csv(("baseline", "cI", "cC")), default=["baseline", "cI", "cC"])
+    for x in (xg, xlp):
+        x.add_argument("--pmi-k", type=_positive_int, default=30,
+                       help="IWAE samples per log-likelihood in the PMI estimate (default 30)")
     for x in (xde, xg, xlp):
         x.add_argument("--config", default=None, help="base config (default configs/embedded/demo.yaml)")
         x.add_argument("--root", default="experiments", help="working folder for data, runs and results")
@@ -367,10 +370,11 @@ def _experiment(args: argparse.Namespace) -> int:
                                 arms=args.arms, **common)
     elif args.experiment == "gamma":
         studies.gamma_ablation(args.config, args.overrides, gammas=_floats(args.gammas, "--gammas"),
-                               sr_fraction=args.sr_fraction, fraction=args.fraction, **common)
+                               sr_fraction=args.sr_fraction, fraction=args.fraction, pmi_K=args.pmi_k,
+                               **common)
     else:
         studies.label_propagation(args.config, args.overrides, sr_fraction=args.sr_fraction,
-                                  arms=args.arms, **common)
+                                  arms=args.arms, K=args.pmi_k, **common)
     return 0
 
 

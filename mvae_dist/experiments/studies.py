@@ -152,15 +152,17 @@ def gamma_ablation(config: str | None = None, overrides: Sequence[str] = (), *,
                    sr_fraction: float = 0.1, fraction: float = 1.0,
                    root: str = "experiments", tracking_uri: str | None = None, seeds: int = 1,
                    relatedness_pairs: int = 2000, ray_address: str | None = None,
-                   data_options: dict | None = None, train_seeds: int = 1) -> Path:
+                   data_options: dict | None = None, train_seeds: int = 1,
+                   pmi_K: int = RELATEDNESS_K) -> Path:
     """cI-MMVAE at each gamma, with the baseline as a reference line: generation quality and PMI F1.
-    fraction: train on this share of each modality (cut before pairing), as data-efficiency does."""
+    fraction: train on this share of each modality (cut before pairing), as data-efficiency does;
+    pmi_K: IWAE samples per log-likelihood in the PMI estimate."""
     _check_gammas(gammas)
     _check_fractions([fraction])
     study = open_study("gamma", config or DEFAULT_CONFIG, overrides, root=root, tracking_uri=tracking_uri,
                        seeds=seeds, ray_address=ray_address, train_seeds=train_seeds,
                        params={"gammas": list(gammas), "dm": dm, "sr_fraction": sr_fraction,
-                               "fraction": fraction})
+                               "fraction": fraction, "pmi_K": pmi_K})
     failed = True
     try:
         url = ensure_data(root, fraction=fraction, dm=dm, sr_fraction=sr_fraction, data_options=data_options)
@@ -175,7 +177,7 @@ def gamma_ablation(config: str | None = None, overrides: Sequence[str] = (), *,
                     over["objective.gamma"] = g
                 row = run_arm(study, arm if g is None else f"cI gamma={g:g}", over,
                               settings={"objective": arm, "gamma": g}, classifiers=clfs, seed=seed)
-                row.update(_relatedness_of(study, row, url, relatedness_pairs))
+                row.update(_relatedness_of(study, row, url, relatedness_pairs, K=pmi_K))
         failed = False
     finally:
         base = next((r for r in study.rows if r["objective"] == "baseline"), {})
@@ -191,12 +193,12 @@ def gamma_ablation(config: str | None = None, overrides: Sequence[str] = (), *,
     return out
 
 
-def _relatedness_of(study: Study, row: dict, url: str, max_pairs: int) -> dict[str, float]:
+def _relatedness_of(study: Study, row: dict, url: str, max_pairs: int, *, K: int) -> dict[str, float]:
     from ..tracking import Tracker
     from ..trained import load_trained
 
     trained = load_trained(run_id=row["run_id"], tracking_uri=study.tracking_uri)
-    rel = relatedness_f1(trained.model, url, K=RELATEDNESS_K, max_pairs=max_pairs,
+    rel = relatedness_f1(trained.model, url, K=K, max_pairs=max_pairs,
                          seed=trained.config.train.seed)
     t = Tracker(study.tracking_uri, study.base.tracking.experiment)
     t.attach(row["run_id"])

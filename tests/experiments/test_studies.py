@@ -99,6 +99,14 @@ def test_bad_study_arguments_are_one_line_errors(args, message, tmp_path, capsys
     assert len(err) == 1 and message in err[0], err
 
 
+@pytest.mark.parametrize("study, value", [("label-propagation", "0"), ("gamma", "-3")])
+def test_pmi_k_must_be_positive(study, value, capsys):
+    """argparse's own error (usage + one line, exit 2), naming the flag, before anything runs."""
+    assert main(["experiment", study, "--pmi-k", value]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "argument --pmi-k: must be >= 1" in err[-1], err
+
+
 @pytest.mark.slow
 def test_gamma_study_on_a_fraction(ray_cluster, tmp_path, capsys):
     """Baseline + cI at two gammas on half of each modality: PMI F1 per arm, plots against gamma
@@ -111,7 +119,7 @@ def test_gamma_study_on_a_fraction(ray_cluster, tmp_path, capsys):
     _classifiers_for(full)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     out = gamma_ablation(None, QUICK, gammas=(1.5, 4.0), dm=1, sr_fraction=0.5, fraction=0.5, root=root,
-                         tracking_uri=uri, relatedness_pairs=40, data_options=SMALL)
+                         tracking_uri=uri, relatedness_pairs=40, data_options=SMALL, pmi_K=3)
     results = json.loads((out / "results.json").read_text())
     rows = results["rows"]
     assert [(r["objective"], r["gamma"]) for r in rows] == [("baseline", None), ("cI", 1.5), ("cI", 4.0)]
