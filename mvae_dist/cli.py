@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite in the cwd)")
     train.add_argument("--address", default=None, help="Ray cluster address (default: local / $RAY_ADDRESS)")
     train.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    train.add_argument("--verify-data", action="store_true",
+                       help="hash every shard against the manifest before Ray starts (default: "
+                            "presence and size only)")
 
     tune = sub.add_parser("tune", help="a Ray Tune sweep (gamma, N, K, ...) from a spec in tune/")
     tune.add_argument("spec", help="YAML sweep spec, e.g. tune/gamma_n_k.yaml")
@@ -241,7 +244,7 @@ def run(args: argparse.Namespace) -> int:
         from .tracking import ui_command
         from .train.driver import fit
 
-        result = fit(cfg, resume=args.resume, ray_address=args.address)
+        result = fit(cfg, resume=args.resume, ray_address=args.address, verify_data=args.verify_data)
         m = result.metrics
         shown = {k: round(m[k], 4) if isinstance(m[k], float) else m[k]
                  for k in ("step", "epoch", "epoch_loss", "test_log_joint", "nonfinite_steps") if k in m}
@@ -428,12 +431,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(args)
     except (MvaeDistError, ValueError) as e:
+        _stop_ray()  # its shutdown lines come before ours: the reason is the last line on stderr
         print(f"mvae-dist: error: {e}", file=sys.stderr)
         return EXIT_ERROR
+    except Terminated:
+        _stop_ray()
+        print("mvae-dist: terminated (SIGTERM)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
+        _stop_ray()
         print("mvae-dist: interrupted", file=sys.stderr)
         return 130
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every ``finally`` / ``except KeyboardInterrupt`` runs
+    (MLflow runs end KILLED, temporaries are removed)."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def _stop_ray() -> None:
+    """Shut down the Ray instance ``fit`` started or joined in this process (no-op otherwise)."""
+    driver = sys.modules.get("mvae_dist.train.driver")
+    ray = sys.modules.get("ray")
+    if driver is not None and driver.RAY_STARTED_HERE and ray is not None and ray.is_initialized():
+        try:
+            ray.shutdown()
+        except Exception:  # shutting down on an error path must not raise another
+            pass
+
+
 def main_entry() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
     sys.exit(main())

@@ -150,7 +150,7 @@ def evaluate_command(*, checkpoint: str | None, run_id: str | None, tracking_uri
     tracker = Tracker(uri, cfg.tracking.experiment)
     if target is not None:
         status = get_run(target, uri).status
-        tracker.start(None, run_id=target)
+        tracker.continue_run(target)
     else:
         tracker.start(f"evaluate-{cfg.train.name}", params=cfg.to_dict(),
                       tags={"checkpoint": checkpoint, "evaluation": "true"})

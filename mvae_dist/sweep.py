@@ -903,10 +903,11 @@ def run_sweep(spec_path: str, overrides: list[str] | None = None, *, tracking_ur
     from .data import open_manifest
 
     data = spec.base["data"]  # every trial reads it: a missing data set is one error, here and now
-    open_manifest(data["url"], load_storage_options(data["storage_options_file"],
-                                                    "data.storage_options_file"))
+    data_options = load_storage_options(data["storage_options_file"], "data.storage_options_file")
+    open_manifest(data["url"], data_options)
+    _check_metric_inputs(spec, data_options)
+    parent = Tracker(uri, spec.experiment)  # an unreachable tracking server: one line, before Ray
     max_concurrent = _start_ray(spec, ray_address)
-    parent = Tracker(uri, spec.experiment)
     parent_id = parent.start(spec.run_name or sweep_run, params=spec.to_dict(),
                              tags={TAG_SWEEP: spec.name, TAG_SWEEP_RUN: sweep_run, "sweep_spec": spec.path,
                                    "ray_run_path": storage.url, "metric": spec.metric, "mode": spec.mode})
@@ -931,6 +932,21 @@ def run_sweep(spec_path: str, overrides: list[str] | None = None, *, tracking_ur
                          f"({len(result.trials)} trials{why}); table: {result.files['trials_md']}")
     parent.end("FINISHED")
     return result
+
+
+def _check_metric_inputs(spec: SweepSpec, data_options: dict | None) -> None:
+    """A coherence metric needs digit classifiers: without them no trial could report it, so the
+    sweep is refused before Ray starts (DataError naming the command that trains them)."""
+    if not spec.metric.startswith("coherence"):
+        return
+    from .config import TrainConfig
+    from .evaluate import load_eval_classifiers
+
+    cfg = TrainConfig.from_dict(spec.base)
+    if cfg.eval.classifiers == "none":
+        raise ConfigError(f"metric {spec.metric!r} needs digit classifiers, "
+                          "but base.eval.classifiers is 'none'")
+    load_eval_classifiers(cfg, data_options, required=True)
 
 
 def _start_ray(spec: SweepSpec, ray_address: str | None) -> int:

@@ -101,6 +101,41 @@ def ui_command(tracking_uri: str | None = None, port: int = 5000) -> str:
     return " ".join(shlex.quote(c) for c in cmd)
 
 
+def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
+    """ConfigError (one line) when ``tracking_uri`` is an HTTP(S) tracking server that does not
+    answer within ``timeout`` seconds; any HTTP answer counts as reachable. Without this,
+    MLflow's client retries a dead server for minutes before it raises. Other stores: no-op."""
+    import urllib.error
+    import urllib.request
+
+    from .errors import ConfigError
+
+    parts = urlparse(tracking_uri)
+    if parts.scheme not in ("http", "https"):
+        return
+    netloc = parts.netloc.rsplit("@", 1)[-1]  # no credentials in the probe
+    probe = f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}/health"
+    try:
+        urllib.request.urlopen(probe, timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return  # the server answered (e.g. 401/403/404): reachable
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise ConfigError(f"cannot reach the MLflow tracking server at {redact_text(tracking_uri)}: "
+                          f"{reason}") from None
+
+
+def _existing_store(tracking_uri: str) -> None:
+    """ConfigError when a sqlite store does not exist (reading must not create one); an HTTP
+    server must answer (``check_reachable``)."""
+    from .errors import ConfigError
+
+    db = _sqlite_path(tracking_uri)
+    if db is not None and not db.exists():
+        raise ConfigError(f"no MLflow tracking database at {db}")
+    check_reachable(tracking_uri)
+
+
 # -------------------------------------------------------------------- config -> params
 def is_sensitive_key(key: str) -> bool:
     """True if a config key (one path component) looks like a credential."""
@@ -217,6 +252,7 @@ def get_run(run_id: str, tracking_uri: str | None = None) -> RunRecord:
     from .errors import ConfigError
 
     uri = tracking_uri or default_tracking_uri()
+    _existing_store(uri)
     try:
         return _record(mlflow.MlflowClient(tracking_uri=uri).get_run(run_id))
     except MlflowException:
@@ -262,6 +298,7 @@ class Tracker:
         db = _sqlite_path(self.tracking_uri)
         if db is not None:
             db.parent.mkdir(parents=True, exist_ok=True)
+        check_reachable(self.tracking_uri)
         self.client = mlflow.MlflowClient(tracking_uri=self.tracking_uri)
         self.experiment_id = self._experiment_id()
         self.run_id: str | None = None
@@ -296,6 +333,16 @@ class Tracker:
         if params:
             self.client.log_dict(self.run_id, redact_config(params), "config.yaml")
         return self.run_id
+
+    def continue_run(self, run_id: str) -> str:
+        """Reopen an existing run as RUNNING to log more into it, without counting a resume: a
+        Ray Train worker group (fresh or restarted) continuing the driver's run, or an evaluation
+        of a finished run. Its params and tags stay as they are. -> run_id."""
+        self.attach(run_id)
+        run = self.client.get_run(run_id)
+        self._nonfinite = int(run.data.metrics.get(NONFINITE_METRIC, 0))
+        self.client.update_run(run_id, status="RUNNING")
+        return run_id
 
     def attach(self, run_id: str) -> str:
         """Bind to an existing run without resuming it: its status, tags and params stay as they

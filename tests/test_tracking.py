@@ -257,3 +257,20 @@ def test_resume_a_stopped_run_without_checkpoints(tracker):
     assert client(tracker).get_run(run_id).info.status == "KILLED"
     with pytest.raises(mlflow.exceptions.MlflowException):
         Tracker(tracker.tracking_uri, experiment=tracker.experiment).start("x", {}, run_id="0" * 32)
+
+
+def test_continuing_a_run_is_not_a_resume(tracker):
+    """A Ray Train worker group continuing the driver's run (and an evaluation of a finished run)
+    reopens it RUNNING without counting a resume; only ``start(run_id=)`` counts."""
+    run_id = tracker.start("fresh", {"a": 1})
+    tracker.end("FINISHED")
+    worker = Tracker(tracker.tracking_uri, tracker.experiment)
+    assert worker.continue_run(run_id) == run_id
+    assert client(tracker).get_run(run_id).info.status == "RUNNING"
+    worker.log_metrics({"loss": 1.0}, step=1)
+    worker.end("FINISHED")
+    assert "resume_count" not in client(tracker).get_run(run_id).data.tags
+    driver = Tracker(tracker.tracking_uri, tracker.experiment)
+    driver.start("fresh", {"a": 1}, run_id=run_id)
+    driver.end("FINISHED")
+    assert client(tracker).get_run(run_id).data.tags["resume_count"] == "1"

@@ -161,6 +161,33 @@ def verify(url: str, storage_options: dict | None = None, splits: list[str] | No
     return {"shards": n, "bytes": total, "splits": names}
 
 
+def check_present(url: str, storage_options: dict | None = None, splits: list[str] | None = None) -> dict:
+    """Check every shard's presence and size against the manifest, reading no shard bytes (one
+    metadata request per shard). -> {"shards": n, "bytes": total, "splits": [...]}; the first
+    missing or wrong-sized shard is a DataError naming it. ``verify`` also checks sha256."""
+    m = open_manifest(url, storage_options)
+    fs, _ = url_to_fs(m["prefix"], storage_options)
+    names = splits or list(m["splits"])
+    n = total = 0
+    for name in names:
+        if name not in m["splits"]:
+            raise DataError(f"split {name!r} not in {url} (has {sorted(m['splits'])})")
+        for s in m["splits"][name]["shards"]:
+            shard_url = join(m["prefix"], s["path"])
+            _, path = url_to_fs(shard_url, storage_options)
+            try:
+                size = fs.size(path)
+            except FileNotFoundError:
+                raise DataError(f"shard missing: {shard_url}") from None
+            if size != s["bytes"]:
+                raise DataError(
+                    f"truncated or corrupt shard {shard_url}: {size} bytes, manifest says {s['bytes']}"
+                )
+            n += 1
+            total += size
+    return {"shards": n, "bytes": total, "splits": names}
+
+
 def check_shard_bytes(data: bytes, entry: dict, shard_url: str) -> None:
     """DataError when a shard's bytes differ from its manifest entry (size, then sha256)."""
     if len(data) != entry["bytes"]:

@@ -50,6 +50,15 @@ class RunStorage:
         fs, root = fsspec.core.url_to_fs(self.url, **(self.options or {}))
         return fs.exists(root) and bool(fs.ls(root))
 
+    def has_checkpoint(self) -> bool:
+        """True when the run directory holds a Ray Train checkpoint (``checkpoint_*``); a run that
+        failed before its first checkpoint leaves only Ray's own files."""
+        fs, root = fsspec.core.url_to_fs(self.url, **(self.options or {}))
+        if not fs.exists(root):
+            return False
+        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)]
+        return any(n.startswith("checkpoint_") for n in names)
+
     def checkpoint_url(self, path: str) -> str:
         """A Ray checkpoint's path on the storage filesystem -> a URL others can open."""
         return f"{self.protocol}://{path.lstrip('/')}" if self.protocol and "://" not in path else path
@@ -114,39 +123,90 @@ def build_trainer(cfg: TrainConfig, *, run_id: str, tracking_uri: str, storage: 
             storage_filesystem=storage.ray_filesystem,
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
-            callbacks=list(callbacks) if callbacks else None,
+            callbacks=[_no_retry_on_data_error(), *(callbacks or [])],
         ),
     )
 
 
+#: MLflow tag the worker sets when it gives up (non-finite losses): the driver's one-line error
+FAILURE_TAG = "failure"
+
+
+def _no_retry_on_data_error() -> Any:
+    """A Ray Train ``UserCallback`` that turns a worker's DataError into a non-retryable failure.
+
+    A missing or corrupt shard is not transient: Ray Train's default policy would restart the
+    worker group ``train.max_failures`` times on the same bad file. Raising a ``ControllerError``
+    from ``after_exception`` (called on the controller before the failure policy decides) makes
+    Ray Train 2.60's policy RAISE at once; ``fit()`` then raises it with the DataError inside.
+    """
+    from ray.train import ControllerError, UserCallback
+
+    class NoRetryOnDataError(UserCallback):
+        def after_exception(self, run_context: Any, worker_exceptions: dict) -> None:
+            from ..errors import DataError
+
+            for rank in sorted(worker_exceptions):
+                exc = worker_exceptions[rank]
+                # Ray Train wraps the worker's exception (UserExceptionWithTraceback: the original
+                # as ``_base_exc``, the traceback as its text); a RayTaskError has ``cause``
+                inner = getattr(exc, "_base_exc", None) or getattr(exc, "cause", None) or exc
+                last = (str(exc).strip().splitlines() or [""])[-1]
+                named = last.startswith(("DataError:", "mvae_dist.errors.DataError:"))
+                if isinstance(inner, DataError) or named:
+                    message = str(inner) if isinstance(inner, DataError) else last.split(":", 1)[1].strip()
+                    raise ControllerError(DataError(message))
+
+    return NoRetryOnDataError()
+
+
+def preflight_data(cfg: TrainConfig, *, verify_sha256: bool = False) -> dict:
+    """Before Ray starts: the manifest, and every shard the run reads (the training split and
+    ``test`` when there is one) present with its manifest size; with ``verify_sha256`` every byte
+    is read and hashed too. -> the manifest. A DataError names the first bad shard."""
+    from ..data import open_manifest
+    from ..data.manifest import check_present, verify
+
+    options = load_storage_options(cfg.data.storage_options_file, "data.storage_options_file")
+    m = open_manifest(cfg.data.url, options)
+    splits = [cfg.data.train_split] + (["test"] if "test" in m["splits"] and cfg.data.train_split != "test"
+                                        else [])
+    (verify if verify_sha256 else check_present)(cfg.data.url, options, splits=splits)
+    return m
+
+
 def fit(cfg: TrainConfig, *, resume: bool = False, debug_dir: str | None = None,
         ray_address: str | None = None, parent_run_id: str | None = None,
-        tags: dict[str, str] | None = None) -> TrainResult:
+        tags: dict[str, str] | None = None, verify_data: bool = False) -> TrainResult:
     """Train ``cfg`` on Ray Train and return where its results are.
 
     resume: continue the run named ``cfg.train.name`` under ``cfg.train.storage_path`` from its
     latest checkpoint (its MLflow run continues too); without it an existing run of that name
-    is an error, so nothing is overwritten. parent_run_id / tags: make the MLflow run a child
-    of an experiment's run, with extra tags.
-    """
-    import ray
+    with a checkpoint is an error, so nothing is overwritten. A run directory without a
+    checkpoint (an attempt that failed before its first) is reused, with a line saying so.
+    parent_run_id / tags: make the MLflow run a child of an experiment's run, with extra tags.
+    verify_data: hash every shard before Ray starts (by default: presence and size only).
 
+    Every way out after the MLflow run is created ends it: FAILED on an error, KILLED on
+    Ctrl-C / SIGTERM (KeyboardInterrupt).
+    """
     from ..tracking import Tracker, default_tracking_uri, find_runs
 
     cfg = TrainConfig.from_dict(absolute_local_paths(cfg.to_dict()))  # workers run elsewhere
-    from ..data import open_manifest
-
-    open_manifest(cfg.data.url, load_storage_options(cfg.data.storage_options_file,
-                                                     "data.storage_options_file"))  # fail fast, here
+    preflight_data(cfg, verify_sha256=verify_data)  # fail fast, here
     options = load_storage_options(cfg.train.storage_options_file, "train.storage_options_file")
     storage = run_storage(cfg.train.storage_path, cfg.train.name, options)
     run_path = storage.url
-    exists = storage.exists()
     where = cfg.train.storage_path
-    if exists and not resume:
-        raise ConfigError(f"a run named {cfg.train.name!r} already exists in {where}; "
-                          "pass --resume to continue it or choose another train.name")
-    if resume and not exists:
+    if storage.has_checkpoint():
+        if not resume:
+            raise ConfigError(f"a run named {cfg.train.name!r} already exists in {where}; "
+                              "pass --resume to continue it or choose another train.name")
+    elif storage.exists():
+        print(f"mvae-dist: run {cfg.train.name!r} in {where} has no checkpoint (an earlier attempt "
+              f"failed before its first): {'resuming it from step 0' if resume else 'starting it afresh'}",
+              flush=True)
+    elif resume:
         raise ConfigError(f"--resume: no run named {cfg.train.name!r} in {where}")
 
     uri = cfg.tracking.tracking_uri or default_tracking_uri()
@@ -159,31 +219,56 @@ def fit(cfg: TrainConfig, *, resume: bool = False, debug_dir: str | None = None,
                            tags={**(tags or {}), "ray_run_path": run_path, "model": cfg.model.name,
                                  "objective": cfg.objective.name}, run_id=run_id,
                            parent_run_id=None if run_id else parent_run_id)
-
-    if not ray.is_initialized():
-        ray.init(address=ray_address, log_to_driver=True)
-    trainer = build_trainer(cfg, run_id=run_id, tracking_uri=uri, storage=storage, debug_dir=debug_dir)
     try:
-        result = trainer.fit()
-    except Exception as e:
+        _init_ray(ray_address)
+        trainer = build_trainer(cfg, run_id=run_id, tracking_uri=uri, storage=storage, debug_dir=debug_dir)
+        try:
+            result = trainer.fit()
+        except Exception as e:
+            raise TrainingError(f"training run {cfg.train.name!r} failed: {failure_reason(e)}") from e
+        ckpt, metrics = finish_fit(cfg, result, tracker, storage)
+    except KeyboardInterrupt:
+        tracker.end("KILLED")
+        raise
+    except BaseException:
         tracker.end("FAILED")
-        raise TrainingError(f"training run {cfg.train.name!r} failed: {failure_reason(e)}") from e
-    ckpt, metrics = finish_fit(cfg, result, tracker, storage)
+        raise
     return TrainResult(run_id, uri, ckpt, metrics, run_path)
+
+
+#: True once ``fit`` called ``ray.init`` in this process (the CLI then shuts Ray down before its
+#: last error line; a Ray instance someone else started, e.g. a test session's, is left alone)
+RAY_STARTED_HERE = False
+
+
+def _init_ray(address: str | None) -> None:
+    """``ray.init`` unless Ray is up; a failure to start or reach it is one TrainingError line."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    global RAY_STARTED_HERE
+    try:
+        ray.init(address=address, log_to_driver=True)
+        RAY_STARTED_HERE = True
+    except Exception as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
+        where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+        raise TrainingError(f"cannot start or reach {where}: {lines[0]}") from e
 
 
 def finish_fit(cfg: TrainConfig, result: Any, tracker: Any, storage: RunStorage) -> tuple[str | None, dict]:
     """After ``trainer.fit()`` returned: log the last checkpoint's URI to the run -> (checkpoint
     URI or None, last reported metrics); TrainingError (run ended FAILED) when the worker gave
     up on non-finite losses."""
+    from ..tracking import get_run
+
     metrics = dict(result.metrics or {})
     ckpt = storage.checkpoint_url(result.checkpoint.path) if result.checkpoint is not None else None
     if ckpt:
         tracker.log_checkpoint_uri(ckpt, int(metrics.get("step", 0)))
-    if metrics.get("aborted_nonfinite"):
+    failure = get_run(tracker.run_id, tracker.tracking_uri).tags.get(FAILURE_TAG) if tracker.run_id else None
+    if failure:  # the worker gave up (non-finite losses) and wrote no checkpoint of that state
         tracker.end("FAILED")
-        raise TrainingError(
-            f"stopped after {int(metrics.get('nonfinite_steps', 0))} non-finite losses "
-            f"(train.max_nonfinite = {cfg.train.max_nonfinite}); last checkpoint: {ckpt}"
-        )
+        raise TrainingError(f"{failure}; last good checkpoint: {ckpt or 'none (none was written before)'}")
     return ckpt, metrics

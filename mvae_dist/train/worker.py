@@ -23,6 +23,7 @@ from ..config import TrainConfig, load_storage_options
 from ..models import build_model
 from .checkpoint import Position, load_checkpoint, save_checkpoint
 from .dist import TorchCrossRank
+from .driver import FAILURE_TAG
 from .step import TrainStep, apply_step, make_optimizer, make_scheduler, step_generator
 
 
@@ -75,6 +76,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if cfg.train.threads_per_worker:
         torch.set_num_threads(cfg.train.threads_per_worker)
     debug_dir = loop_config.get("debug_dir")
+    if debug_dir:  # one line per worker start: a retried worker group shows up as more lines
+        Path(debug_dir).mkdir(parents=True, exist_ok=True)
+        with open(Path(debug_dir) / "starts.log", "a") as f:
+            f.write(f"{rank} {os.getpid()}\n")
 
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
     model = build_model(cfg.model).to(device)
@@ -113,7 +118,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         from ..tracking import Tracker
 
         tracker = Tracker(loop_config.get("tracking_uri"), cfg.tracking.experiment)
-        tracker.start(cfg.tracking.run_name or cfg.train.name, run_id=loop_config.get("run_id"))
+        tracker.continue_run(loop_config["run_id"])  # the driver's run; only the driver counts resumes
         if resumed_from is not None:
             tracker.log_metrics({"resumed_from_step": resumed_from}, step=pos.step)
     _debug(debug_dir, rank, step=pos.step, resumed_from=resumed_from)
@@ -191,10 +196,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             last_eval.update(_evaluate(model, cfg, tracker, pos.step, storage_options, classifiers))
         report(metrics, with_checkpoint=True)
 
-    if aborted:
-        report({"aborted_nonfinite": 1.0}, with_checkpoint=True)
+    if aborted:  # no checkpoint of the diverged state: the last one reported stays the run's latest
         if tracker is not None:
+            tracker.set_tags({FAILURE_TAG: f"stopped after {nonfinite} non-finite losses "
+                                           f"(train.max_nonfinite = {cfg.train.max_nonfinite})"})
             tracker.end("FAILED")
+        report({"aborted_nonfinite": 1.0}, with_checkpoint=False)
         return
     if tracker is not None:
         tracker.set_tags({"model_step": pos.step})  # the logged model's step (load_run_model)

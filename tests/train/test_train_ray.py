@@ -104,6 +104,9 @@ def test_cli_resume_continues_a_stopped_run(ray_cluster, tiny_data, tmp_path, ca
     assert main(["train", *args, "train.max_steps=6", "--resume"]) == 0
     out = capsys.readouterr().out
     assert "'step': 6" in out
+    run_id = out.split("MLflow run ", 1)[1].split()[0]
+    tags = _client(f"sqlite:///{tmp_path}/mlflow.db").get_run(run_id).data.tags
+    assert tags["resume_count"] == "1"  # one --resume; the worker groups' reopening is not counted
 
 
 def test_nonfinite_losses_stop_the_run_with_a_clear_error(ray_cluster, tiny_data, tmp_path, capsys):
@@ -114,6 +117,9 @@ def test_nonfinite_losses_stop_the_run_with_a_clear_error(ray_cluster, tiny_data
     assert main(["train", *args]) == 1
     errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("mvae-dist: error:")]
     assert len(errors) == 1 and "non-finite losses (train.max_nonfinite = 1)" in errors[0], errors
+    # no checkpoint of the diverged state is written: with no periodic ones, none exists at all
+    assert "last good checkpoint: none" in errors[0], errors
+    assert not list((tmp_path / "runs" / "nan").glob("checkpoint_*"))
 
 
 def test_bench_train_reports_throughput(ray_cluster, tiny_data, capsys):

@@ -241,6 +241,17 @@ def test_a_missing_data_set_is_refused_before_ray_starts(tmp_path, capsys):
     assert not (tmp_path / "sweeps").exists()
 
 
+def test_a_coherence_metric_without_classifiers_is_refused_before_ray_starts(sweep_data, tmp_path, capsys,
+                                                                           monkeypatch):
+    import mvae_dist.sweep as sweep
+
+    monkeypatch.setattr(sweep, "_start_ray", lambda *a: pytest.fail("Ray must not start"))
+    line = _error(capsys, TINY, "metric=coherence_cross", f"base.data.url={sweep_data}",
+                  f"output_dir={tmp_path}/sweeps", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db")
+    assert "classifiers" in line and "mvae-dist classifiers train" in line, line
+    assert not (tmp_path / "sweeps").exists()
+
+
 @pytest.mark.slow
 def test_a_trial_larger_than_the_cluster_is_refused(ray_cluster, sweep_data, capsys, tmp_path):
     line = _error(capsys, TINY, "resources.cpus_per_worker=2", f"output_dir={tmp_path}",

@@ -1,0 +1,159 @@
+"""Failure paths of `mvae-dist train`: each ends fast, in one line, with nothing left half-done.
+
+Most cases fail before Ray starts (``_init_ray`` is replaced by a failing stub to prove it); one
+test runs a real Ray Train group on a corrupt shard to show a worker's DataError is not retried.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+import mvae_dist.train.driver as driver
+from mvae_dist.cli import main
+
+TINY = str(Path(__file__).parents[2] / "configs" / "embedded" / "tiny.yaml")
+
+
+def _errors(capsys) -> list[str]:
+    err = capsys.readouterr().err
+    return [ln for ln in err.splitlines() if ln.startswith("mvae-dist: ")]
+
+
+def _args(data: str, tmp_path: Path, *extra: str, uri: str | None = None) -> list[str]:
+    return ["train", "--config", TINY, f"data.url={data}", f"train.storage_path={tmp_path}/runs",
+            f"tracking.tracking_uri={uri or f'sqlite:///{tmp_path}/mlflow.db'}", *extra]
+
+
+def _copy(data: str, tmp_path: Path) -> Path:
+    """A private copy of the session's data set (the fixture's is shared and read-only)."""
+    return Path(shutil.copytree(data, tmp_path / "data"))
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """Fail the test if `fit` gets as far as starting Ray."""
+    monkeypatch.setattr(driver, "_init_ray", lambda address: pytest.fail("Ray must not start"))
+
+
+def _dead_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed on exit: nothing listens there
+
+
+def _runs(uri: str) -> list:
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("mvae-dist-tests")  # configs/embedded/tiny.yaml
+    return client.search_runs([exp.experiment_id]) if exp else []
+
+
+def test_an_unreachable_tracking_server_is_one_line_in_seconds(tiny_data, tmp_path, capsys, no_ray):
+    uri = f"http://127.0.0.1:{_dead_port()}"
+    t0 = time.monotonic()
+    assert main(_args(tiny_data, tmp_path, uri=uri)) == 1
+    assert time.monotonic() - t0 < 30  # MLflow's own retry loop took 281 s
+    errors = _errors(capsys)
+    assert len(errors) == 1 and f"cannot reach the MLflow tracking server at {uri}" in errors[0], errors
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("delete", "shard missing: "),
+    ("truncate", "truncated or corrupt shard "),
+])
+def test_a_missing_or_truncated_shard_is_refused_before_ray_starts(damage, message, tiny_data, tmp_path,
+                                                                    capsys, no_ray):
+    data = _copy(tiny_data, tmp_path)
+    shard = data / "train" / "shard-000001.tar"
+    if damage == "delete":
+        shard.unlink()
+    else:
+        shard.write_bytes(shard.read_bytes()[:1000])
+    assert main(_args(str(data), tmp_path)) == 1
+    errors = _errors(capsys)
+    assert len(errors) == 1 and message + str(shard) in errors[0], errors
+    assert not (tmp_path / "runs").exists() and not _runs(f"sqlite:///{tmp_path}/mlflow.db")
+
+
+def _flip_inside(shard: Path) -> None:
+    """Same size, other bytes: only the sha256 (or the loader) can tell."""
+    raw = bytearray(shard.read_bytes())
+    mid = len(raw) // 2
+    raw[mid:mid + 64] = bytes(255 - b for b in raw[mid:mid + 64])
+    shard.write_bytes(bytes(raw))
+
+
+def test_verify_data_hashes_every_shard_before_ray_starts(tiny_data, tmp_path, capsys, no_ray):
+    data = _copy(tiny_data, tmp_path)
+    shard = data / "train" / "shard-000002.tar"
+    _flip_inside(shard)
+    assert main(_args(str(data), tmp_path, "--verify-data")) == 1
+    errors = _errors(capsys)
+    assert len(errors) == 1 and f"checksum mismatch in shard {shard}" in errors[0], errors
+
+
+@pytest.mark.parametrize("raised, code, status, line", [
+    (RuntimeError("The current node timed out during startup."), 1, "FAILED",
+     "mvae-dist: error: cannot start or reach a local Ray instance: "
+     "The current node timed out during startup."),
+    (KeyboardInterrupt(), 130, "KILLED", "mvae-dist: interrupted"),
+])
+def test_every_way_out_of_the_driver_ends_the_mlflow_run(raised, code, status, line, tiny_data, tmp_path,
+                                                         capsys, monkeypatch):
+    import ray
+
+    def fail(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as on a fresh process
+    monkeypatch.setattr(ray, "init", fail)
+    assert main(_args(tiny_data, tmp_path)) == code
+    assert _errors(capsys) == [line]
+    runs = _runs(f"sqlite:///{tmp_path}/mlflow.db")
+    assert [r.info.status for r in runs] == [status]
+
+
+def test_evaluate_of_an_unknown_run_creates_no_tracking_store(tmp_path, capsys):
+    db = tmp_path / "none.db"
+    assert main(["evaluate", "--run", "0123abcd", "--tracking-uri", f"sqlite:///{db}"]) == 1
+    captured = capsys.readouterr()
+    errors = [ln for ln in captured.err.splitlines() if ln.strip()]
+    assert errors == [f"mvae-dist: error: no MLflow tracking database at {db}"], captured.err
+    assert not db.exists()
+
+
+@pytest.mark.slow
+def test_a_data_error_in_a_worker_is_not_retried_and_the_name_stays_usable(ray_cluster, tiny_data, tmp_path,
+                                                                            capsys):
+    """A shard corrupted in place (same size) passes the pre-flight size check and fails in the
+    workers: the run ends after ONE worker-group start (max_failures=2 would allow three) with
+    the loader's line; after the data is repaired the same name can run again."""
+    from mvae_dist.config import load_train_config
+
+    data = _copy(tiny_data, tmp_path)
+    good = tmp_path / "good.tar"
+    shard = data / "train" / "shard-000000.tar"
+    shutil.copy(shard, good)
+    _flip_inside(shard)
+    cfg = load_train_config(TINY, [f"data.url={data}", f"train.storage_path={tmp_path}/runs",
+                                   f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+                                   "train.name=bad-shard", "train.max_failures=2", "train.eval_every=0"])
+    with pytest.raises(driver.TrainingError, match=r"checksum mismatch in shard .*shard-000000\.tar"):
+        driver.fit(cfg, debug_dir=str(tmp_path / "debug"))
+    starts = (tmp_path / "debug" / "starts.log").read_text().splitlines()
+    assert len(starts) == cfg.train.num_workers, starts  # one start per rank: no retry
+    assert [r.info.status for r in _runs(f"sqlite:///{tmp_path}/mlflow.db")] == ["FAILED"]
+
+    shutil.copy(good, shard)
+    capsys.readouterr()
+    assert main(_args(str(data), tmp_path, "train.name=bad-shard", "train.max_steps=2",
+                      "train.eval_every=0")) == 0
+    out = capsys.readouterr().out
+    assert "has no checkpoint (an earlier attempt failed before its first): starting it afresh" in out
+    assert "'step': 2" in out
