@@ -157,3 +157,36 @@ def test_a_data_error_in_a_worker_is_not_retried_and_the_name_stays_usable(ray_c
     out = capsys.readouterr().out
     assert "has no checkpoint (an earlier attempt failed before its first): starting it afresh" in out
     assert "'step': 2" in out
+
+
+def test_sigterm_ends_the_run_killed_with_one_line(tiny_data, tmp_path):
+    """The real entry point in a subprocess, stopped by SIGTERM while "Ray starts" (a stub that
+    sleeps): exit 143, the MLflow run KILLED, the last stderr line says why."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    code = ("import sys, time, ray\n"
+            "ray.is_initialized = lambda: False\n"
+            "ray.init = lambda *a, **k: time.sleep(120)\n"
+            "from mvae_dist.cli import main_entry\n"
+            f"sys.argv = ['mvae-dist', *{_args(tiny_data, tmp_path)!r}]\n"
+            "main_entry()\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (tmp_path / "mlflow.db").exists():
+            try:
+                if [r.info.status for r in _runs(uri)] == ["RUNNING"]:
+                    break
+            except Exception:  # the store is still being created
+                pass
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "mvae-dist: terminated (SIGTERM)", err
+    assert [r.info.status for r in _runs(uri)] == ["KILLED"]
