@@ -6,6 +6,7 @@ A bad value raises ConfigError naming the key, e.g. ``objective.gamma must be > 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import typing
 from collections.abc import Mapping
@@ -149,21 +150,32 @@ def from_mapping(cls: type, data: Mapping[str, Any] | None, section: str) -> Any
     return obj.validate() if hasattr(obj, "validate") else obj
 
 
+def _finite(value: Any, key: str) -> Any:
+    """``value``; ConfigError naming ``key`` when it is or holds an infinite or NaN number."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    for v in items:
+        if isinstance(v, (list, tuple)):
+            _finite(v, key)
+        elif isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{key} must be a finite number, got {v}")
+    return value
+
+
 def _coerce(value: Any, hint: Any, key: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if hint is Any:
-        return value
+        return _finite(value, key)
     if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
         if value is None and type(None) in args:
             return None
-        for a in args:
-            if a is type(None):
-                continue
+        types = [a for a in args if a is not type(None)]
+        for a in types:
             try:
                 return _coerce(value, a, key)
             except ConfigError:
-                continue
+                if len(types) == 1:  # e.g. float | None: that type's own message
+                    raise
         raise ConfigError(f"{key} has a bad value {value!r}")
     if origin is tuple:
         if isinstance(value, str):
@@ -186,9 +198,10 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         try:
             if isinstance(value, bool):
                 raise ValueError
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{key} must be a number, got {value!r}") from None
+        return _finite(number, key)
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key} must be a string, got {value!r}")
@@ -393,16 +406,7 @@ def load_storage_options(path: str | None, what: str = "storage options file") -
     """fsspec storage options from a YAML file (credentials stay out of argv, configs and logs)."""
     if not path:
         return None
-    import yaml
-
-    try:
-        with open(path) as f:
-            opts = yaml.safe_load(f) or {}
-    except OSError as e:
-        raise ConfigError(f"cannot read {what} {path!r}: {e.strerror}") from None
-    if not isinstance(opts, dict):
-        raise ConfigError(f"{what} {path!r} must hold a mapping")
-    return opts
+    return read_yaml_mapping(path, what, "a mapping")
 
 
 def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
@@ -442,14 +446,20 @@ def absolute_local_paths(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def read_yaml_mapping(path: str, what: str, expected: str) -> dict[str, Any]:
     """The mapping in the YAML file ``path`` (empty file: {}); ConfigError naming ``what`` and the
-    problem: unreadable, not YAML, or not ``expected`` (e.g. "a mapping of sections")."""
+    problem: unreadable, not UTF-8 text, not YAML, or not ``expected`` (e.g. "a mapping of sections")."""
     import yaml
 
     try:
-        with open(path) as f:
-            data = yaml.safe_load(f)
+        with open(path, "rb") as f:
+            raw = f.read()
     except OSError as e:
         raise ConfigError(f"cannot read {what} {path!r}: {e.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{what} {path!r} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{what} {path!r} is not valid YAML: {str(e).splitlines()[0]}") from None
     data = {} if data is None else data

@@ -1,15 +1,19 @@
 """``prepare`` (the data-set builder): source -> pairs -> WebDataset shards + manifest.json at any fsspec URL.
 
 Re-running with the same arguments returns the existing manifest (a no-op); an interrupted
-build resumes (shards already published are kept, the rest are written); a different
-configuration aimed at the same prefix is a ConfigError naming the keys that differ.
+build resumes (shards already published are kept when their bytes are exactly those this build
+writes, others are rebuilt with one line on stderr; temporaries a killed writer left are
+removed); a different configuration aimed at the same prefix is a ConfigError naming the keys
+that differ.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any
+import re
+import sys
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -23,15 +27,20 @@ from .manifest import (
     check_bucket,
     join,
     read_json,
+    sha256_bytes,
     url_to_fs,
     validate_manifest,
 )
-from .shards import atomic_write, encode_pair, existing_shard, is_local, shard_path, write_shard
+from .shards import ShardInfo, atomic_write, encode_pair, is_local, shard_path, tar_bytes, temp_target
 from .sources import DATASETS, Source, check_source, load_source
 from .sources.street import RENDERER as STREET_RENDERER
 
+if TYPE_CHECKING:
+    import fsspec
+
 LOCK = "_building.json"  # the config of a build in progress, for resuming and for refusing others
 DEFAULT_SHARD_SIZE = 2000  # pairs per shard: ~13 MB for MNIST-SVHN pairs
+_SHARD_REL = re.compile(r"[^/]+/shard-\d{6}\.tar")  # shard_path's names, relative to the prefix
 
 
 def _config(
@@ -116,6 +125,41 @@ def _samples(split: str, rows: range, pairs: np.ndarray, related: np.ndarray, mo
         )
 
 
+def _own_temporaries(fs: fsspec.AbstractFileSystem, root: str) -> list[str]:
+    """Temporaries a killed build left under ``root``: ``atomic_write``'s names of this
+    builder's files (the lock, manifest.json, a shard), nothing else."""
+    found = []
+    for path in fs.find(root):
+        target = temp_target(path)
+        if target is None or not target.startswith(f"{root}/"):
+            continue
+        rel = target[len(root) + 1:]
+        if rel in (LOCK, MANIFEST) or _SHARD_REL.fullmatch(rel):
+            found.append(path)
+    return found
+
+
+def _publish(
+    fs: fsspec.AbstractFileSystem, root: str, rel: str, data: bytes, url: str, resuming: bool
+) -> None:
+    """Write shard ``data`` at ``root/rel``; resuming, keep a file there with exactly these
+    bytes (shards are reproducible) and rebuild any other, saying so in one line."""
+    path = f"{root}/{rel}"
+    old = None
+    if resuming:
+        try:
+            old = fs.cat_file(path)
+        except FileNotFoundError:
+            pass
+        if old == data:
+            return
+    atomic_write(fs, path, data)
+    if old is not None:
+        how = (f"truncated, {len(old)} of {len(data)} bytes" if data.startswith(old)
+               else f"corrupt, {len(old)} bytes with sha256 {sha256_bytes(old)[:12]}..., not this build's")
+        tqdm.write(f"prepare: rebuilt {url} ({how})", file=sys.stderr)
+
+
 def _class_counts(pairs: np.ndarray, mods: list) -> dict[str, int]:
     anchor = mods[0].labels[pairs[:, 0]]
     values, counts = np.unique(anchor, return_counts=True)
@@ -160,7 +204,8 @@ def prepare(
         existing["prefix"] = out
         return existing  # same arguments: nothing to do
     lock_path = f"{root}/{LOCK}"
-    if fs.exists(lock_path):
+    resuming = fs.exists(lock_path)
+    if resuming:
         previous = read_json(join(out, LOCK), storage_options, LOCK)
         if previous != cfg:
             raise ConfigError(
@@ -168,9 +213,11 @@ def prepare(
                 "choose another output or delete it"
             )
     elif fs.exists(root) and fs.ls(root, detail=False):
-        raise DataError(
-            f"{out} is not empty and holds no manifest.json or unfinished build; refusing to write into it"
-        )
+        # a build killed while publishing its lock leaves only the lock's temporary
+        if any(temp_target(p.rstrip("/")) != lock_path for p in fs.ls(root, detail=False)):
+            raise DataError(f"{out} is not empty and holds no manifest.json or unfinished build; "
+                            "refusing to write into it")
+        resuming = True
     src = load_source(
         dataset,
         source,
@@ -180,6 +227,13 @@ def prepare(
     check_source(src)
     plan = plan_splits(src, cfg)  # before the lock: a bad source leaves nothing behind
 
+    if resuming:
+        stale = _own_temporaries(fs, root)
+        for path in stale:
+            fs.rm_file(path)
+        if stale:
+            print(f"prepare: removed {len(stale)} temporary file(s) of an interrupted build under {out}",
+                  file=sys.stderr)
     if is_local(fs):
         fs.makedirs(root, exist_ok=True)
     atomic_write(fs, lock_path, json.dumps(cfg, indent=1).encode())
@@ -194,10 +248,9 @@ def prepare(
             for k, start in enumerate(range(0, len(pairs), size)):
                 rows = range(start, min(start + size, len(pairs)))
                 rel = shard_path(split, k)
-                info = existing_shard(fs, root, rel, len(rows))  # resume: keep what is published
-                if info is None:
-                    info = write_shard(fs, root, rel, _samples(split, rows, pairs, related, mods))
-                shards.append(info.entry())
+                data, n = tar_bytes(_samples(split, rows, pairs, related, mods))
+                _publish(fs, root, rel, data, join(out, rel), resuming)
+                shards.append(ShardInfo(rel, n, len(data), sha256_bytes(data)).entry())
                 bar.update(len(rows))
             splits_out[split] = {
                 "count": int(len(pairs)),

@@ -17,6 +17,7 @@ import functools
 import io
 import json
 import os
+import re
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from mvae_dist.errors import DataError
 from .manifest import protocol, sha256_bytes
 
 SHARD_PATTERN = "{split}/shard-{index:06d}.tar"
+#: the suffix of the temporary name ``atomic_write`` gives a file before renaming it (local disks)
+_TEMP_SUFFIX = re.compile(r"\.tmp-[0-9a-f]{8}$")
 
 
 @dataclass(frozen=True)
@@ -106,7 +109,7 @@ def atomic_write(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
     try:
         if is_local(fs):
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+            tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"  # see _TEMP_SUFFIX
             try:
                 with open(tmp, "wb") as f:
                     f.write(data)
@@ -123,21 +126,14 @@ def atomic_write(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
         raise DataError(f"cannot write {protocol(fs)}://{path}: {exc}") from exc
 
 
+def temp_target(path: str) -> str | None:
+    """The path an ``atomic_write`` temporary was going to become (None: not such a temporary)."""
+    m = _TEMP_SUFFIX.search(path)
+    return path[: m.start()] if m else None
+
+
 def write_shard(fs: fsspec.AbstractFileSystem, root: str, rel: str, samples: Iterable[dict]) -> ShardInfo:
     """Build one shard from ``samples`` and publish it at ``root/rel`` -> its ShardInfo."""
     data, n = tar_bytes(samples)
     atomic_write(fs, f"{root.rstrip('/')}/{rel}", data)
     return ShardInfo(rel, n, len(data), sha256_bytes(data))
-
-
-def existing_shard(fs: fsspec.AbstractFileSystem, root: str, rel: str, count: int) -> ShardInfo | None:
-    """ShardInfo of a shard already published at ``root/rel`` (a resumed build), else None.
-
-    Published shards are complete (atomic writes); reading them back gives their checksum.
-    """
-    path = f"{root.rstrip('/')}/{rel}"
-    try:
-        data = fs.cat_file(path)
-    except FileNotFoundError:
-        return None
-    return ShardInfo(rel, count, len(data), sha256_bytes(data))
