@@ -427,6 +427,62 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
+#: where relative run outputs go when the working directory is a Ray job's temporary copy
+JOB_OUTPUT_ROOT = "~/mvae-dist"
+
+
+def ray_job_working_dir(environ: Mapping[str, str] | None = None, cwd: str | None = None) -> str | None:
+    """The working directory when it is a Ray job's temporary copy of ``--working-dir``, else None.
+
+    ``ray job submit --working-dir .`` runs the entrypoint in
+    ``.../runtime_resources/working_dir_files/_ray_pkg_<hash>``: a per-job copy that the next
+    submission does not see and that goes with the session. Ray's job supervisor gives the
+    entrypoint the job's runtime env as JSON in ``RAY_JOB_CONFIG_JSON_ENV_VAR``.
+    """
+    import json
+
+    environ = os.environ if environ is None else environ
+    cwd = os.getcwd() if cwd is None else cwd
+    raw = environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if raw:
+        try:
+            runtime_env = (json.loads(raw) or {}).get("runtime_env") or {}
+        except (ValueError, AttributeError):
+            runtime_env = {}
+        if runtime_env.get("working_dir"):
+            return cwd
+    return cwd if "/working_dir_files/_ray_pkg_" in cwd.replace(os.sep, "/") else None
+
+
+def durable_output_paths(cfg: dict[str, Any], job_dir: str | None) -> tuple[dict[str, Any], list[str]]:
+    """In a Ray job's temporary working directory (``job_dir``), relative output paths
+    (``train.storage_path``) would be lost with the job: resolve them under ``JOB_OUTPUT_ROOT``
+    in the home directory instead. -> (config dict, one note per path moved). Elsewhere: as is.
+    Relative *inputs* (``data.url``) cannot be moved: the data is not uploaded with the job
+    (``relative_input_hint``)."""
+    if job_dir is None:
+        return cfg, []
+    out = {k: dict(v) if isinstance(v, Mapping) else v for k, v in cfg.items()}
+    notes = []
+    train = out.get("train")
+    path = train.get("storage_path") if isinstance(train, dict) else None
+    if path and "://" not in path and not os.path.isabs(path) and not path.startswith("~"):
+        durable = os.path.join(os.path.expanduser(JOB_OUTPUT_ROOT), path)
+        train["storage_path"] = durable
+        notes.append(f"train.storage_path {path!r} is relative and this is a Ray job's temporary working "
+                     f"directory: checkpoints go to {durable} (give an absolute path or s3:// for "
+                     "storage every node sees)")
+    return out, notes
+
+
+def relative_input_hint(value: str | None, job_dir: str | None) -> str:
+    """The hint to add to a 'not found' error for a relative local input inside a Ray job."""
+    if job_dir is None or not value or "://" in value or os.path.isabs(value):
+        return ""
+    return (f"; {value!r} is relative to the Ray job's working directory, and local data is not "
+            "uploaded with it (data/ is git-ignored): give an absolute path on the cluster or an s3:// URL")
+
+
 def absolute_local_paths(cfg: dict[str, Any]) -> dict[str, Any]:
     """A config dict with its local relative paths made absolute (Ray workers and Tune trials run
     in other working directories): data.url, the storage-options files, train.storage_path and

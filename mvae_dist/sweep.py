@@ -85,8 +85,10 @@ from .config import (
     SECTIONS,
     TrainConfig,
     absolute_local_paths,
+    durable_output_paths,
     load_storage_options,
     load_train_config,
+    ray_job_working_dir,
     read_yaml_mapping,
 )
 from .errors import ConfigError, MvaeDistError
@@ -379,6 +381,9 @@ def _parse_spec(raw: dict, path: str) -> SweepSpec:
             base["train"][key] = getattr(resources, field_name)
     experiment = tracking.get("experiment") or base["tracking"]["experiment"]
     base["tracking"]["experiment"] = experiment
+    base, notes = durable_output_paths(base, ray_job_working_dir())
+    for note in notes:
+        print(f"mvae-dist: {note}", flush=True)
     base = absolute_local_paths(base)
     try:
         base = TrainConfig.from_dict(base).to_dict()

@@ -70,9 +70,15 @@ Status = Literal["FINISHED", "FAILED", "KILLED"]
 
 # ------------------------------------------------------------------------------ defaults
 def default_tracking_uri() -> str:
-    """env MLFLOW_TRACKING_URI if set, else ``sqlite:///<abs cwd>/mlflow.db``."""
+    """env MLFLOW_TRACKING_URI if set, else ``sqlite:///<abs cwd>/mlflow.db``; in a Ray job's
+    temporary working directory (lost with the job) ``sqlite:///<home>/mvae-dist/mlflow.db``."""
+    from .config import JOB_OUTPUT_ROOT, ray_job_working_dir
+
     env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
-    return env or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+    if env:
+        return env
+    base = Path(os.path.expanduser(JOB_OUTPUT_ROOT)) if ray_job_working_dir() else Path.cwd()
+    return f"sqlite:///{base.resolve() / 'mlflow.db'}"
 
 
 def default_artifact_root(tracking_uri: str) -> str | None:

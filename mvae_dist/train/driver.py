@@ -12,8 +12,15 @@ from typing import Any
 
 import fsspec
 
-from ..config import TrainConfig, absolute_local_paths, load_storage_options
-from ..errors import ConfigError, MvaeDistError
+from ..config import (
+    TrainConfig,
+    absolute_local_paths,
+    durable_output_paths,
+    load_storage_options,
+    ray_job_working_dir,
+    relative_input_hint,
+)
+from ..errors import ConfigError, DataError, MvaeDistError
 
 
 class TrainingError(MvaeDistError):
@@ -144,8 +151,6 @@ def _no_retry_on_data_error() -> Any:
 
     class NoRetryOnDataError(UserCallback):
         def after_exception(self, run_context: Any, worker_exceptions: dict) -> None:
-            from ..errors import DataError
-
             for rank in sorted(worker_exceptions):
                 exc = worker_exceptions[rank]
                 # Ray Train wraps the worker's exception (UserExceptionWithTraceback: the original
@@ -192,8 +197,16 @@ def fit(cfg: TrainConfig, *, resume: bool = False, debug_dir: str | None = None,
     """
     from ..tracking import Tracker, default_tracking_uri, find_runs
 
-    cfg = TrainConfig.from_dict(absolute_local_paths(cfg.to_dict()))  # workers run elsewhere
-    preflight_data(cfg, verify_sha256=verify_data)  # fail fast, here
+    job_dir = ray_job_working_dir()
+    given_url = cfg.data.url
+    moved, notes = durable_output_paths(cfg.to_dict(), job_dir)
+    for note in notes:
+        print(f"mvae-dist: {note}", flush=True)
+    cfg = TrainConfig.from_dict(absolute_local_paths(moved))  # workers run elsewhere
+    try:
+        preflight_data(cfg, verify_sha256=verify_data)  # fail fast, here
+    except DataError as e:
+        raise DataError(f"{e}{relative_input_hint(given_url, job_dir)}") from None
     options = load_storage_options(cfg.train.storage_options_file, "train.storage_options_file")
     storage = run_storage(cfg.train.storage_path, cfg.train.name, options)
     run_path = storage.url
