@@ -427,6 +427,21 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
+#: objective keys that do not apply to an objective (left out of its MLflow params)
+_NOT_APPLICABLE = {"baseline": ("estimator", "gamma", "N"), "contrastive": ("baseline_estimator", "dreg")}
+
+
+def applicable(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A config dict without the keys that do not apply to its objective (a baseline run has no
+    gamma, N or term-2 estimator; a contrastive run no baseline bound or DReG), for MLflow's
+    params: comparing runs, a user sees only what each run used."""
+    objective = cfg.get("objective")
+    if not isinstance(objective, Mapping):
+        return cfg
+    drop = _NOT_APPLICABLE.get(str(objective.get("name")), ())
+    return {**cfg, "objective": {k: v for k, v in objective.items() if k not in drop}}
+
+
 #: where relative run outputs go when the working directory is a Ray job's temporary copy
 JOB_OUTPUT_ROOT = "~/mvae-dist"
 

@@ -50,6 +50,20 @@ def metric_name(name: str) -> str:
     return f"eval/{name}"
 
 
+def logged_metrics(flat: dict[str, float], seeds: int, ll_key: str) -> dict[str, float]:
+    """The evaluation's MLflow metrics, each value once, as ``eval/<name>``: the likelihood as
+    ``eval/log_joint`` only (its K and pair count are in ``eval/metrics_<step>.json``), no
+    ``_std`` twin with one seed (it would be 0), and not the digit classifiers' own accuracy
+    (``classifier_acc_*``: the same in every run; it stays in the JSON and the table)."""
+    out = {}
+    for k, v in flat.items():
+        base = k[:-4] if k.endswith("_std") else k
+        if base == ll_key or base.startswith("classifier_acc_") or (seeds == 1 and k.endswith("_std")):
+            continue
+        out[metric_name(k)] = v
+    return out
+
+
 def evaluate_and_log(model: MultimodalVAE, cfg: TrainConfig, *, tracker: Any, step: int,
                      classifiers: dict[str, torch.nn.Module] | None, seeds: int, ll_K: int, ll_n: int,
                      storage_options: dict | None, device: str | torch.device | None = None,
@@ -82,7 +96,7 @@ def evaluate_and_log(model: MultimodalVAE, cfg: TrainConfig, *, tracker: Any, st
     if ll_key in flat:
         flat["log_joint"], flat["log_joint_std"] = flat[ll_key], flat.get(f"{ll_key}_std", 0.0)
     table = report.to_markdown()
-    tracker.log_metrics({metric_name(k): v for k, v in flat.items()}, step=step)
+    tracker.log_metrics(logged_metrics(flat, seeds, ll_key), step=step)
     tracker.log_dict(report.to_dict(), f"eval/metrics_{step:07d}.json")
     tracker.log_text(table, f"eval/metrics_{step:07d}.md")
     xs = _first_test_batch(cfg, storage_options, next(model.parameters()).device)

@@ -85,6 +85,7 @@ from .config import (
     SECTIONS,
     TrainConfig,
     absolute_local_paths,
+    applicable,
     durable_output_paths,
     load_storage_options,
     load_train_config,
@@ -740,7 +741,8 @@ def _run_trial(params: dict[str, Any], plan: _Plan) -> None:
     tracker = Tracker(plan.tracking_uri, cfg.tracking.experiment)
     options = load_storage_options(cfg.train.storage_options_file, "train.storage_options_file")
     storage = run_storage(cfg.train.storage_path, cfg.train.name, options)
-    run_id = tracker.start(cfg.tracking.run_name, params=cfg.to_dict(), parent_run_id=plan.parent_run_id,
+    run_id = tracker.start(cfg.tracking.run_name, params=applicable(cfg.to_dict()),
+                           parent_run_id=plan.parent_run_id,
                            tags={**plan.tags(trial_id), TAG_STATUS: "running", "ray_run_path": storage.url,
                                  "model": cfg.model.name, "objective": cfg.objective.name})
     class _EpochReports(TuneReportCallback):

@@ -14,6 +14,7 @@ import copy
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -229,6 +230,37 @@ def line_plot(rows: Sequence[Mapping[str, Any]], x: str, y: str, by: str, *, tit
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
+#: row keys that are settings or bookkeeping, not measurements (not logged as parent metrics)
+_SETTINGS = ("train_seed", "train_seeds", "percent", "gamma", "steps", "train_s")
+
+
+def metric_key(label: str) -> str:
+    """An arm's label as an MLflow metric-key prefix (MLflow allows letters, digits, ``_-. /:``):
+    ``"cI@20%"`` -> ``"cI 20pct"``, ``"cI gamma=1.1"`` -> ``"cI gamma1.1"``."""
+    text = label.replace("%", "pct").replace("@", " ").replace("=", "")
+    return re.sub(r"[^A-Za-z0-9_\-. /:]", "_", text).strip()
+
+
+def study_metrics(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """The compared numbers of a study as the parent run's metrics, so MLflow's charts and compare
+    view show them: ``<arm>/<metric>`` for every measurement of every arm (means over training
+    seeds), ``<arm>/<metric>_std`` their spread when an arm was trained more than once."""
+    out: dict[str, float] = {}
+    for r in rows:
+        several = int(r.get("train_seeds", 1)) > 1
+        prefix = metric_key(str(r["arm"]))
+        for k, v in r.items():
+            base = k[:-4] if k.endswith("_std") else k
+            if base in _SETTINGS or not isinstance(v, (int, float)) or isinstance(v, bool):
+                continue
+            if k.endswith("_std") and not several:
+                continue
+            if isinstance(v, float) and math.isnan(v):
+                continue
+            out[f"{prefix}/{k}"] = float(v)
+    return out
+
+
 def finish_study(study: Study, table: str, plots: Mapping[str, np.ndarray],
                  extra: Mapping[str, Any] | None = None, failed: bool = False) -> Path:
     """Log results/plots to the parent run, close it, write the same files locally -> the folder."""
@@ -238,6 +270,7 @@ def finish_study(study: Study, table: str, plots: Mapping[str, np.ndarray],
     t = Tracker(study.tracking_uri, study.base.tracking.experiment)
     t.attach(study.parent_run_id)
     results = {"study": study.name, "rows": study.rows, "runs": study.runs, **(extra or {})}
+    t.log_metrics(study_metrics(study.rows), step=0)
     t.log_dict(results, "results.json")
     t.log_text(table, "results.md")
     for name, img in plots.items():

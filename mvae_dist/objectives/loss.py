@@ -58,8 +58,7 @@ def training_loss(
         else:
             bound = estimate(state.log_w, baseline_estimator)
         loss = -bound.mean()
-        stats = {"loss": loss.detach(), "log_joint": bound.mean().detach(),
-                 "term1": loss.detach(), "term2": torch.zeros(())}
+        stats = {"loss": loss.detach(), "log_joint": bound.mean().detach()}  # no eq. 4 terms here
     else:
         raise ValueError(f"unknown objective {objective!r}; expected 'baseline' or 'contrastive'")
     extra = model.extra_loss(xs, generator, rank=r, world_size=W)

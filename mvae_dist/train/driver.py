@@ -15,6 +15,7 @@ import fsspec
 from ..config import (
     TrainConfig,
     absolute_local_paths,
+    applicable,
     durable_output_paths,
     load_storage_options,
     ray_job_working_dir,
@@ -228,7 +229,7 @@ def fit(cfg: TrainConfig, *, resume: bool = False, debug_dir: str | None = None,
     if resume:
         runs = find_runs(cfg.tracking.experiment, f"tags.ray_run_path = '{run_path}'", tracking_uri=uri)
         run_id = runs[0].run_id if runs else None
-    run_id = tracker.start(cfg.tracking.run_name or cfg.train.name, params=cfg.to_dict(),
+    run_id = tracker.start(cfg.tracking.run_name or cfg.train.name, params=applicable(cfg.to_dict()),
                            tags={**(tags or {}), "ray_run_path": run_path, "model": cfg.model.name,
                                  "objective": cfg.objective.name}, run_id=run_id,
                            parent_run_id=None if run_id else parent_run_id)

@@ -220,7 +220,6 @@ def _evaluate(model, cfg: TrainConfig, tracker, step: int, storage_options,
     flat, _ = evaluate_and_log(model, cfg, tracker=tracker, step=step, classifiers=classifiers, seeds=1,
                                ll_K=cfg.train.eval_K, ll_n=n_ll, storage_options=storage_options)
     out = {k: float(v) for k, v in flat.items() if not k.endswith("_std")}
-    out["test_log_joint"] = out["log_joint"]
-    tracker.log_metrics({"test_log_joint": out["test_log_joint"]}, step=step)
+    out["test_log_joint"] = out["log_joint"]  # Tune's name (sweep specs); MLflow has eval/log_joint
     model.train()
     return out

@@ -44,7 +44,11 @@ def test_train_end_to_end_checkpoints_and_mlflow(ray_cluster, tiny_data, tmp_pat
     assert run.data.params["objective.N"] == "2" and run.data.params["model.name"] == "mmvae"
     history = _client(res.tracking_uri).get_metric_history(res.run_id, "loss")
     assert [m.step for m in history] == [2, 4, 6]
-    assert "test_log_joint" in run.data.metrics and "pairs_per_s" in run.data.metrics
+    assert "eval/log_joint" in run.data.metrics and "pairs_per_s" in run.data.metrics
+    # each value once: no copies of the likelihood, no zero _std twins (one seed), no classifier accuracy
+    assert not [k for k in run.data.metrics if "test_log_joint" in k or k.endswith("_std")
+                or "classifier_acc" in k], sorted(run.data.metrics)
+    assert "objective.gamma" in run.data.params  # a contrastive run (tiny.yaml)
     arts = {a.path for a in _client(res.tracking_uri).list_artifacts(res.run_id, "images")}
     assert any(p.endswith(".png") and "cross" in p for p in arts)
     assert {a.path for a in _client(res.tracking_uri).list_artifacts(res.run_id)} >= {"model"}
