@@ -100,7 +100,7 @@ def evaluate_and_log(model: MultimodalVAE, cfg: TrainConfig, *, tracker: Any, st
     tracker.log_dict(report.to_dict(), f"eval/metrics_{step:07d}.json")
     tracker.log_text(table, f"eval/metrics_{step:07d}.md")
     xs = _first_test_batch(cfg, storage_options, next(model.parameters()).device)
-    grids = images.standard_grids(model, xs, n=min(8, xs[0].shape[0]), n_joint=32, seed=cfg.train.seed)
+    grids = images.readable_grids(model, xs, n=min(8, xs[0].shape[0]), n_joint=32, seed=cfg.train.seed)
     for name, img in grids.items():
         tracker.log_image(img, f"images/{name}_{step:07d}.png")
     return flat, table
