@@ -125,13 +125,12 @@ def bench_train(*, data: str, workers: list[int], steps: int = 20, config: str |
     """
     import os
     import tempfile
-    from pathlib import Path
 
-    from .config import load_train_config
+    from .config import load_train_config, shipped_config
     from .tracking import find_runs
     from .train.driver import fit
 
-    default = Path(__file__).resolve().parents[1] / "configs" / "embedded" / "mmvae-ci.yaml"
+    default = shipped_config("embedded/mmvae-ci.yaml")
     records = []
     with tempfile.TemporaryDirectory(prefix="mvae-bench-train-") as tmp:
         for W in workers:

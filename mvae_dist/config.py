@@ -539,12 +539,32 @@ def read_yaml_mapping(path: str, what: str, expected: str) -> dict[str, Any]:
     return data
 
 
+def shipped_config(name: str) -> str:
+    """The path of a config shipped with the package, e.g. ``shipped_config("embedded/demo.yaml")``
+    (found through the package, so it exists in a wheel install as in a checkout)."""
+    from importlib.resources import files
+
+    return str(files("mvae_dist") / "configs" / name)
+
+
+def resolve_config_path(path: str) -> str:
+    """``path`` if it exists; else, for a shipped config's name (``configs/embedded/mmvae-ci.yaml``
+    or ``embedded/mmvae-ci.yaml``), the packaged copy, so the documented commands work from any
+    directory and in an installed package; else ``path`` (reading it gives the error)."""
+    if os.path.exists(path):
+        return path
+    rel = path.replace(os.sep, "/").removeprefix("./").removeprefix("configs/")
+    packaged = shipped_config(rel)
+    return packaged if os.path.isfile(packaged) else path
+
+
 def load_train_config(path: str | None, overrides: list[str] | None = None) -> TrainConfig:
-    """YAML file (optional) + ``section.key=value`` overrides -> validated TrainConfig."""
+    """YAML file (optional; a shipped config's name also works, see ``resolve_config_path``) +
+    ``section.key=value`` overrides -> validated TrainConfig."""
 
     data: dict[str, Any] = {}
     if path is not None:
-        data = read_yaml_mapping(path, "config file", "a mapping of sections")
+        data = read_yaml_mapping(resolve_config_path(path), "config file", "a mapping of sections")
     for section, values in parse_overrides(overrides or []).items():
         base = data.get(section) or {}
         if not isinstance(base, dict):

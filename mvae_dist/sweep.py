@@ -91,6 +91,7 @@ from .config import (
     load_train_config,
     ray_job_working_dir,
     read_yaml_mapping,
+    resolve_config_path,
 )
 from .errors import ConfigError, MvaeDistError
 
@@ -466,7 +467,10 @@ def _find_base_config(name: str, spec_path: str) -> str:
     for c in candidates:
         if c.is_file():
             return str(c.resolve())
-    where = "" if p.is_absolute() else f" (looked in the current directory and in {root})"
+    packaged = resolve_config_path(name)  # a shipped config's name (configs/embedded/...)
+    if packaged != name:
+        return packaged
+    where = "" if p.is_absolute() else f" (looked in the current directory, in {root} and in the package)"
     raise ConfigError(f"base.config: no config file {name!r}{where}")
 
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..config import shipped_config
 from ..data.sources.street import RENDERER as STREET_RENDERER
 from ..errors import ConfigError
 from .common import (
@@ -32,7 +33,7 @@ from .common import (
 RELATEDNESS_K = 30
 #: relatedness prediction by PMI (threshold on S_m, scored on F_m), as study table columns
 PMI_COLUMNS = (("pmi_precision", "PMI precision"), ("pmi_recall", "PMI recall"), ("pmi_f1", "PMI F1"))
-DEFAULT_CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "embedded" / "demo.yaml")
+DEFAULT_CONFIG = shipped_config("embedded/demo.yaml")
 
 
 def ensure_data(root: str, *, fraction: float = 1.0, dm: int = 5, sr_fraction: float | None = None,
