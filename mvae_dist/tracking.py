@@ -55,6 +55,8 @@ from .eval.images import save_png
 DEFAULT_EXPERIMENT = "mvae-dist"
 #: artifact file listing every checkpoint URI the run reported
 CHECKPOINTS_FILE = "checkpoints.json"
+#: tag a training worker sets when it gives up (non-finite losses): the reason, one line
+FAILURE_TAG = "failure"
 #: metric holding the running count of dropped non-finite metric values
 NONFINITE_METRIC = "nonfinite_metrics"
 

@@ -136,10 +136,6 @@ def build_trainer(cfg: TrainConfig, *, run_id: str, tracking_uri: str, storage: 
     )
 
 
-#: MLflow tag the worker sets when it gives up (non-finite losses): the driver's one-line error
-FAILURE_TAG = "failure"
-
-
 def _no_retry_on_data_error() -> Any:
     """A Ray Train ``UserCallback`` that turns a worker's DataError into a non-retryable failure.
 
@@ -275,7 +271,7 @@ def finish_fit(cfg: TrainConfig, result: Any, tracker: Any, storage: RunStorage)
     """After ``trainer.fit()`` returned: log the last checkpoint's URI to the run -> (checkpoint
     URI or None, last reported metrics); TrainingError (run ended FAILED) when the worker gave
     up on non-finite losses."""
-    from ..tracking import get_run
+    from ..tracking import FAILURE_TAG, get_run
 
     metrics = dict(result.metrics or {})
     ckpt = storage.checkpoint_url(result.checkpoint.path) if result.checkpoint is not None else None

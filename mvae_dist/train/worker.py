@@ -23,7 +23,6 @@ from ..config import TrainConfig, load_storage_options
 from ..models import build_model
 from .checkpoint import Position, load_checkpoint, save_checkpoint
 from .dist import TorchCrossRank
-from .driver import FAILURE_TAG
 from .step import TrainStep, apply_step, make_optimizer, make_scheduler, step_generator
 
 
@@ -198,6 +197,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     if aborted:  # no checkpoint of the diverged state: the last one reported stays the run's latest
         if tracker is not None:
+            from ..tracking import FAILURE_TAG
+
             tracker.set_tags({FAILURE_TAG: f"stopped after {nonfinite} non-finite losses "
                                            f"(train.max_nonfinite = {cfg.train.max_nonfinite})"})
             tracker.end("FAILED")
