@@ -105,6 +105,7 @@ class JobCase:
     mlflow_experiment: str | None = None  # if set: a FINISHED run must exist in this experiment
     env_vars: dict[str, str] = field(default_factory=dict)
     needs_data: bool = False  # if set: a tiny embedded data set is prepared, its path in $JOB_DATA
+    home_outputs: bool = False  # if set: HOME is a temp dir; relative outputs must land under it
 
 
 JOB_CASES = [
@@ -116,16 +117,20 @@ JOB_CASES = [
         mlflow_experiment=EXPERIMENT,
         env_vars={"JOB_EXPERIMENT": EXPERIMENT},
     ),
-    # The command users submit (deploy/README.md), on the tiny config shipped in configs/embedded.
+    # The command users submit (deploy/README.md), on the tiny config shipped in configs/embedded,
+    # with its relative train.storage_path (runs): inside the job's temporary copy of the working
+    # directory the checkpoints would vanish with the job, so they must go to ~/mvae-dist/runs.
     JobCase(
         "mvae-dist-train",
         working_dir=REPO_ROOT / "configs" / "embedded",
         entrypoint=["sh", "-c", 'mvae-dist train --config tiny.yaml data.url="$JOB_DATA" '
-                    'train.storage_path="$JOB_STORAGE" train.name="$JOB_RUN_NAME" '
+                    'train.name="$JOB_RUN_NAME" '
                     'tracking.run_name="$JOB_RUN_NAME" train.max_steps=2 train.eval_every=0'],
-        markers=["finished: {'step': 2", "mlflow ui"],
+        markers=["finished: {'step': 2", "mlflow ui",
+                 "is relative and this is a Ray job's temporary working"],
         mlflow_experiment="mvae-dist-tests",
         needs_data=True,
+        home_outputs=True,
     ),
 ]
 
@@ -288,6 +293,8 @@ def test_ray_job_submit_succeeds(ray_head, case: JobCase, tmp_path):
         "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",  # faster report round trips (RUNTIME_NOTES)
         **case.env_vars,
     }
+    if case.home_outputs:
+        env_vars["HOME"] = str(tmp_path / "home")
     submission_id = f"mvae-test-{uuid.uuid4().hex[:10]}"
     t0 = time.monotonic()
     submit = _ray_job(
@@ -323,6 +330,11 @@ def test_ray_job_submit_succeeds(ray_head, case: JobCase, tmp_path):
         runs = client.search_runs([exp.experiment_id], filter_string=f"attributes.run_name = '{run_name}'")
         assert len(runs) == 1, runs
         assert runs[0].info.status == "FINISHED"
+        if case.home_outputs:  # durable: the run's checkpoints and tag point under the job's HOME
+            ckpts = list((tmp_path / "home" / "mvae-dist" / "runs" / run_name).glob("checkpoint_*"))
+            assert ckpts, detail
+            home = str(tmp_path / "home" / "mvae-dist")
+            assert runs[0].data.tags["last_checkpoint"].startswith(home), detail
         if case.name == "torch-trainer-allreduce":
             assert runs[0].data.metrics["all_reduce_sum"] == 3.0
             assert runs[0].data.params["world_size"] == "2"
