@@ -46,7 +46,8 @@ carries the metric (``train.checkpoint_every = 0``, ``train.eval_every = 1``); o
 is one epoch and ASHA's ``max_t`` is the trials' ``train.epochs`` (``scheduler.max_t`` sets it;
 default: the base config's); ``train.max_steps`` still caps a trial. ``resources`` sets
 ``train.num_workers`` / ``cpus_per_worker`` / ``use_gpu``; each trial's driver takes 0.01 CPU
-besides its workers (a whole CPU would deadlock a small machine: see RUNTIME_NOTES), so on a 2-CPU
+besides its workers (with a whole CPU each trial's driver would hold the CPUs its Train workers
+need, and on a small machine they would never start), so on a 2-CPU
 machine use ``cpus_per_worker: 0.99``. ``train.name`` / ``tracking.run_name`` are per trial,
 ``train.storage_path`` holds the sweep's Tune directory ``<name>-<timestamp>/`` with the trials'
 Ray Train runs in its ``trials/``.

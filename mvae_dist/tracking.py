@@ -519,21 +519,6 @@ class Tracker:
         return self._checkpoints
 
 
-class NullTracker:
-    """Tracker stand-in for ranks other than 0 and runs without tracking: every call is a no-op."""
-
-    run_id: str | None = None
-
-    def __getattr__(self, name: str) -> Any:
-        return lambda *args, **kwargs: None
-
-    def __enter__(self) -> NullTracker:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
-
-
 def load_logged_model(run_id: str, tracking_uri: str | None = None,
                       artifact_path: str = "model") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model ``Tracker.log_model`` logged to ``run_id`` -> (model in eval mode, config)."""
@@ -587,7 +572,7 @@ def _user() -> str:
 
 
 __all__ = [
-    "CHECKPOINTS_FILE", "DEFAULT_EXPERIMENT", "NONFINITE_METRIC", "NullTracker", "RunRecord",
+    "CHECKPOINTS_FILE", "DEFAULT_EXPERIMENT", "NONFINITE_METRIC", "RunRecord",
     "Tracker", "default_artifact_root", "default_tracking_uri", "find_runs", "flatten_params",
     "is_sensitive_key", "load_logged_model", "redact_config", "redact_text", "ui_command",
 ]

@@ -148,7 +148,7 @@ def ray_cluster():
     """A local Ray instance shared by the session's training and sweep tests (2 CPUs).
 
     One ``ray.init`` per session: tests/train and tests/tune both use this fixture. The dashboard
-    runs (a stopped Tune trial's placement group is freed through it; see RUNTIME_NOTES).
+    runs (without it a stopped Tune trial's placement group is never freed).
     """
     ray = pytest.importorskip("ray")
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")  # faster report round trips

@@ -50,11 +50,6 @@ def standard_noise(
     raise ValueError(f"unknown family {family!r}; expected one of {', '.join(FAMILIES)}")
 
 
-def rsample(loc: Tensor, scale: Tensor, eps: Tensor) -> Tensor:
-    """Reparameterised sample z = loc + scale * eps. loc, scale: [B, L]; eps: [K, B, L] -> [K, B, L]."""
-    return loc + scale * eps
-
-
 def log_prob_sum(family: str, z: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
     """log q(z) summed over the last (latent) dimension; shapes broadcast, [..., L] -> [...]."""
     return log_density(family, z, loc, scale).sum(-1)

@@ -151,7 +151,7 @@ def _free_ports(n: int) -> list[int]:
 def _ray_env() -> dict[str, str]:
     env = os.environ.copy()
     env.pop("RAY_ADDRESS", None)  # never fall through to some other cluster
-    env["RAY_AUTH_MODE"] = "disabled"  # see RUNTIME_NOTES: the plain CLI has no token otherwise
+    env["RAY_AUTH_MODE"] = "disabled"  # Ray 2.60's plain CLI has no auth token otherwise
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"  # `ray`, `python`, `mvae-dist` of this venv
     return env
@@ -290,7 +290,7 @@ def test_ray_job_submit_succeeds(ray_head, case: JobCase, tmp_path):
         "JOB_RUN_NAME": run_name,
         "JOB_STORAGE": str(tmp_path / "ray_results"),
         "MLFLOW_TRACKING_URI": tracking_uri,
-        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",  # faster report round trips (RUNTIME_NOTES)
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",  # each report waits for a poll (default every 2 s)
         **case.env_vars,
     }
     if case.home_outputs:
