@@ -11,3 +11,13 @@ class ConfigError(MvaeDistError, ValueError):
 
 class DataError(MvaeDistError):
     """A data set, shard, manifest or storage location is missing, corrupt or inconsistent."""
+
+
+def one_line(exc: BaseException, *, last: bool = False) -> str:
+    """An exception's message as one line: its first non-empty line (``last``: its last, e.g. the
+    ``Error: ...`` line closing a traceback that Ray put into the message); the type's name if
+    the message is empty."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    return lines[-1] if last else lines[0]

@@ -94,7 +94,7 @@ from .config import (
     read_yaml_mapping,
     resolve_config_path,
 )
-from .errors import ConfigError, MvaeDistError
+from .errors import ConfigError, MvaeDistError, one_line
 
 #: CPU share of each trial's driver (the function that fits the trial's TorchTrainer)
 DRIVER_CPU = 0.01
@@ -778,9 +778,7 @@ def _trial_dirname(trial: Any) -> str:
 
 def _short_error(exc: Any) -> str:
     cause = getattr(exc, "cause", None) or exc
-    text = str(cause).strip() or type(cause).__name__
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return (lines[-1] if len(lines) > 1 and "Traceback" in lines[0] else lines[0])[:500]
+    return one_line(cause, last=one_line(cause).startswith("Traceback"))[:500]
 
 
 def _trial_error(trial: Any) -> str:

@@ -21,7 +21,7 @@ from ..config import (
     ray_job_working_dir,
     relative_input_hint,
 )
-from ..errors import ConfigError, DataError, MvaeDistError
+from ..errors import ConfigError, DataError, MvaeDistError, one_line
 
 
 class TrainingError(MvaeDistError):
@@ -83,10 +83,9 @@ def failure_reason(exc: BaseException) -> str:
     elif getattr(exc, "controller_failure", None) is not None:
         inner = exc.controller_failure  # type: ignore[attr-defined]
     inner = getattr(inner, "cause", None) or inner  # a RayTaskError wraps the worker's exception
-    lines = [ln.strip() for ln in str(inner).splitlines() if ln.strip()]
-    if not lines:
+    if not str(inner).strip():
         return type(inner).__name__
-    line = lines[-1] if inner is not exc else lines[0]
+    line = one_line(inner, last=inner is not exc)
     return line if ":" in line or inner is exc else f"{type(inner).__name__}: {line}"
 
 
@@ -262,9 +261,8 @@ def _init_ray(address: str | None) -> None:
         ray.init(address=address, log_to_driver=True)
         RAY_STARTED_HERE = True
     except Exception as e:
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
-        raise TrainingError(f"cannot start or reach {where}: {lines[0]}") from e
+        raise TrainingError(f"cannot start or reach {where}: {one_line(e)}") from e
 
 
 def finish_fit(cfg: TrainConfig, result: Any, tracker: Any, storage: RunStorage) -> tuple[str | None, dict]:
