@@ -157,3 +157,10 @@ def ray_cluster():
                  configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test that uses the session's Ray cluster is slow: ``-m "not slow"`` starts no Ray."""
+    for item in items:
+        if "ray_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
