@@ -11,6 +11,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,150 +65,222 @@ def quiet_ray_train_logs(level: str) -> None:
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train entry point. loop_config: {"config": TrainConfig dict, "run_id": MLflow run id,
-    "tracking_uri": str, "debug_dir": optional str}."""
-    from ..data import make_loader
+    "tracking_uri": str, "debug_dir": optional str}.
 
-    cfg = TrainConfig.from_dict(loop_config["config"])
-    quiet_ray_train_logs(cfg.train.ray_log_level)
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
-    if cfg.train.threads_per_worker:
-        torch.set_num_threads(cfg.train.threads_per_worker)
-    debug_dir = loop_config.get("debug_dir")
-    if debug_dir:  # one line per worker start: a retried worker group shows up as more lines
-        Path(debug_dir).mkdir(parents=True, exist_ok=True)
-        with open(Path(debug_dir) / "starts.log", "a") as f:
-            f.write(f"{rank} {os.getpid()}\n")
+    Every rank runs the same sequence; what only rank 0 does (MLflow, evaluation, console lines)
+    goes through ``w.log``, which does nothing on the other ranks."""
+    w = _Worker.start(loop_config)             # model, DDP, optimiser, loader, restored position
+    while w.epochs_left() and not w.done:
+        if not w.train_epoch():                # steps to the epoch's end or train.max_steps
+            w.give_up()                        # too many non-finite losses: no checkpoint of it
+            return
+        w.end_epoch()                          # evaluation (rank 0), report + checkpoint
+    w.finish()                                 # rank 0: the final model into the MLflow run
 
-    torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
-    model = build_model(cfg.model).to(device)
-    step_module = TrainStep(model, cfg.objective)
-    if world > 1:
-        ids = [device] if device.type == "cuda" else None
-        module: torch.nn.Module = DistributedDataParallel(step_module, device_ids=ids)
-        group = TorchCrossRank(rank, world)
-    else:
-        module, group = step_module, None
-    opt = make_optimizer(model.parameters(), cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.amsgrad)
 
-    storage_options = load_storage_options(cfg.data.storage_options_file, "data.storage_options_file")
-    loader = make_loader(cfg.data.url, cfg.data.train_split, cfg.data.batch_size, rank=rank,
-                         world_size=world, num_workers=cfg.data.loader_workers, seed=cfg.train.seed,
-                         shuffle_buffer=cfg.data.shuffle_buffer, storage_options=storage_options)
-    steps_per_epoch = len(loader)
-    total = cfg.train.epochs * steps_per_epoch
-    if cfg.train.max_steps:
-        total = min(total, cfg.train.max_steps)
-    sched = make_scheduler(opt, cfg.optim.schedule, total)
+class _OffRank:
+    """The tracker of ranks other than 0: every call does nothing."""
 
-    pos = Position()
-    nonfinite = 0
-    resumed_from = None
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
+
+
+@dataclass
+class _Worker:
+    """One rank's training state (see ``train_loop_per_worker`` for the sequence)."""
+
+    cfg: TrainConfig
+    rank: int
+    world: int
+    device: torch.device
+    model: torch.nn.Module
+    module: torch.nn.Module                    # what steps: TrainStep, DDP-wrapped when world > 1
+    group: TorchCrossRank | None
+    opt: torch.optim.Optimizer
+    sched: Any
+    loader: Any
+    total: int                                 # steps this run will take
+    storage_options: dict | None
+    debug_dir: str | None
+    log: Any                                   # a Tracker on rank 0, _OffRank elsewhere
+    pos: Position = field(default_factory=Position)
+    nonfinite: int = 0
+    resumed_from: int | None = None
+    classifiers: Any = None
+    last_eval: dict[str, float] = field(default_factory=dict)  # every report carries it (Tune's metrics)
+    window: list[dict[str, float]] = field(default_factory=list)
+    t_window: float = field(default_factory=time.perf_counter)
+    last_loss: float = float("nan")
+    done: bool = False
+
+    # ------------------------------------------------------------------ the sequence
+    @classmethod
+    def start(cls, loop_config: dict[str, Any]) -> _Worker:
+        from ..data import make_loader
+
+        cfg = TrainConfig.from_dict(loop_config["config"])
+        quiet_ray_train_logs(cfg.train.ray_log_level)
+        ctx = ray.train.get_context()
+        rank, world = ctx.get_world_rank(), ctx.get_world_size()
+        device = ray.train.torch.get_device()
+        if cfg.train.threads_per_worker:
+            torch.set_num_threads(cfg.train.threads_per_worker)
+        debug_dir = loop_config.get("debug_dir")
+        if debug_dir:  # one line per worker start: a retried worker group shows up as more lines
+            Path(debug_dir).mkdir(parents=True, exist_ok=True)
+            with open(Path(debug_dir) / "starts.log", "a") as f:
+                f.write(f"{rank} {os.getpid()}\n")
+
+        torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
+        model = build_model(cfg.model).to(device)
+        module: torch.nn.Module = TrainStep(model, cfg.objective)
+        group = None
+        if world > 1:
+            module = DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None)
+            group = TorchCrossRank(rank, world)
+        opt = make_optimizer(model.parameters(), cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.amsgrad)
+        options = load_storage_options(cfg.data.storage_options_file, "data.storage_options_file")
+        loader = make_loader(cfg.data.url, cfg.data.train_split, cfg.data.batch_size, rank=rank,
+                             world_size=world, num_workers=cfg.data.loader_workers, seed=cfg.train.seed,
+                             shuffle_buffer=cfg.data.shuffle_buffer, storage_options=options)
+        total = cfg.train.epochs * len(loader)
+        if cfg.train.max_steps:
+            total = min(total, cfg.train.max_steps)
+        sched = make_scheduler(opt, cfg.optim.schedule, total)
+        w = cls(cfg, rank, world, device, model, module, group, opt, sched, loader, total, options,
+                debug_dir, _OffRank())
+        w.restore()
+        if rank == 0:
+            w.open_tracking(loop_config)
+        _debug(debug_dir, rank, step=w.pos.step, resumed_from=w.resumed_from)
+        w.done = bool(cfg.train.max_steps and w.pos.step >= cfg.train.max_steps)
+        return w
+
+    def restore(self) -> None:
+        """Model, optimiser, scheduler and position from Ray Train's latest checkpoint, if any."""
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None:
+            return
         with ckpt.as_directory() as d:
-            meta = load_checkpoint(d, model=model, optimizer=opt, scheduler=sched, map_location=device)
-        pos = meta["position"]
-        nonfinite = int(meta["extra"].get("nonfinite_steps", 0))
-        resumed_from = pos.step
+            meta = load_checkpoint(d, model=self.model, optimizer=self.opt, scheduler=self.sched,
+                                   map_location=self.device)
+        self.pos = meta["position"]
+        self.nonfinite = int(meta["extra"].get("nonfinite_steps", 0))
+        self.resumed_from = self.pos.step
 
-    tracker = None
-    if rank == 0:
+    def open_tracking(self, loop_config: dict[str, Any]) -> None:
+        """Rank 0: continue the driver's MLflow run (only the driver counts resumes) and load the
+        digit classifiers its evaluations use."""
         from ..tracking import Tracker
 
-        tracker = Tracker(loop_config.get("tracking_uri"), cfg.tracking.experiment)
-        tracker.continue_run(loop_config["run_id"])  # the driver's run; only the driver counts resumes
-        if resumed_from is not None:
-            tracker.log_metrics({"resumed_from_step": resumed_from}, step=pos.step)
-    _debug(debug_dir, rank, step=pos.step, resumed_from=resumed_from)
-    classifiers = None
-    if tracker is not None and cfg.train.eval_every:
-        from ..evaluate import load_eval_classifiers
+        cfg = self.cfg
+        self.log = Tracker(loop_config.get("tracking_uri"), cfg.tracking.experiment)
+        self.log.continue_run(loop_config["run_id"])
+        if self.resumed_from is not None:
+            self.log.log_metrics({"resumed_from_step": self.resumed_from}, step=self.pos.step)
+        if cfg.train.eval_every:
+            from ..evaluate import load_eval_classifiers
 
-        classifiers = load_eval_classifiers(cfg, storage_options, required=False, device=device)
-        if classifiers is None and cfg.eval.classifiers != "none":
-            _say(f"[{cfg.train.name}] no digit classifiers for {cfg.data.url}: evaluation logs the "
-                 f"likelihood only (train them: mvae-dist classifiers train --data {cfg.data.url})")
+            self.classifiers = load_eval_classifiers(cfg, self.storage_options, required=False,
+                                                     device=self.device)
+            if self.classifiers is None and cfg.eval.classifiers != "none":
+                _say(f"[{cfg.train.name}] no digit classifiers for {cfg.data.url}: evaluation logs the "
+                     f"likelihood only (train them: mvae-dist classifiers train --data {cfg.data.url})")
 
-    last_eval: dict[str, float] = {}  # every report carries the latest evaluation (Tune schedulers need it)
+    def epochs_left(self) -> bool:
+        return self.pos.epoch < self.cfg.train.epochs
 
-    def report(metrics: dict[str, float], with_checkpoint: bool) -> None:
-        metrics = {**last_eval, **metrics, "step": pos.step, "epoch": pos.epoch, "nonfinite_steps": nonfinite}
+    def train_epoch(self) -> bool:
+        """Steps from the current position to the epoch's end (or train.max_steps: ``done``).
+        -> False when the non-finite losses passed train.max_nonfinite."""
+        cfg, pos = self.cfg, self.pos
+        self.loader.set_epoch(pos.epoch)
+        self.model.train()
+        for i, batch in enumerate(self.loader):
+            if i < pos.batch_in_epoch:  # resume: the epoch's order is fixed by (seed, epoch)
+                continue
+            xs = [x.to(self.device, non_blocking=True) for x in batch["xs"]]
+            g = step_generator(cfg.train.seed, pos.step, self.device)
+            stats, stepped = apply_step(self.module, self.opt, self.sched, xs, g, self.group,
+                                        cfg.optim.grad_clip)
+            pos.batch_in_epoch = i + 1
+            if not stepped:
+                self.nonfinite += 1
+                if self.nonfinite > cfg.train.max_nonfinite:
+                    return False
+                continue
+            pos.step += 1
+            self.window.append(stats)
+            self.last_loss = float(stats["loss"])
+            _debug(self.debug_dir, self.rank, step=pos.step, resumed_from=self.resumed_from)
+            if self.rank == 0 and pos.step % cfg.train.log_every == 0:
+                self.log_window()
+            if cfg.train.checkpoint_every and pos.step % cfg.train.checkpoint_every == 0:
+                self.report({k: float(v) for k, v in stats.items()}, with_checkpoint=True)
+            if cfg.train.max_steps and pos.step >= cfg.train.max_steps:
+                self.done = True
+                break
+        return True
+
+    def log_window(self) -> None:
+        """Rank 0: the mean of the steps since the last log line, to MLflow and the console."""
+        cfg, window = self.cfg, self.window
+        dt = time.perf_counter() - self.t_window
+        mean = {k: sum(s[k] for s in window) / len(window) for k in window[0]}
+        mean["pairs_per_s"] = len(window) * cfg.data.batch_size * self.world / max(dt, 1e-9)
+        mean["nonfinite_steps"] = self.nonfinite
+        self.log.log_metrics(mean, step=self.pos.step)
+        _say(f"[{cfg.train.name}] step {self.pos.step}/{self.total} "
+             f"epoch {self.pos.epoch + 1}/{cfg.train.epochs} "
+             f"loss {mean['loss']:.1f} {mean['pairs_per_s']:.0f} pairs/s")
+        self.window, self.t_window = [], time.perf_counter()
+
+    def end_epoch(self) -> None:
+        """Advance the position past a finished epoch, evaluate when due (rank 0), report with a
+        checkpoint (every rank: a report is a barrier)."""
+        cfg, pos = self.cfg, self.pos
+        if pos.batch_in_epoch >= len(self.loader) or not self.done:
+            pos.epoch, pos.batch_in_epoch = pos.epoch + 1, 0
+        due = cfg.train.eval_every and (pos.epoch % cfg.train.eval_every == 0 or self.done
+                                        or pos.epoch >= cfg.train.epochs)
+        if self.rank == 0 and due:
+            self.last_eval.update(_evaluate(self.model, cfg, self.log, pos.step, self.storage_options,
+                                            self.classifiers))
+        self.report({"epoch_loss": self.last_loss}, with_checkpoint=True)
+
+    def report(self, metrics: dict[str, float], with_checkpoint: bool) -> None:
+        """``ray.train.report`` on every rank; rank 0 adds the checkpoint (model, optimiser,
+        scheduler, position, config)."""
+        metrics = {**self.last_eval, **metrics, "step": self.pos.step, "epoch": self.pos.epoch,
+                   "nonfinite_steps": self.nonfinite}
         if not with_checkpoint:
             ray.train.report(metrics)
             return
         with tempfile.TemporaryDirectory() as tmp:
             ck = None
-            if rank == 0:
-                save_checkpoint(tmp, model=model, optimizer=opt, scheduler=sched, position=pos,
-                                config=cfg.to_dict(), extra={"nonfinite_steps": nonfinite})
+            if self.rank == 0:
+                save_checkpoint(tmp, model=self.model, optimizer=self.opt, scheduler=self.sched,
+                                position=self.pos, config=self.cfg.to_dict(),
+                                extra={"nonfinite_steps": self.nonfinite})
                 ck = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=ck)
 
-    window: list[dict[str, float]] = []
-    last_loss = float("nan")
-    t_window = time.perf_counter()
-    aborted = False
-    done = cfg.train.max_steps and pos.step >= cfg.train.max_steps
-    while pos.epoch < cfg.train.epochs and not done and not aborted:
-        loader.set_epoch(pos.epoch)
-        model.train()
-        for i, batch in enumerate(loader):
-            if i < pos.batch_in_epoch:  # resume: the epoch's order is fixed by (seed, epoch)
-                continue
-            xs = [x.to(device, non_blocking=True) for x in batch["xs"]]
-            g = step_generator(cfg.train.seed, pos.step, device)
-            stats, stepped = apply_step(module, opt, sched, xs, g, group, cfg.optim.grad_clip)
-            pos.batch_in_epoch = i + 1
-            if not stepped:
-                nonfinite += 1
-                if nonfinite > cfg.train.max_nonfinite:
-                    aborted = True
-                    break
-                continue
-            pos.step += 1
-            window.append(stats)
-            last_loss = float(stats["loss"])
-            _debug(debug_dir, rank, step=pos.step, resumed_from=resumed_from)
-            if tracker is not None and pos.step % cfg.train.log_every == 0:
-                dt = time.perf_counter() - t_window
-                mean = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
-                mean["pairs_per_s"] = len(window) * cfg.data.batch_size * world / max(dt, 1e-9)
-                mean["nonfinite_steps"] = nonfinite
-                tracker.log_metrics(mean, step=pos.step)
-                _say(f"[{cfg.train.name}] step {pos.step}/{total} epoch {pos.epoch + 1}/{cfg.train.epochs} "
-                     f"loss {mean['loss']:.1f} {mean['pairs_per_s']:.0f} pairs/s")
-                window, t_window = [], time.perf_counter()
-            if cfg.train.checkpoint_every and pos.step % cfg.train.checkpoint_every == 0:
-                report({k: float(v) for k, v in stats.items()}, with_checkpoint=True)
-            if cfg.train.max_steps and pos.step >= cfg.train.max_steps:
-                done = True
-                break
-        if aborted:
-            break
-        if pos.batch_in_epoch >= steps_per_epoch or not done:
-            pos.epoch, pos.batch_in_epoch = pos.epoch + 1, 0
-        metrics = {"epoch_loss": last_loss}
-        if tracker is not None and cfg.train.eval_every and (
-            pos.epoch % cfg.train.eval_every == 0 or done or pos.epoch >= cfg.train.epochs
-        ):
-            last_eval.update(_evaluate(model, cfg, tracker, pos.step, storage_options, classifiers))
-        report(metrics, with_checkpoint=True)
-
-    if aborted:  # no checkpoint of the diverged state: the last one reported stays the run's latest
-        if tracker is not None:
+    def give_up(self) -> None:
+        """Too many non-finite losses: the run's reason as an MLflow tag, the run FAILED, and a last
+        report WITHOUT a checkpoint (the last one reported stays the run's latest, a good state)."""
+        if self.rank == 0:
             from ..tracking import FAILURE_TAG
 
-            tracker.set_tags({FAILURE_TAG: f"stopped after {nonfinite} non-finite losses "
-                                           f"(train.max_nonfinite = {cfg.train.max_nonfinite})"})
-            tracker.end("FAILED")
-        report({"aborted_nonfinite": 1.0}, with_checkpoint=False)
-        return
-    if tracker is not None:
-        tracker.set_tags({"model_step": pos.step})  # the logged model's step (load_run_model)
-        tracker.log_model(model, cfg.to_dict())
-        tracker.end("FINISHED")
+            self.log.set_tags({FAILURE_TAG: f"stopped after {self.nonfinite} non-finite losses "
+                                            f"(train.max_nonfinite = {self.cfg.train.max_nonfinite})"})
+            self.log.end("FAILED")
+        self.report({"aborted_nonfinite": 1.0}, with_checkpoint=False)
+
+    def finish(self) -> None:
+        """Rank 0: the final model (and its step) into the MLflow run, which ends FINISHED."""
+        self.log.set_tags({"model_step": self.pos.step})  # the logged model's step (load_run_model)
+        self.log.log_model(self.model, self.cfg.to_dict())
+        self.log.end("FINISHED")
 
 
 def _evaluate(model, cfg: TrainConfig, tracker, step: int, storage_options,
