@@ -141,30 +141,32 @@ def verify(url: str, storage_options: dict | None = None, splits: list[str] | No
     Returns {"shards": n, "bytes": total, "splits": [...]}; the first mismatch is a DataError
     naming the shard. Reads every byte of the data set.
     """
-    m = open_manifest(url, storage_options)
-    fs, _ = url_to_fs(m["prefix"], storage_options)
-    names = splits or list(m["splits"])
-    n = total = 0
-    for name in names:
-        if name not in m["splits"]:
-            raise DataError(f"split {name!r} not in {url} (has {sorted(m['splits'])})")
-        for s in m["splits"][name]["shards"]:
-            shard_url = join(m["prefix"], s["path"])
-            _, path = url_to_fs(shard_url, storage_options)
-            try:
-                data = fs.cat_file(path)
-            except FileNotFoundError:
-                raise DataError(f"shard missing: {shard_url}") from None
-            check_shard_bytes(data, s, shard_url)
-            n += 1
-            total += len(data)
-    return {"shards": n, "bytes": total, "splits": names}
+    def check(fs: fsspec.AbstractFileSystem, path: str, entry: dict, shard_url: str) -> int:
+        data = fs.cat_file(path)
+        check_shard_bytes(data, entry, shard_url)
+        return len(data)
+
+    return _each_shard(url, storage_options, splits, check)
 
 
 def check_present(url: str, storage_options: dict | None = None, splits: list[str] | None = None) -> dict:
     """Check every shard's presence and size against the manifest, reading no shard bytes (one
     metadata request per shard). -> {"shards": n, "bytes": total, "splits": [...]}; the first
     missing or wrong-sized shard is a DataError naming it. ``verify`` also checks sha256."""
+    def check(fs: fsspec.AbstractFileSystem, path: str, entry: dict, shard_url: str) -> int:
+        size = fs.size(path)
+        if size != entry["bytes"]:
+            raise DataError(
+                f"truncated or corrupt shard {shard_url}: {size} bytes, manifest says {entry['bytes']}"
+            )
+        return size
+
+    return _each_shard(url, storage_options, splits, check)
+
+
+def _each_shard(url: str, storage_options: dict | None, splits: list[str] | None, check: Any) -> dict:
+    """Run ``check(fs, path, entry, shard_url) -> bytes`` on every shard of ``splits`` (all by
+    default); a missing shard or split is a DataError naming it. -> the totals."""
     m = open_manifest(url, storage_options)
     fs, _ = url_to_fs(m["prefix"], storage_options)
     names = splits or list(m["splits"])
@@ -172,19 +174,14 @@ def check_present(url: str, storage_options: dict | None = None, splits: list[st
     for name in names:
         if name not in m["splits"]:
             raise DataError(f"split {name!r} not in {url} (has {sorted(m['splits'])})")
-        for s in m["splits"][name]["shards"]:
-            shard_url = join(m["prefix"], s["path"])
+        for entry in m["splits"][name]["shards"]:
+            shard_url = join(m["prefix"], entry["path"])
             _, path = url_to_fs(shard_url, storage_options)
             try:
-                size = fs.size(path)
+                total += check(fs, path, entry, shard_url)
             except FileNotFoundError:
                 raise DataError(f"shard missing: {shard_url}") from None
-            if size != s["bytes"]:
-                raise DataError(
-                    f"truncated or corrupt shard {shard_url}: {size} bytes, manifest says {s['bytes']}"
-                )
             n += 1
-            total += size
     return {"shards": n, "bytes": total, "splits": names}
 
 
