@@ -950,7 +950,7 @@ def _check_metric_inputs(spec: SweepSpec, data_options: dict | None) -> None:
     if not spec.metric.startswith("coherence"):
         return
     from .config import TrainConfig
-    from .evaluate import load_eval_classifiers
+    from .eval.evaluation import load_eval_classifiers
 
     cfg = TrainConfig.from_dict(spec.base)
     if cfg.eval.classifiers == "none":

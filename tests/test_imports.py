@@ -22,3 +22,47 @@ def test_core_imports_without_distributed_stack():
     out = subprocess.run([sys.executable, "-c", BLOCK], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+#: the launchers: commands and studies, built on the library; the library never imports them
+LAUNCHERS = ("mvae_dist.cli", "mvae_dist.sweep", "mvae_dist.experiments", "mvae_dist.bench",
+             "mvae_dist.bench_dist", "mvae_dist.evaluate", "mvae_dist.propagate.scale")
+#: the library: everything a launcher builds on
+LIBRARY = ("models", "objectives", "data", "eval", "train", "tracking.py", "config.py", "errors.py",
+           "trained.py")
+
+
+def _imports(path, package: str) -> set[str]:
+    """Absolute names of the modules a file imports (relative imports resolved), at any depth
+    (imports inside functions count)."""
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = package.split(".")
+            mod = node.module or ""
+            if node.level:
+                base = base[: len(base) - node.level + 1]
+                mod = ".".join([*base, mod] if mod else base)
+            names |= {mod} | {f"{mod}.{a.name}" for a in node.names}
+    return names
+
+
+def test_the_library_never_imports_a_launcher():
+    from pathlib import Path
+
+    root = Path(__file__).parents[1] / "mvae_dist"
+    files = [p for entry in LIBRARY for p in ([root / entry] if entry.endswith(".py")
+                                             else sorted((root / entry).rglob("*.py")))]
+    assert len(files) > 40
+    bad = []
+    for f in files:
+        rel = f.relative_to(root.parent).with_suffix("")
+        package = ".".join(rel.parts[:-1])  # the package a relative import starts from
+        for name in _imports(f, package):
+            if any(name == launcher or name.startswith(launcher + ".") for launcher in LAUNCHERS):
+                bad.append(f"{rel}: {name}")
+    assert not bad, bad

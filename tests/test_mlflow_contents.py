@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from mvae_dist.config import TrainConfig, applicable
-from mvae_dist.evaluate import logged_metrics
+from mvae_dist.eval.evaluation import logged_metrics
 from mvae_dist.experiments.common import metric_key, study_metrics
 
 

@@ -139,7 +139,7 @@ def run_arm(study: Study, arm: str, overrides: Mapping[str, Any], *, settings: M
             classifiers: Any, evaluate: bool = True, seed: int = 0) -> dict[str, Any]:
     """Train one arm as a child run of the study (training seed ``seed``: train.seed = the base
     config's + seed), evaluate it -> its row (settings + metrics), one of ``study.runs``."""
-    from ..evaluate import evaluate_and_log
+    from ..eval.evaluation import evaluate_and_log
     from ..tracking import Tracker
     from ..train.driver import fit
     from ..trained import load_trained

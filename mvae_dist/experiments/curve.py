@@ -43,7 +43,7 @@ def learning_curve(cfg: TrainConfig, *, steps: int, eval_every: int,
     from ..config import load_storage_options
     from ..data import make_loader
     from ..eval.metrics import evaluate_model
-    from ..evaluate import load_eval_classifiers
+    from ..eval.evaluation import load_eval_classifiers
     from ..models import build_model
     from ..train.step import TrainStep, apply_step, make_optimizer, make_scheduler, step_generator
 

@@ -179,7 +179,7 @@ class _Worker:
         if self.resumed_from is not None:
             self.log.log_metrics({"resumed_from_step": self.resumed_from}, step=self.pos.step)
         if cfg.train.eval_every:
-            from ..evaluate import load_eval_classifiers
+            from ..eval.evaluation import load_eval_classifiers
 
             self.classifiers = load_eval_classifiers(cfg, self.storage_options, required=False,
                                                      device=self.device)
@@ -288,7 +288,7 @@ def _evaluate(model, cfg: TrainConfig, tracker, step: int, storage_options,
     """Rank 0: the paper's metrics (``evaluate.evaluate_and_log``: one seed; log p(x_1..M) with
     train.eval_K samples on train.eval_batches batches) and the image grids, logged to MLflow.
     -> what the next Ray Train reports carry (Tune's metrics), incl. ``test_log_joint``."""
-    from ..evaluate import evaluate_and_log
+    from ..eval.evaluation import evaluate_and_log
 
     n_ll = cfg.train.eval_batches * cfg.data.batch_size
     flat, _ = evaluate_and_log(model, cfg, tracker=tracker, step=step, classifiers=classifiers, seeds=1,
