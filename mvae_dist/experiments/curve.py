@@ -42,8 +42,8 @@ def learning_curve(cfg: TrainConfig, *, steps: int, eval_every: int,
     """
     from ..config import load_storage_options
     from ..data import make_loader
-    from ..eval.metrics import evaluate_model
     from ..eval.evaluation import load_eval_classifiers
+    from ..eval.metrics import evaluate_model
     from ..models import build_model
     from ..train.step import TrainStep, apply_step, make_optimizer, make_scheduler, step_generator
 
