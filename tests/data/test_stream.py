@@ -205,3 +205,27 @@ def test_missing_shard_and_bad_arguments(small_copy):
 
 def test_manifest_prefix_recorded(small_dataset):
     assert open_manifest(small_dataset)["prefix"] == small_dataset
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_resumed_loader_yields_exactly_the_next_batches(small_dataset, num_workers):
+    """What a training worker does after a restart mid-epoch: a fresh loader (another process),
+    set to the checkpoint's epoch, skipping the batches already trained, yields exactly the
+    batches the interrupted one would have yielded next, on every rank."""
+    world, stop = 2, 3
+    for rank in range(world):
+        def loader(rank=rank):
+            return make_loader(small_dataset, "train", 8, seed=5, rank=rank, world_size=world,
+                               num_workers=num_workers, shuffle_buffer=50)
+
+        first = loader()
+        first.set_epoch(2)
+        whole = [b["key"] for b in first]
+        assert len(whole) > stop + 1
+        resumed = loader()
+        resumed.set_epoch(2)
+        rest = [b["key"] for i, b in enumerate(resumed) if i >= stop]
+        assert rest == whole[stop:], rank
+        other = loader()
+        other.set_epoch(3)
+        assert [b["key"] for b in other][stop:] != whole[stop:]  # the epoch, not chance, fixes it
