@@ -11,11 +11,13 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from mvae_dist.config import ObjectiveConfig
 from mvae_dist.models import build_model
-from mvae_dist.objectives import training_loss
 from mvae_dist.train.dist import TorchCrossRank, global_slice
+from mvae_dist.train.step import TrainStep, apply_step, make_scheduler, step_generator
 
 B, N, K, GAMMA = 4, 3, 3, 2.0
+SEED, STEP = 3, 7  # the run's seed and the step number: step_generator(SEED, STEP) draws everything
 
 
 def setup(name: str, specs: list[str], world: int):
@@ -28,35 +30,36 @@ def setup(name: str, specs: list[str], world: int):
     return model, xs
 
 
-def loss_fn(model, xs, estimator: str, g, group=None):
-    objective = "baseline" if estimator == "baseline" else "contrastive"
-    return training_loss(model, xs, objective=objective, K=K, N=N, gamma=GAMMA,
-                         estimator="iwae" if estimator == "baseline" else estimator,
-                         generator=g, group=group)
+def objective(estimator: str) -> ObjectiveConfig:
+    """The ObjectiveConfig of a case: "baseline", or the contrastive objective with ``estimator``."""
+    if estimator == "baseline":
+        return ObjectiveConfig(name="baseline", K=K, baseline_estimator="iwae").validate()
+    return ObjectiveConfig(name="contrastive", estimator=estimator, K=K, N=N, gamma=GAMMA).validate()
 
 
-class Step(torch.nn.Module):
-    """Model + objective as the one module DDP wraps (forward returns the loss)."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, xs, estimator, group, seed):
-        g = torch.Generator().manual_seed(seed)  # identical draws on every rank
-        return loss_fn(self.model, xs, estimator, g, group)
+def reference(name: str, specs: list[str], estimator: str, world: int):
+    """One process on the concatenated batch, the production TrainStep -> (loss, grads)."""
+    model, xs = setup(name, specs, world)
+    loss, _ = TrainStep(model, objective(estimator))(xs, step_generator(SEED, STEP))
+    loss.backward()
+    return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
 
 
 def main(rank: int, world: int, port: int, name: str, specs: list[str], estimator: str, out: str):
+    """One rank of the production step: TrainStep wrapped in DDP, driven by apply_step with the
+    step's generator, as the Ray Train worker does (SGD with lr 0 keeps the gradients to compare
+    and the parameters unchanged)."""
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         model, xs = setup(name, specs, world)
-        step = DDP(Step(model))
+        module = DDP(TrainStep(model, objective(estimator)))
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
         local = [x[global_slice(rank, B)] for x in xs]
-        loss, _ = step(local, estimator, TorchCrossRank.from_process_group(), 7)
-        loss.backward()
-        logged = loss.detach().clone()
+        stats, stepped = apply_step(module, opt, make_scheduler(opt, "constant", 1), local,
+                                    step_generator(SEED, STEP), TorchCrossRank.from_process_group())
+        assert stepped
+        logged = torch.tensor(stats["loss"], dtype=torch.float64)
         dist.all_reduce(logged)  # the logged loss is the global mean; the trained one is local
         grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
         if rank == 0:

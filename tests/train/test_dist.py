@@ -4,7 +4,8 @@ Each rank computes the training loss (eq. 4 plus the model's own terms) for its 
 with negatives drawn from all W*B items; the model is wrapped in DistributedDataParallel, so
 the gradients after backward are DDP's average. Both must match one process on the
 concatenated batch with the same negative indices and noise, to 1e-5 relative (float64
-here, so the match is much tighter). The ranks are separate interpreters (dist_worker.py).
+here, so the match is much tighter). The ranks run the production step (``TrainStep`` in DDP,
+``apply_step``, ``step_generator``) in separate interpreters (dist_worker.py).
 """
 
 import importlib.util
@@ -48,11 +49,8 @@ def test_two_gloo_ranks_equal_one_process(name, specs, estimator, tmp_path):
     assert codes == [0] * W
     got = torch.load(out)
 
-    model, xs = worker.setup(name, specs, W)
-    loss, _ = worker.loss_fn(model, xs, estimator, torch.Generator().manual_seed(7))
-    loss.backward()
-    torch.testing.assert_close(got["loss"], loss.detach(), rtol=1e-10, atol=1e-10)
-    want = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    loss, want = worker.reference(name, specs, estimator, W)
+    torch.testing.assert_close(got["loss"], loss, rtol=1e-10, atol=1e-10)
     assert got["grads"].keys() == want.keys()
     for n in want:
         torch.testing.assert_close(got["grads"][n], want[n], rtol=1e-8, atol=1e-10,
