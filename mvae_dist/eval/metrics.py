@@ -54,9 +54,8 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..models.base import MultimodalVAE
-from ..models.distributions import poe_normal, standard_noise
+from ..models.distributions import standard_noise
 from ..models.mmvae import MMVAE
-from ..models.mvae import MVAE
 from ..objectives.joint import check_K, log_joint
 from .classifiers import predict
 
@@ -114,27 +113,13 @@ def latent_accuracy(z_train: Tensor, y_train: Tensor, z_test: Tensor, y_test: Te
 
 # --------------------------------------------------------------------------- posteriors
 def joint_posterior(model: MultimodalVAE, xs: Sequence[Tensor]) -> tuple[Tensor, Tensor] | None:
-    """The model's q(z | x_1..M) as (loc [B, L], scale [B, L]); None for MMVAE (a mixture).
-
-    MVAE: product of the unimodal experts and the prior expert; JMVAE (or any model with a
-    ``joint_posterior`` method): that method. TypeError for other models.
-    """
-    if isinstance(model, MMVAE):
-        return None
-    if isinstance(model, MVAE):
-        posts = model.encode(list(xs))
-        return poe_normal(torch.stack([p[0] for p in posts]), torch.stack([p[1] for p in posts]))
-    if callable(getattr(model, "joint_posterior", None)):
-        return model.joint_posterior(list(xs))
-    raise TypeError(f"no joint posterior known for {type(model).__name__}: "
-                    "give it a joint_posterior(xs) -> (loc, scale) method")
+    """The model's q(z | x_1..M) as (loc [B, L], scale [B, L]); None for MMVAE (a mixture)."""
+    return model.joint_posterior(list(xs))
 
 
 def joint_posterior_mean(model: MultimodalVAE, xs: Sequence[Tensor]) -> Tensor:
     """Mean of q(z | x_1..M): [B, L]. MMVAE: the mixture's mean, the average of the experts' locs."""
-    if isinstance(model, MMVAE):
-        return torch.stack([loc for loc, _ in model.encode(list(xs))]).mean(0)
-    return joint_posterior(model, xs)[0]
+    return model.joint_posterior_mean(list(xs))
 
 
 def synergy_not_applicable(model: MultimodalVAE) -> str | None:

@@ -169,6 +169,18 @@ class MultimodalVAE(nn.Module):
         """The model's q(z | x_m), the proposal of log p(x_m): (loc [B, L], scale [B, L])."""
         return self.modalities[m].encode(x)
 
+    def joint_posterior(self, xs: list[Tensor]) -> tuple[Tensor, Tensor] | None:
+        """The model's own q(z | x_1..M) as (loc [B, L], scale [B, L]), or None when it is not one
+        distribution of the family (MMVAE's mixture). Every model answers it."""
+        raise NotImplementedError(f"{type(self).__name__} must define joint_posterior(xs)")
+
+    def joint_posterior_mean(self, xs: list[Tensor]) -> Tensor:
+        """The mean of q(z | x_1..M): [B, L] (the latent code of the latent-accuracy metric)."""
+        post = self.joint_posterior(xs)
+        if post is None:
+            raise NotImplementedError(f"{type(self).__name__} must define joint_posterior_mean(xs)")
+        return post[0]
+
     def extra_loss(self, xs: list[Tensor], generator: torch.Generator | None = None, *,
                    rank: int = 0, world_size: int = 1) -> Tensor | None:
         """Model-specific training terms added to the joint objective (per item, [B]); None here.

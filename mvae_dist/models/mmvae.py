@@ -29,6 +29,15 @@ class MMVAE(MultimodalVAE):
     def samples_per_k(self) -> int:  # type: ignore[override]
         return self.M
 
+    def joint_posterior(self, xs: list[Tensor]) -> None:
+        """None: q(z | x_1..M) is the uniform mixture 1/M sum_m q(z | x_m), not one Laplace."""
+        self._check_xs(xs)
+        return None
+
+    def joint_posterior_mean(self, xs: list[Tensor]) -> Tensor:
+        """The mixture's mean, the average of the experts' locs: [B, L]."""
+        return torch.stack([loc for loc, _ in self.encode(list(xs))]).mean(0)
+
     def prepare(self, xs: list[Tensor], K: int, eps: Tensor | None = None,
                 detach_q: bool = False) -> PassState:
         posts = self.encode(xs)

@@ -49,6 +49,11 @@ class MVAE(MultimodalVAE):
         loc, scale = self.modalities[m].encode(x)
         return poe_normal(loc.unsqueeze(0), scale.unsqueeze(0))
 
+    def joint_posterior(self, xs: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """The product of the unimodal experts and the prior expert: (loc [B, L], scale [B, L])."""
+        posts = self.encode(list(xs))
+        return poe_normal(torch.stack([p[0] for p in posts]), torch.stack([p[1] for p in posts]))
+
     def extra_loss(self, xs: list[Tensor], generator: torch.Generator | None = None, *,
                    rank: int = 0, world_size: int = 1) -> Tensor:
         """-Σ_m ELBO(x_m) with q(z | x_m) = PoE(prior, expert m), one sample each: [B]."""
