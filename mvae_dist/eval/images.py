@@ -18,14 +18,14 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..models.base import evaluating
 from ..models.distributions import standard_noise
 
 #: pixels between cells, and between the blocks / panels of one figure
@@ -47,13 +47,13 @@ def reconstruction_grid(model: nn.Module, xs: Sequence[Tensor], n: int = 8, *, s
     posterior (``model.unimodal_posterior``; for MVAE the product with the prior expert); z is its
     loc, or a sample when ``sample`` is True. xs: M tensors [B, *event_m] -> uint8 [H, W, 3].
     """
-    with _inference(model) as dev:
+    with evaluating(model) as dev:
         xs = _take(xs, n, model, dev)
         gen = _generator(generator)
         panels = []
         for m, x in enumerate(xs):
             z = _posterior_z(model, x, m, sample, gen)
-            rec = _decode(model, m, z)
+            rec = model.decode_mean(m, z).float().cpu()
             panels.append(_rows_image([x, rec], [m, m], _vector_ranges([x, rec], [m, m])))
         return _hstack(panels)
 
@@ -67,7 +67,7 @@ def cross_generation_grid(model: nn.Module, xs: Sequence[Tensor], n: int = 8, *,
     modality m' in order, column j generated from input j. z is the loc of the model's unimodal
     posterior (a sample when ``sample`` is True). xs: M tensors [B, *event_m] -> uint8 [H, W, 3].
     """
-    with _inference(model) as dev:
+    with evaluating(model) as dev:
         xs = _take(xs, n, model, dev)
         gen = _generator(generator)
         M = len(xs)
@@ -77,7 +77,7 @@ def cross_generation_grid(model: nn.Module, xs: Sequence[Tensor], n: int = 8, *,
             rows, mods = [x], [m]
             for t in range(M):
                 if t != m:
-                    rows.append(_decode(model, t, z))
+                    rows.append(model.decode_mean(t, z).float().cpu())
                     mods.append(t)
             blocks_rows.append((rows, mods))
         # One value range per modality over the whole figure, and one cell size for all blocks.
@@ -98,11 +98,11 @@ def joint_generation_grid(model: nn.Module, n: int = 64,
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    with _inference(model):
+    with evaluating(model):
         gen = _generator(generator)
         # Draw on the CPU with the (CPU) generator, then move: the same grid on any device.
         z = model.sample_prior(n, gen)
-        outs = [_decode(model, m, z) for m in range(len(model.modalities))]
+        outs = [model.decode_mean(m, z).float().cpu() for m in range(len(model.modalities))]
         ranges = _vector_ranges(outs, list(range(len(outs))))
         ncol = math.ceil(math.sqrt(n))
         panels = []
@@ -261,19 +261,6 @@ def cell(grid: np.ndarray, row: int, col: int, cell_hw: tuple[int, int], origin:
 
 
 # ---------------------------------------------------------------------------- model helpers
-@contextmanager
-def _inference(model: nn.Module) -> Iterator[torch.device]:
-    """Eval mode and no grad for the duration; yields the model's device; restores the mode."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            p = next(model.parameters(), None)
-            yield p.device if p is not None else torch.device("cpu")
-    finally:
-        model.train(was_training)
-
-
 def _generator(generator: torch.Generator | None) -> torch.Generator:
     return generator if generator is not None else torch.Generator().manual_seed(0)
 
@@ -297,12 +284,6 @@ def _posterior_z(model: nn.Module, x: Tensor, m: int, sample: bool, gen: torch.G
         return loc
     eps = standard_noise(model.family, tuple(loc.shape), generator=gen).to(loc.device, loc.dtype)
     return loc + scale * eps
-
-
-def _decode(model: nn.Module, m: int, z: Tensor) -> Tensor:
-    """loc of p(x_m | z): z [B, L] -> [B, *event_m] on the CPU."""
-    loc, _ = model.modalities[m].decode(z.unsqueeze(0))  # decoders take [K, B, L]
-    return loc[0].float().cpu()
 
 
 # ------------------------------------------------------------------------------- rendering

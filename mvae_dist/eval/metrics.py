@@ -44,7 +44,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,7 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..models.base import MultimodalVAE
+from ..models.base import MultimodalVAE, evaluating
 from ..models.distributions import standard_noise
 from ..models.mmvae import MMVAE
 from ..objectives.joint import check_K, log_joint
@@ -128,21 +127,6 @@ def synergy_not_applicable(model: MultimodalVAE) -> str | None:
 
 
 # --------------------------------------------------------------------------- model metrics
-@contextmanager
-def _inference(*modules: nn.Module) -> Iterator[torch.device]:
-    """Eval mode, no grad; yields the first module's device; restores the training flags."""
-    flags = [m.training for m in modules]
-    for m in modules:
-        m.eval()
-    try:
-        with torch.no_grad():
-            p = next(modules[0].parameters(), None)
-            yield p.device if p is not None else torch.device("cpu")
-    finally:
-        for m, f in zip(modules, flags):
-            m.train(f)
-
-
 def _chunks(n: int, size: int) -> Iterator[slice]:
     if size < 1:
         raise ValueError(f"batch_size must be >= 1, got {size}")
@@ -176,11 +160,6 @@ def _sample(model: MultimodalVAE, loc: Tensor, scale: Tensor, gen: torch.Generat
     return loc + scale * eps
 
 
-def _decode(model: MultimodalVAE, n: int, z: Tensor) -> Tensor:
-    """loc of p(x_n | z): z [B, L] -> [B, *event_n]."""
-    return model.modalities[n].decode(z.unsqueeze(0))[0][0]
-
-
 def _classify(classifier: nn.Module, x: Tensor) -> Tensor:
     """Arg-max class on the classifier's device: [B, *event] -> int64 [B] on the CPU."""
     return predict(classifier, x, batch_size=max(1, x.shape[0]))
@@ -190,7 +169,7 @@ def latent_codes(model: MultimodalVAE, xs: Sequence[Tensor], *, batch_size: int 
     """Posterior means of a set of pairs -> {"joint": [N, L], model.names[m]: [N, L] per modality}."""
     _check(model, xs=xs)
     out: dict[str, list[Tensor]] = {"joint": [], **{name: [] for name in model.names}}
-    with _inference(model) as dev:
+    with evaluating(model) as dev:
         for s in _chunks(xs[0].shape[0], batch_size):
             xb = [x[s].to(dev) for x in xs]
             out["joint"].append(joint_posterior_mean(model, xb).float().cpu())
@@ -207,10 +186,11 @@ def joint_coherence(model: MultimodalVAE, classifiers: Sequence[nn.Module], n: i
         raise ValueError(f"n must be >= 1, got {n}")
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
     preds = []
-    with _inference(model):
+    with evaluating(model):
         for s in _chunks(n, batch_size):
             z = model.sample_prior(s.stop - s.start, gen)
-            preds.append(torch.stack([_classify(c, _decode(model, m, z)) for m, c in enumerate(classifiers)]))
+            preds.append(torch.stack([_classify(c, model.decode_mean(m, z))
+                                      for m, c in enumerate(classifiers)]))
     return agreement(torch.cat(preds, 1))
 
 
@@ -225,13 +205,14 @@ def cross_coherence(model: MultimodalVAE, classifiers: Sequence[nn.Module], xs: 
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
     M = model.M
     hits = {(m, n): [] for m in range(M) for n in range(M) if m != n}
-    with _inference(model) as dev:
+    with evaluating(model) as dev:
         for s in _chunks(xs[0].shape[0], batch_size):
             for m in range(M):
                 z = _sample(model, *model.unimodal_posterior(xs[m][s].to(dev), m), gen)
                 for n in range(M):
                     if n != m:
-                        hits[(m, n)].append(_classify(classifiers[n], _decode(model, n, z)) == labels[s, m])
+                        pred = _classify(classifiers[n], model.decode_mean(n, z))
+                        hits[(m, n)].append(pred == labels[s, m])
     return {k: float(torch.cat(v).float().mean()) for k, v in hits.items()}
 
 
@@ -254,10 +235,10 @@ def synergy_coherence(model: MultimodalVAE, classifiers: Sequence[nn.Module], xs
     _check(model, classifiers, xs, labels)
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
     hits = []
-    with _inference(model) as dev:
+    with evaluating(model) as dev:
         for s in _chunks(xs[0].shape[0], batch_size):
             z = _sample(model, *joint_posterior(model, [x[s].to(dev) for x in xs]), gen)
-            hits.append(torch.stack([_classify(c, _decode(model, n, z)) == labels[s, n]
+            hits.append(torch.stack([_classify(c, model.decode_mean(n, z)) == labels[s, n]
                                      for n, c in enumerate(classifiers)]))  # [M, b]
     h = torch.cat(hits, 1).float()  # [M, B]
     out = {name: float(h[n].mean()) for n, name in enumerate(model.names)}
@@ -285,7 +266,7 @@ def marginal_log_likelihood(model: MultimodalVAE, xs: Sequence[Tensor], K: int, 
     k_chunk = max(1, min(K, max_samples // S))
     b_chunk = max(1, max_samples // (S * k_chunk))
     out = []
-    with _inference(model) as dev:
+    with evaluating(model) as dev:
         for s in _chunks(xs[0].shape[0], b_chunk):
             xb = [x[s].to(dev) for x in xs]
             b = s.stop - s.start

@@ -10,6 +10,8 @@ the related tuples (x_1[b], ..., x_M[b]) and keeps what negatives can reuse;
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -55,6 +57,22 @@ class PassState:
     xs: list[Tensor]
     posts: list[tuple[Tensor, Tensor]]
     cache: dict[str, Any] = field(default_factory=dict)
+
+
+@contextmanager
+def evaluating(*modules: nn.Module) -> Iterator[torch.device]:
+    """Eval mode and no grad for the duration; yields the first module's device; restores every
+    module's training flag afterwards (metrics and image grids run inside it)."""
+    flags = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    try:
+        with torch.no_grad():
+            p = next(modules[0].parameters(), None)
+            yield p.device if p is not None else torch.device("cpu")
+    finally:
+        for m, f in zip(modules, flags):
+            m.train(f)
 
 
 class MultimodalVAE(nn.Module):
@@ -168,6 +186,10 @@ class MultimodalVAE(nn.Module):
     def unimodal_posterior(self, x: Tensor, m: int) -> tuple[Tensor, Tensor]:
         """The model's q(z | x_m), the proposal of log p(x_m): (loc [B, L], scale [B, L])."""
         return self.modalities[m].encode(x)
+
+    def decode_mean(self, m: int, z: Tensor) -> Tensor:
+        """The loc of p(x_m | z): z [B, L] -> [B, *event_m] (decoders take [K, B, L])."""
+        return self.modalities[m].decode(z.unsqueeze(0))[0][0]
 
     def joint_posterior(self, xs: list[Tensor]) -> tuple[Tensor, Tensor] | None:
         """The model's own q(z | x_1..M) as (loc [B, L], scale [B, L]), or None when it is not one
