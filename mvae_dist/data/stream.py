@@ -202,10 +202,9 @@ def decode_npy(buf: bytes) -> np.ndarray:
     return np.frombuffer(buf, dtype, offset=offset).reshape(shape)
 
 
-def shard_samples(
-    url: str, entry: dict, n_modalities: int, storage_options: dict | None = None, verify: bool = True
-) -> list[dict]:
-    """All decoded samples of one shard; DataError naming the shard if it is missing or bad."""
+def shard_bytes(url: str, entry: dict, storage_options: dict | None = None, verify: bool = True) -> bytes:
+    """A shard's bytes, checked against its manifest entry (size, sha256) unless not ``verify``;
+    DataError naming the shard if it is missing, unreadable or not what the manifest says."""
     try:
         data = _open_bytes(url, storage_options)
     except FileNotFoundError:
@@ -214,8 +213,16 @@ def shard_samples(
         raise DataError(f"cannot read shard {url}: {exc}") from exc
     if verify:
         check_shard_bytes(data, entry, url)
+    return data
+
+
+def raw_shard_samples(url: str, entry: dict, storage_options: dict | None = None,
+                      verify: bool = True) -> list[dict]:
+    """The undecoded samples of one shard, in order: dicts of ``__key__`` and one bytes value per
+    member (``m0.npy``, ..., ``json``); DataError naming the shard if it is missing or bad."""
+    data = shard_bytes(url, entry, storage_options, verify)
     try:
-        samples = [decode_sample(s, n_modalities) for s in tar_samples(data)]
+        samples = list(tar_samples(data))
     except (tarfile.TarError, KeyError, ValueError, EOFError, OSError) as exc:
         raise DataError(f"corrupt shard {url}: {type(exc).__name__}: {exc}") from exc
     if len(samples) != entry["count"]:
@@ -223,6 +230,17 @@ def shard_samples(
             f"truncated or corrupt shard {url}: {len(samples)} samples, manifest says {entry['count']}"
         )
     return samples
+
+
+def shard_samples(
+    url: str, entry: dict, n_modalities: int, storage_options: dict | None = None, verify: bool = True
+) -> list[dict]:
+    """All decoded samples of one shard; DataError naming the shard if it is missing or bad."""
+    raw = raw_shard_samples(url, entry, storage_options, verify)
+    try:
+        return [decode_sample(s, n_modalities) for s in raw]
+    except (KeyError, ValueError, OSError) as exc:
+        raise DataError(f"corrupt shard {url}: {type(exc).__name__}: {exc}") from exc
 
 
 def _to_tensor(arrays: list[np.ndarray]) -> torch.Tensor:

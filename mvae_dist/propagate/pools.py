@@ -12,9 +12,9 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from mvae_dist.data.manifest import check_shard_bytes, join, url_to_fs
+from mvae_dist.data.manifest import join, url_to_fs
 from mvae_dist.data.shards import write_shard
-from mvae_dist.data.stream import collate, decode_sample, tar_samples
+from mvae_dist.data.stream import collate, decode_sample, raw_shard_samples, shard_bytes
 from mvae_dist.errors import DataError
 
 
@@ -29,31 +29,9 @@ def event_shape(shape: Sequence[int]) -> tuple[int, ...]:
     return shape
 
 
-def read_shard_bytes(url: str, entry: dict, storage_options: dict | None = None) -> bytes:
-    """A shard's bytes, checked against its manifest entry (size, sha256); DataError naming it."""
-    fs, path = url_to_fs(url, storage_options)
-    try:
-        data = fs.cat_file(path)
-    except FileNotFoundError:
-        raise DataError(f"shard missing: {url}") from None
-    except OSError as exc:
-        raise DataError(f"cannot read shard {url}: {exc}") from exc
-    check_shard_bytes(data, entry, url)
-    return data
-
-
-def read_shard(url: str, entry: dict, storage_options: dict | None = None) -> list[dict]:
-    """The raw samples of one shard, in order: dicts of ``__key__`` and one bytes value per
-    member (``m0.npy``, ..., ``json``)."""
-    data = read_shard_bytes(url, entry, storage_options)
-    try:
-        samples = list(tar_samples(data))
-    except Exception as exc:  # tarfile errors, truncated members
-        raise DataError(f"corrupt shard {url}: {type(exc).__name__}: {exc}") from exc
-    if len(samples) != entry["count"]:
-        raise DataError(f"truncated or corrupt shard {url}: {len(samples)} samples, "
-                        f"manifest says {entry['count']}")
-    return samples
+#: a shard's checked bytes / undecoded samples (the loader's own readers)
+read_shard_bytes = shard_bytes
+read_shard = raw_shard_samples
 
 
 def batches(samples: Sequence[dict], batch_size: int, n_modalities: int) -> Iterator[dict]:
