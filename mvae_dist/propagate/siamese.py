@@ -23,18 +23,10 @@ import torch
 from torch import Tensor, nn
 
 from mvae_dist.errors import ConfigError
+from mvae_dist.eval.classifiers import Standardize
 
 from .pools import event_shape
 from .relatedness import Scored, choose_threshold, relatedness_scores, score_batches
-
-
-class Standardise(nn.Module):
-    """Per-image standardisation: colours and contrast of the street numbers are random."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        flat = x.flatten(1)
-        mean, std = flat.mean(1), flat.std(1).clamp_min(1e-3)
-        return (x - mean.view(-1, *[1] * (x.dim() - 1))) / std.view(-1, *[1] * (x.dim() - 1))
 
 
 def embedding_net(shape: Sequence[int], embed_dim: int = 16, width: int = 8,
@@ -61,7 +53,7 @@ def embedding_net(shape: Sequence[int], embed_dim: int = 16, width: int = 8,
         body: list[nn.Module] = [nn.Flatten(), nn.Linear(n_in, 256), nn.ReLU(), nn.Linear(256, embed_dim)]
     elif kind == "cnn" and len(shape) == 3:
         c, h, w = shape
-        body = [Standardise()]
+        body = [Standardize(eps=1e-3)]  # per image: street-number colours and contrast vary
         ch = c
         for out in (width, 2 * width, 2 * width):
             body += [nn.Conv2d(ch, out, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
