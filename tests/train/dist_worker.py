@@ -61,9 +61,11 @@ def main(rank: int, world: int, port: int, name: str, specs: list[str], estimato
         assert stepped
         logged = torch.tensor(stats["loss"], dtype=torch.float64)
         dist.all_reduce(logged)  # the logged loss is the global mean; the trained one is local
-        grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         if rank == 0:
             torch.save({"loss": logged / world, "grads": grads}, out)
+        dist.barrier()  # both ranks done with every collective before the teardown
+        del module  # DDP's reducer holds the process group: free it before the group goes
     finally:
         dist.destroy_process_group()
 
