@@ -243,7 +243,7 @@ def test_a_missing_data_set_is_refused_before_ray_starts(tmp_path, capsys):
 
 def test_a_coherence_metric_without_classifiers_is_refused_before_ray_starts(sweep_data, tmp_path, capsys,
                                                                            monkeypatch):
-    import mvae_dist.sweep as sweep
+    import mvae_dist.sweep.run as sweep
 
     monkeypatch.setattr(sweep, "_start_ray", lambda *a: pytest.fail("Ray must not start"))
     line = _error(capsys, TINY, "metric=coherence_cross", f"base.data.url={sweep_data}",
