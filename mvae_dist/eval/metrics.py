@@ -56,6 +56,7 @@ from ..models.base import MultimodalVAE, evaluating
 from ..models.distributions import standard_noise
 from ..models.mmvae import MMVAE
 from ..objectives.joint import check_K, log_joint
+from ..tables import markdown_table
 from .classifiers import predict
 
 REPORT_VERSION = 1
@@ -381,13 +382,12 @@ class EvalReport:
 
     def to_markdown(self) -> str:
         """A table ``| metric | mean | std |`` (N/A rows last), then one line per N/A reason."""
-        lines = ["| metric | mean | std |", "| --- | ---: | ---: |"]
-        lines += [f"| {k} | {self.mean(k):.4f} | {self.std(k):.4f} |" for k in self.values]
-        lines += [f"| {k} | N/A | N/A |" for k in self.not_applicable]
+        rows = [[k, f"{self.mean(k):.4f}", f"{self.std(k):.4f}"] for k in self.values]
+        rows += [[k, "N/A", "N/A"] for k in self.not_applicable]
+        text = markdown_table(["metric", "mean", "std"], rows, align=["left", "right", "right"])
         if self.not_applicable:
-            lines.append("")
-            lines += [f"N/A {k}: {why}" for k, why in self.not_applicable.items()]
-        return "\n".join(lines) + "\n"
+            text += "\n" + "".join(f"N/A {k}: {why}\n" for k, why in self.not_applicable.items())
+        return text
 
 
 def resolve_classifiers(classifiers: Mapping[str, nn.Module] | Sequence[nn.Module], data_names: Sequence[str],

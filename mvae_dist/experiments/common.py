@@ -25,6 +25,7 @@ import numpy as np
 
 from ..config import TrainConfig, load_train_config
 from ..errors import ConfigError
+from ..tables import markdown_table as _markdown
 
 #: arms of the paper's comparisons: objective overrides
 OBJECTIVES: dict[str, dict[str, Any]] = {
@@ -173,11 +174,7 @@ def run_arm(study: Study, arm: str, overrides: Mapping[str, Any], *, settings: M
 def markdown_table(rows: Sequence[Mapping[str, Any]], keys: Sequence[str],
                    headers: Sequence[str] | None = None) -> str:
     """A Markdown table of ``rows`` over ``keys``; means with their spread (``key_std``) as ``m ± s``."""
-    headers = list(headers or keys)
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    for r in rows:
-        lines.append("| " + " | ".join(_cell(r, k) for k in keys) + " |")
-    return "\n".join(lines) + "\n"
+    return _markdown(list(headers or keys), ([_cell(r, k) for k in keys] for r in rows))
 
 
 def _cell(row: Mapping[str, Any], key: str) -> str:

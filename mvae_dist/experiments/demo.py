@@ -13,8 +13,10 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 from ..errors import ConfigError
+from ..tables import markdown_table
 from .common import OBJECTIVES, finish_study, open_study, run_arm
 from .studies import DEFAULT_CONFIG, ensure_classifiers, ensure_data
 
@@ -33,15 +35,13 @@ DEMO_ROWS = [
 
 def side_by_side(rows: list[dict], labels: list[str]) -> str:
     """Markdown: one line per metric, one column per arm."""
-    lines = ["| metric | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
-    for title, key in DEMO_ROWS:
-        cells = []
-        for r in rows:
-            v = r.get(key)
-            cells.append("n/a" if v is None or (isinstance(v, float) and math.isnan(v))
-                         else (f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"))
-        lines.append(f"| {title} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    def cell(v: Any) -> str:
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return "n/a"
+        return f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
+
+    return markdown_table(["metric", *labels], ([title, *(cell(r.get(key)) for r in rows)]
+                                                for title, key in DEMO_ROWS))
 
 
 def demo(root: str = "demo", *, percent: float = 20.0, dm: int = 10, overrides: list[str] | None = None,

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..tables import csv_table, markdown_table
 from .spec import _RUN_STATUS, TrialStatus
 
 
@@ -110,19 +109,14 @@ def _markdown(rows: list[dict[str, Any]]) -> list[str]:
     if not rows:
         return ["(no trials)"]
     cols = list(rows[0])
-    out = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    out += ["| " + " | ".join(_fmt(r.get(c)).replace("|", "/") for c in cols) + " |" for r in rows]
-    return out
+    return markdown_table(cols, ([_fmt(r.get(c)) for c in cols] for r in rows)).splitlines()
 
 
 def _csv_text(rows: list[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    if rows:
-        w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: ("" if v is None else v) for k, v in r.items()})
-    return buf.getvalue()
+    if not rows:
+        return ""
+    cols = list(rows[0])
+    return csv_table(cols, ([r.get(c) for c in cols] for r in rows))
 
 
 def _plot(result: SweepResult, key: str, log_scale: bool) -> Any:

@@ -251,7 +251,7 @@ def test_report_statistics_markdown_and_json_round_trip():
     assert r.metrics() == pytest.approx({"latent_acc": 0.6, "latent_acc_std": math.sqrt(0.02),
                                          "coherence_cross_a_to_b": 0.25, "coherence_cross_a_to_b_std": 0.0})
     md = r.to_markdown().splitlines()
-    assert md[:2] == ["| metric | mean | std |", "| --- | ---: | ---: |"]
+    assert md[:2] == ["| metric | mean | std |", "|---|---:|---:|"]
     assert "| latent_acc | 0.6000 | 0.1414 |" in md
     assert "| coherence_synergy | N/A | N/A |" in md
     assert "N/A coherence_synergy: mixture posterior" in md
