@@ -154,6 +154,7 @@ class _Worker:
             w.open_tracking(loop_config)
         _debug(debug_dir, rank, step=w.pos.step, resumed_from=w.resumed_from)
         w.done = bool(cfg.train.max_steps and w.pos.step >= cfg.train.max_steps)
+        w.t_window = time.perf_counter()  # pairs/s counts training, not the set-up above
         return w
 
     def restore(self) -> None:
