@@ -22,8 +22,16 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 POSTERIOR_SCALES = ("softplus", "softmax")
 
 
+class _Validated:
+    """Config sections validate themselves when built (``dataclasses.replace`` included), so an
+    invalid section cannot exist; ``validate()`` raises ConfigError naming the key."""
+
+    def __post_init__(self) -> None:
+        self.validate()  # type: ignore[attr-defined]
+
+
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(_Validated):
     """Which multimodal VAE and which modalities.
 
     modalities: built-in names "mnist" (784-400-L MLP), "svhn" (32-64-128 conv net) or
@@ -93,7 +101,7 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class ObjectiveConfig:
+class ObjectiveConfig(_Validated):
     """The training objective: baseline bound or contrastive eq. 4 (paper defaults γ=2, N=5, K=30)."""
 
     name: str = "contrastive"
@@ -212,7 +220,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(_Validated):
     """Where the shards are and how each worker reads them. batch_size is per worker."""
 
     url: str = "data/embedded"
@@ -234,7 +242,7 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class OptimConfig:
+class OptimConfig(_Validated):
     """Adam with an optional cosine schedule (the paper trains with Adam, lr 1e-3; the official
     MMVAE code with amsgrad)."""
 
@@ -257,7 +265,7 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
-class TrainSection:
+class TrainSection(_Validated):
     """The run: length, workers, checkpoints, failure handling.
 
     storage_path: where Ray Train keeps the run's checkpoints (local path or any fsspec URL, e.g.
@@ -314,7 +322,7 @@ class TrainSection:
 
 
 @dataclass(frozen=True)
-class TrackingConfig:
+class TrackingConfig(_Validated):
     """MLflow: tracking_uri None = $MLFLOW_TRACKING_URI, else sqlite under the working directory."""
 
     tracking_uri: str | None = None
@@ -328,7 +336,7 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(_Validated):
     """The paper's metrics (section 4.2), during training and in ``mvae-dist evaluate``.
 
     classifiers: where the digit classifiers come from: "auto" = the latest version stored with
@@ -364,7 +372,7 @@ SECTIONS: dict[str, type] = {
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(_Validated):
     """The resolved configuration of one training run (what checkpoints and MLflow record)."""
 
     model: ModelConfig = ModelConfig()

@@ -224,11 +224,11 @@ def fit(cfg: TrainConfig, *, resume: bool = False, debug_dir: str | None = None,
     if resume:
         runs = find_runs(cfg.tracking.experiment, f"tags.ray_run_path = '{run_path}'", tracking_uri=uri)
         run_id = runs[0].run_id if runs else None
-    run_id = tracker.start(cfg.tracking.run_name or cfg.train.name, params=applicable(cfg.to_dict()),
-                           tags={**(tags or {}), "ray_run_path": run_path, "model": cfg.model.name,
-                                 "objective": cfg.objective.name}, run_id=run_id,
-                           parent_run_id=None if run_id else parent_run_id)
-    try:
+    try:  # from the run's creation on: a signal while its params are logged still ends it
+        run_id = tracker.start(cfg.tracking.run_name or cfg.train.name, params=applicable(cfg.to_dict()),
+                               tags={**(tags or {}), "ray_run_path": run_path, "model": cfg.model.name,
+                                     "objective": cfg.objective.name}, run_id=run_id,
+                               parent_run_id=None if run_id else parent_run_id)
         _init_ray(ray_address)
         trainer = build_trainer(cfg, run_id=run_id, tracking_uri=uri, storage=storage, debug_dir=debug_dir)
         try:
