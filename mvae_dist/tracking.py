@@ -109,6 +109,10 @@ def ui_command(tracking_uri: str | None = None, port: int = 5000) -> str:
     return " ".join(shlex.quote(c) for c in cmd)
 
 
+#: tracking servers this process has reached (probed once each)
+_REACHED: set[str] = set()
+
+
 def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
     """ConfigError (one line) when ``tracking_uri`` is an HTTP(S) tracking server that does not
     answer within ``timeout`` seconds; any HTTP answer counts as reachable. Without this,
@@ -119,18 +123,19 @@ def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
     from .errors import ConfigError
 
     parts = urlparse(tracking_uri)
-    if parts.scheme not in ("http", "https"):
+    if parts.scheme not in ("http", "https") or tracking_uri in _REACHED:
         return
     netloc = parts.netloc.rsplit("@", 1)[-1]  # no credentials in the probe
     probe = f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}/health"
     try:
         urllib.request.urlopen(probe, timeout=timeout).close()
     except urllib.error.HTTPError:
-        return  # the server answered (e.g. 401/403/404): reachable
+        pass  # the server answered (e.g. 401/403/404): reachable
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
         raise ConfigError(f"cannot reach the MLflow tracking server at {redact_text(tracking_uri)}: "
                           f"{reason}") from None
+    _REACHED.add(tracking_uri)  # once per process: studies build a Tracker per arm
 
 
 def _existing_store(tracking_uri: str) -> None:
