@@ -154,8 +154,7 @@ def from_mapping(cls: type, data: Mapping[str, Any] | None, section: str) -> Any
         raise ConfigError(f"unknown key {section}.{unknown[0]}; known: {', '.join(sorted(names))}")
     hints = typing.get_type_hints(cls)
     kwargs = {k: _coerce(v, hints[k], f"{section}.{k}") for k, v in data.items()}
-    obj = cls(**kwargs)
-    return obj.validate() if hasattr(obj, "validate") else obj
+    return cls(**kwargs)  # a config section validates itself when built
 
 
 def _finite(value: Any, key: str) -> Any:
@@ -384,8 +383,7 @@ class TrainConfig(_Validated):
     eval: EvalConfig = EvalConfig()
 
     def validate(self) -> TrainConfig:
-        for name in SECTIONS:
-            getattr(self, name).validate()
+        """The checks across sections (each section validated itself when built)."""
         global_batch = self.data.batch_size * self.train.num_workers
         if self.objective.name == "contrastive" and self.objective.N >= global_batch:
             raise ConfigError(
@@ -407,7 +405,7 @@ class TrainConfig(_Validated):
             if value is not None and not isinstance(value, Mapping):
                 raise ConfigError(f"config section {name!r} must be a mapping, got {value!r}")
         parts = {name: from_mapping(sec, data.get(name), name) for name, sec in SECTIONS.items()}
-        return cls(**parts).validate()
+        return cls(**parts)
 
 
 def load_storage_options(path: str | None, what: str = "storage options file") -> dict | None:

@@ -65,8 +65,7 @@ def _feature_net(spec: str, hidden: int) -> tuple[nn.Module, int]:
 def build_model(cfg: ModelConfig | Mapping[str, Any]) -> MultimodalVAE:
     """A model from a ModelConfig (or a mapping of its fields), validated first."""
     if not isinstance(cfg, ModelConfig):
-        cfg = from_mapping(ModelConfig, cfg, "model")
-    cfg.validate()
+        cfg = from_mapping(ModelConfig, cfg, "model")  # validated when built
     L = cfg.latent_dim
     sizes = [_prod(event_shape(s)) for s in cfg.modalities]
     if cfg.llik_scaling == "auto":
