@@ -351,8 +351,7 @@ class Tracker:
         """Reopen an existing run as RUNNING to log more into it, without counting a resume: a
         Ray Train worker group (fresh or restarted) continuing the driver's run, or an evaluation
         of a finished run. Its params and tags stay as they are. -> run_id."""
-        self.attach(run_id)
-        run = self.client.get_run(run_id)
+        run = self._bind(run_id)
         self._nonfinite = int(run.data.metrics.get(NONFINITE_METRIC, 0))
         self.client.update_run(run_id, status="RUNNING")
         return run_id
@@ -360,12 +359,17 @@ class Tracker:
     def attach(self, run_id: str) -> str:
         """Bind to an existing run without resuming it: its status, tags and params stay as they
         are (e.g. to tag and end a sweep trial's run from the driver). -> run_id."""
+        self._bind(run_id)
+        return run_id
+
+    def _bind(self, run_id: str) -> Any:
+        """Make ``run_id`` this tracker's run -> the MLflow run (MlflowException if unknown)."""
         if self.run_id is not None:
             raise RuntimeError(f"this tracker already has run {self.run_id} open; end() it first")
-        run = self.client.get_run(run_id)  # raises MlflowException for an unknown id
+        run = self.client.get_run(run_id)
         self.run_id, self.experiment_id = run_id, run.info.experiment_id
         self._checkpoints = None
-        return run_id
+        return run
 
     def _resume(self, run_id: str, run_name: str | None, flat: dict[str, str], tags: dict[str, str],
                 parent_run_id: str | None) -> None:
