@@ -135,21 +135,24 @@ def open_manifest(url: str, storage_options: dict | None = None) -> dict:
     return m
 
 
-def verify(url: str, storage_options: dict | None = None, splits: list[str] | None = None) -> dict:
+def verify(url: str, storage_options: dict | None = None, splits: list[str] | None = None,
+           manifest: dict | None = None) -> dict:
     """Check every shard's presence, size and sha256 against the manifest.
 
     Returns {"shards": n, "bytes": total, "splits": [...]}; the first mismatch is a DataError
-    naming the shard. Reads every byte of the data set.
+    naming the shard. Reads every byte of the data set. manifest: the one ``open_manifest``
+    returned, if the caller has it (else it is read).
     """
     def check(fs: fsspec.AbstractFileSystem, path: str, entry: dict, shard_url: str) -> int:
         data = fs.cat_file(path)
         check_shard_bytes(data, entry, shard_url)
         return len(data)
 
-    return _each_shard(url, storage_options, splits, check)
+    return _each_shard(url, storage_options, splits, check, manifest)
 
 
-def check_present(url: str, storage_options: dict | None = None, splits: list[str] | None = None) -> dict:
+def check_present(url: str, storage_options: dict | None = None, splits: list[str] | None = None,
+                  manifest: dict | None = None) -> dict:
     """Check every shard's presence and size against the manifest, reading no shard bytes (one
     metadata request per shard). -> {"shards": n, "bytes": total, "splits": [...]}; the first
     missing or wrong-sized shard is a DataError naming it. ``verify`` also checks sha256."""
@@ -161,13 +164,14 @@ def check_present(url: str, storage_options: dict | None = None, splits: list[st
             )
         return size
 
-    return _each_shard(url, storage_options, splits, check)
+    return _each_shard(url, storage_options, splits, check, manifest)
 
 
-def _each_shard(url: str, storage_options: dict | None, splits: list[str] | None, check: Any) -> dict:
+def _each_shard(url: str, storage_options: dict | None, splits: list[str] | None, check: Any,
+                manifest: dict | None = None) -> dict:
     """Run ``check(fs, path, entry, shard_url) -> bytes`` on every shard of ``splits`` (all by
     default); a missing shard or split is a DataError naming it. -> the totals."""
-    m = open_manifest(url, storage_options)
+    m = manifest or open_manifest(url, storage_options)
     fs, _ = url_to_fs(m["prefix"], storage_options)
     names = splits or list(m["splits"])
     n = total = 0

@@ -172,7 +172,7 @@ def preflight_data(cfg: TrainConfig, *, verify_sha256: bool = False) -> dict:
     m = open_manifest(cfg.data.url, options)
     splits = [cfg.data.train_split] + (["test"] if "test" in m["splits"] and cfg.data.train_split != "test"
                                         else [])
-    (verify if verify_sha256 else check_present)(cfg.data.url, options, splits=splits)
+    (verify if verify_sha256 else check_present)(cfg.data.url, options, splits=splits, manifest=m)
     return m
 
 
