@@ -173,7 +173,7 @@ def labelled_origin(rows: Sequence[tuple[float, str]], columns: Sequence[tuple[f
 def _cell_hw(x: Tensor) -> tuple[int, int]:
     """One cell's (h, w) as ``_render`` draws a batch like ``x`` [B, ...]."""
     if x.dim() == 2:
-        return VECTOR_CELL_H, min(max(int(x.shape[1]), 32), 128)
+        return VECTOR_CELL_H, _vector_width(int(x.shape[1]))
     return int(x.shape[-2]), int(x.shape[-1])
 
 
@@ -314,10 +314,15 @@ def _render(x: Tensor, vrange: tuple[float, float] | None = None) -> np.ndarray:
     return img.permute(0, 2, 3, 1).contiguous().numpy()
 
 
+def _vector_width(D: int) -> int:
+    """Pixel width of a D-dimensional vector's bar-plot cell: clamp(D, 32, 128)."""
+    return min(max(D, 32), 128)
+
+
 def _bars(x: Tensor, vrange: tuple[float, float]) -> np.ndarray:
     """Vectors [B, D] as bar plots [B, VECTOR_CELL_H, W, 3]: white bars from a grey zero line."""
     B, D = x.shape
-    W, H = min(max(D, 32), 128), VECTOR_CELL_H
+    W, H = _vector_width(D), VECTOR_CELL_H
     lo, hi = min(vrange[0], 0.0), max(vrange[1], 0.0)
     span = hi - lo if hi > lo else 1.0
     # Column c shows entry floor(c * D / W) (D <= W: bars W/D wide; D > W: a subsample).
