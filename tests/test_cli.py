@@ -2,7 +2,7 @@
 
 import json
 
-from mvae_dist.cli import main
+from mvae_dist.launch.cli import main
 
 
 def test_bench_step_prints_json_lines_with_ratios(capsys):

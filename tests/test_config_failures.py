@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from mvae_dist.cli import main
 from mvae_dist.config import SECTIONS, TrainConfig, load_storage_options, load_train_config
 from mvae_dist.errors import ConfigError
+from mvae_dist.launch.cli import main
 
 TINY = str(Path(__file__).resolve().parents[1] / "configs" / "embedded" / "tiny.yaml")
 BINARY = b"\x80\xff\x00\x13model:\n\xfe"

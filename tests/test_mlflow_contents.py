@@ -7,7 +7,7 @@ import torch
 
 from mvae_dist.config import TrainConfig, applicable
 from mvae_dist.eval.evaluation import logged_metrics
-from mvae_dist.experiments.common import metric_key, study_metrics
+from mvae_dist.launch.experiments.common import metric_key, study_metrics
 
 
 def test_evaluation_metrics_are_logged_once_without_clutter():
@@ -57,7 +57,7 @@ def test_study_rows_become_parent_metrics():
 def test_finish_study_logs_the_metrics_on_the_parent_run(tmp_path):
     import mlflow
 
-    from mvae_dist.experiments.common import finish_study, open_study
+    from mvae_dist.launch.experiments.common import finish_study, open_study
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     study = open_study("unit", None, [], root=str(tmp_path / "out"), tracking_uri=uri, params={})

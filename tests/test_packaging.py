@@ -27,7 +27,7 @@ def test_every_shipped_config_is_in_the_wheel(tmp_path):
 
 def test_defaults_are_found_through_the_package():
     import mvae_dist
-    from mvae_dist.experiments.studies import DEFAULT_CONFIG
+    from mvae_dist.launch.experiments.studies import DEFAULT_CONFIG
 
     pkg = Path(mvae_dist.__file__).parent
     assert Path(DEFAULT_CONFIG) == pkg / "configs" / "embedded" / "demo.yaml"

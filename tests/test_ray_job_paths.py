@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 import mvae_dist.train.driver as driver
-from mvae_dist.cli import main
 from mvae_dist.config import durable_output_paths, ray_job_working_dir, relative_input_hint
+from mvae_dist.launch.cli import main
 
 TINY = str(Path(__file__).parents[1] / "configs" / "embedded" / "tiny.yaml")
 JOB_ENV = {"RAY_JOB_CONFIG_JSON_ENV_VAR": json.dumps(

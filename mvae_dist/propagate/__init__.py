@@ -1,4 +1,4 @@
-"""Label propagation (paper §4.5): relatedness from PMI, the Siamese baseline, Ray-scale scoring.
+"""Label propagation (paper §4.5): relatedness from PMI and the Siamese baseline.
 
 Public API::
 
@@ -8,11 +8,10 @@ Public API::
     train_siamese(url, split="sr", *, epochs=10, seed=0, storage_options=None, ...) -> SiameseModel
     siamese_scores(model, url, split, *, batch_size=256, storage_options=None) -> Scored
     siamese_baseline(url, *, train_split="sr", calibrate="sm", pool="fm", ...) -> SiameseResult
-    run_propagate(*, checkpoint | run_id, data, pool, calibrate, threshold, out, workers, K,
-                  batch_size, tracking_uri, storage_options, ray_address, ...) -> PropagateResult
 
-Names resolve lazily: importing this package pulls in neither Ray nor webdataset; Ray is
-imported only when ``run_propagate`` runs.
+Scoring a whole pool on Ray workers (``mvae-dist propagate``) is a launcher:
+``mvae_dist.launch.propagate.run_propagate``. Names resolve lazily: importing this package pulls
+in neither Ray nor webdataset.
 """
 
 from __future__ import annotations
@@ -30,9 +29,6 @@ _EXPORTS = {
     "train_siamese": ".siamese",
     "siamese_scores": ".siamese",
     "siamese_baseline": ".siamese",
-    "run_propagate": ".scale",
-    "PropagateResult": ".scale",
-    "ShardScorer": ".scale",
 }
 
 __all__ = sorted(_EXPORTS)

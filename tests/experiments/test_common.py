@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from mvae_dist.experiments.common import markdown_table
+from mvae_dist.launch.experiments.common import markdown_table
 
 
 def test_table_cells():
@@ -21,7 +21,7 @@ def test_table_cells():
 
 
 def test_aggregate_seeds_mean_and_sample_std_over_training_seeds():
-    from mvae_dist.experiments.common import aggregate_seeds
+    from mvae_dist.launch.experiments.common import aggregate_seeds
 
     runs = [
         {"arm": "cI@20%", "objective": "cI", "percent": 20.0, "train_seed": s, "run_id": f"r{s}",

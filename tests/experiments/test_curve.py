@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from mvae_dist.cli import main
 from mvae_dist.config import TrainConfig
 from mvae_dist.eval.classifiers import build_classifier
-from mvae_dist.experiments.curve import learning_curve
+from mvae_dist.launch.cli import main
+from mvae_dist.launch.experiments.curve import learning_curve
 
 
 @pytest.fixture(scope="module")

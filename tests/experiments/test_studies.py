@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mvae_dist.cli import main
 from mvae_dist.data.sources import street
+from mvae_dist.launch.cli import main
 
 #: a small embedded build: real MNIST, 50 / 10 synthetic street images per digit, 1 pair per instance
 SMALL = {"street_per_class": (50, 10), "shard_size": 25}
@@ -32,8 +32,8 @@ def _client(uri):
 
 @pytest.mark.slow
 def test_demo_trains_both_and_prints_the_table(ray_cluster, tmp_path, capsys):
-    from mvae_dist.experiments import demo
-    from mvae_dist.experiments.studies import ensure_data
+    from mvae_dist.launch.experiments import demo
+    from mvae_dist.launch.experiments.studies import ensure_data
 
     root = str(tmp_path / "demo")
     _classifiers_for(ensure_data(root, dm=1, data_options=SMALL, progress=False))
@@ -59,8 +59,8 @@ def test_demo_trains_both_and_prints_the_table(ray_cluster, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_label_propagation_study(ray_cluster, tmp_path, capsys):
-    from mvae_dist.experiments import label_propagation
-    from mvae_dist.experiments.studies import ensure_data
+    from mvae_dist.launch.experiments import label_propagation
+    from mvae_dist.launch.experiments.studies import ensure_data
 
     root = str(tmp_path / "lp")
     opts = SMALL
@@ -111,8 +111,8 @@ def test_pmi_k_must_be_positive(study, value, capsys):
 def test_gamma_study_on_a_fraction(ray_cluster, tmp_path, capsys):
     """Baseline + cI at two gammas on half of each modality: PMI F1 per arm, plots against gamma
     with the baseline as reference, coherences scored by the whole training set's classifiers."""
-    from mvae_dist.experiments import gamma_ablation
-    from mvae_dist.experiments.studies import ensure_data
+    from mvae_dist.launch.experiments import gamma_ablation
+    from mvae_dist.launch.experiments.studies import ensure_data
 
     root = str(tmp_path / "g")
     full = ensure_data(root, dm=1, data_options=SMALL, progress=False)

@@ -42,11 +42,13 @@ def _free_port():
 def test_two_gloo_ranks_equal_one_process(name, specs, estimator, tmp_path):
     out = tmp_path / "rank0.pt"
     port = _free_port()
+    logs = [tmp_path / f"rank{r}.log" for r in range(W)]
     procs = [subprocess.Popen([sys.executable, str(HERE / "dist_worker.py"), str(r), str(W), str(port),
-                               name, ",".join(specs), estimator, str(out)])
-             for r in range(W)]
+                               name, ",".join(specs), estimator, str(out)],
+                              stdout=log.open("w"), stderr=subprocess.STDOUT)
+             for r, log in enumerate(logs)]
     codes = [p.wait(timeout=300) for p in procs]
-    assert codes == [0] * W
+    assert codes == [0] * W, "\n".join(log.read_text()[-3000:] for log in logs)
     got = torch.load(out)
 
     loss, want = worker.reference(name, specs, estimator, W)

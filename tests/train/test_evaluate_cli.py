@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mvae_dist.cli import main
 from mvae_dist.config import load_train_config
+from mvae_dist.launch.cli import main
 from mvae_dist.models import build_model
 from mvae_dist.train.checkpoint import Position, save_checkpoint
 

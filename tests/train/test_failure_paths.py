@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import mvae_dist.train.driver as driver
-from mvae_dist.cli import main
+from mvae_dist.launch.cli import main
 
 TINY = str(Path(__file__).parents[2] / "configs" / "embedded" / "tiny.yaml")
 
@@ -170,7 +170,7 @@ def test_sigterm_ends_the_run_killed_with_one_line(tiny_data, tmp_path):
     code = ("import sys, time, ray\n"
             "ray.is_initialized = lambda: False\n"
             "ray.init = lambda *a, **k: time.sleep(120)\n"
-            "from mvae_dist.cli import main_entry\n"
+            "from mvae_dist.launch.cli import main_entry\n"
             f"sys.argv = ['mvae-dist', *{_args(tiny_data, tmp_path)!r}]\n"
             "main_entry()\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True,

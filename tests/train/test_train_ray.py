@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from mvae_dist.cli import main
 from mvae_dist.config import load_train_config
+from mvae_dist.launch.cli import main
 
 pytestmark = pytest.mark.slow
 TINY = str(Path(__file__).parents[2] / "configs" / "embedded" / "tiny.yaml")

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from mvae_dist.cli import main
 from mvae_dist.config import load_train_config
 from mvae_dist.errors import ConfigError
-from mvae_dist.sweep import SEARCH_KINDS, load_sweep_spec
+from mvae_dist.launch.cli import main
+from mvae_dist.launch.sweep import SEARCH_KINDS, load_sweep_spec
 
 ROOT = Path(__file__).parents[2]
 TINY = str(ROOT / "tune" / "tiny.yaml")
@@ -243,7 +243,7 @@ def test_a_missing_data_set_is_refused_before_ray_starts(tmp_path, capsys):
 
 def test_a_coherence_metric_without_classifiers_is_refused_before_ray_starts(sweep_data, tmp_path, capsys,
                                                                            monkeypatch):
-    import mvae_dist.sweep.run as sweep
+    import mvae_dist.launch.sweep.run as sweep
 
     monkeypatch.setattr(sweep, "_start_ray", lambda *a: pytest.fail("Ray must not start"))
     line = _error(capsys, TINY, "metric=coherence_cross", f"base.data.url={sweep_data}",

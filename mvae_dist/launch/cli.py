@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .errors import MvaeDistError
+from ..errors import MvaeDistError
 
 EXIT_USAGE = 2
 EXIT_ERROR = 1
@@ -223,14 +223,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _storage_options(path: str | None) -> dict | None:
-    from .config import load_storage_options
+    from ..config import load_storage_options
 
     return load_storage_options(path, "--storage-options file")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.command == "train":
-        from .config import load_train_config
+        from ..config import load_train_config
 
         overrides = list(args.overrides)
         if args.tracking_uri:
@@ -241,8 +241,8 @@ def run(args: argparse.Namespace) -> int:
 
             print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
             return 0
-        from .tracking import ui_command
-        from .train.driver import fit
+        from ..tracking import ui_command
+        from ..train.driver import fit
 
         result = fit(cfg, resume=args.resume, ray_address=args.address, verify_data=args.verify_data)
         m = result.metrics
@@ -294,7 +294,7 @@ def run(args: argparse.Namespace) -> int:
             print(line)
         return 0
     if args.command == "data" and args.data == "prepare":
-        from .data import prepare
+        from ..data import prepare
 
         options = {k: v for k, v in (("dm", args.dm), ("max_d", args.max_d),
                                      ("sr_fraction", args.sr_fraction)) if v is not None}
@@ -314,8 +314,8 @@ def run(args: argparse.Namespace) -> int:
                     overrides=args.overrides, threads=args.threads, emit=print_json)
         return 0
     if args.command == "bench" and args.bench == "learn":
+        from ..config import absolute_local_paths, load_train_config
         from .bench import print_json
-        from .config import absolute_local_paths, load_train_config
         from .experiments.curve import learning_curve
 
         cfg = load_train_config(args.config, args.overrides)
@@ -324,8 +324,8 @@ def run(args: argparse.Namespace) -> int:
                        threads=args.threads, on_row=print_json)
         return 0
     if args.command == "bench" and args.bench == "loader":
+        from ..data import bench_loader
         from .bench import print_json
-        from .data import bench_loader
 
         print_json(bench_loader(args.data, batches=args.batches, batch_size=args.batch_size,
                                 split=args.split, num_workers=args.num_workers,
@@ -382,7 +382,7 @@ def _experiment(args: argparse.Namespace) -> int:
 
 
 def _classifiers(args: argparse.Namespace) -> int:
-    from .eval.classifiers import list_classifier_versions, train_classifiers
+    from ..eval.classifiers import list_classifier_versions, train_classifiers
 
     options = _storage_options(args.storage_options)
     if args.classifiers == "list":
@@ -399,7 +399,7 @@ def _classifiers(args: argparse.Namespace) -> int:
         print(f"{name}: test accuracy {r.test_accuracy:.4f} on {r.test_size} images "
               f"({r.architecture}, {r.epochs} epochs, {r.seconds:.0f} s) -> {r.url}")
     if not args.no_mlflow:
-        from .tracking import Tracker
+        from ..tracking import Tracker
 
         version = next(iter(records.values())).version
         with Tracker(args.tracking_uri, args.experiment) as t:

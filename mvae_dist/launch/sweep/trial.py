@@ -8,12 +8,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import (
+from ...config import (
     TrainConfig,
     applicable,
     load_storage_options,
 )
-from ..errors import ConfigError, one_line
+from ...errors import ConfigError, one_line
 from .results import TrialRecord
 from .spec import (
     _RUN_STATUS,
@@ -57,8 +57,8 @@ def _run_trial(params: dict[str, Any], plan: _Plan) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from ..tracking import Tracker
-    from ..train.driver import TrainingError, build_trainer, failure_reason, finish_fit, run_storage
+    from ...tracking import Tracker
+    from ...train.driver import TrainingError, build_trainer, failure_reason, finish_fit, run_storage
 
     trial_id = tune.get_context().get_trial_id()
     cfg = plan.config(params, trial_id)
@@ -118,7 +118,7 @@ def _trial_error(trial: Any) -> str:
 
 def _attach(tracking_uri: str, experiment: str, run_id: str) -> Any:
     """A Tracker bound to an existing run, without resuming it (no RUNNING, no resume_count)."""
-    from ..tracking import Tracker
+    from ...tracking import Tracker
 
     t = Tracker(tracking_uri, experiment)
     t.attach(run_id)
@@ -130,7 +130,7 @@ def _finish_child(plan: _Plan, trial_id: str, params: Mapping[str, Any], status:
     """Tag the trial's child run and end it with the status's MLflow status (a run the workers
     already ended keeps theirs) -> its run id. A trial that failed before opening its run gets
     one, FAILED, so that every trial has a child run."""
-    from ..tracking import Tracker, find_runs
+    from ...tracking import Tracker, find_runs
 
     spec = plan.spec
     runs = find_runs(spec.experiment, f"tags.{TAG_SWEEP_RUN} = '{plan.sweep_run}' AND "

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import yaml
 
-from ..config import (
+from ...config import (
     SECTIONS,
     TrainConfig,
     absolute_local_paths,
@@ -22,7 +22,7 @@ from ..config import (
     read_yaml_mapping,
     resolve_config_path,
 )
-from ..errors import ConfigError, MvaeDistError
+from ...errors import ConfigError, MvaeDistError
 
 #: CPU share of each trial's driver (the function that fits the trial's TorchTrainer)
 DRIVER_CPU = 0.01

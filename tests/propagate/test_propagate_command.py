@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from mvae_dist.cli import main
 from mvae_dist.data import make_loader, open_manifest, verify
 from mvae_dist.errors import ConfigError, DataError
-from mvae_dist.propagate import run_propagate
+from mvae_dist.launch.cli import main
+from mvae_dist.launch.propagate import run_propagate
 from mvae_dist.propagate.relatedness import choose_threshold, relatedness_scores, score_pmi
 from mvae_dist.trained import load_trained
 
@@ -202,8 +202,9 @@ class Block:
         if name.split('.')[0] in {'ray', 'mlflow'}:
             raise ImportError('blocked: ' + name)
 sys.meta_path.insert(0, Block())
-import mvae_dist.propagate.relatedness, mvae_dist.propagate.siamese, mvae_dist.propagate.scale
-from mvae_dist.propagate import run_propagate, choose_threshold, train_siamese
+import mvae_dist.propagate.relatedness, mvae_dist.propagate.siamese, mvae_dist.launch.propagate
+from mvae_dist.launch.propagate import run_propagate
+from mvae_dist.propagate import choose_threshold, train_siamese
 print('ok')
 """
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

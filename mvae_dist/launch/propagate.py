@@ -40,8 +40,16 @@ from mvae_dist.data.manifest import url_to_fs
 from mvae_dist.data.shards import atomic_write
 from mvae_dist.errors import ConfigError, DataError
 
-from .pools import batches, class_counts, event_shape, read_shard, read_shard_bytes, shard_url, write_samples
-from .relatedness import Scored, choose_threshold, pair_noise, pmi_with_noise, relatedness_scores
+from ..propagate.pools import (
+    batches,
+    class_counts,
+    event_shape,
+    read_shard,
+    read_shard_bytes,
+    shard_url,
+    write_samples,
+)
+from ..propagate.relatedness import Scored, choose_threshold, pair_noise, pmi_with_noise, relatedness_scores
 
 MARKER = "_propagating.json"  # the run's parameters while shards are being written
 

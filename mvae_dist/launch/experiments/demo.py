@@ -15,8 +15,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
-from ..tables import markdown_table
+from ...errors import ConfigError
+from ...tables import markdown_table
 from .common import OBJECTIVES, finish_study, open_study, run_arm
 from .studies import DEFAULT_CONFIG, ensure_classifiers, ensure_data
 
@@ -48,7 +48,7 @@ def demo(root: str = "demo", *, percent: float = 20.0, dm: int = 10, overrides: 
          tracking_uri: str | None = None, ray_address: str | None = None,
          data_options: dict | None = None) -> Path:
     """Run the demo under ``root`` -> the folder with its results (see the module docstring)."""
-    from ..tracking import ui_command
+    from ...tracking import ui_command
 
     if not 0 < percent <= 100:
         raise ConfigError(f"--percent must be in (0, 100], got {percent}")

@@ -19,10 +19,10 @@ def run_rank(rank: int, world: int, port: int, args: dict) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from .config import ObjectiveConfig
-    from .models import build_model
-    from .train.dist import TorchCrossRank
-    from .train.step import TrainStep, make_optimizer, step_generator
+    from ..config import ObjectiveConfig
+    from ..models import build_model
+    from ..train.dist import TorchCrossRank
+    from ..train.step import TrainStep, make_optimizer, step_generator
 
     torch.set_num_threads(args["threads"])
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
@@ -76,7 +76,7 @@ def bench_gather(*, world: int, model: str, estimator: str, K: int, N: int, batc
         out = os.path.join(tmp, "rank0.json")
         args = {"model": model, "estimator": estimator, "K": K, "N": N, "batch_size": batch_size,
                 "steps": steps, "warmup": warmup, "threads": threads, "out": out}
-        procs = [subprocess.Popen([sys.executable, "-m", "mvae_dist.bench_dist", str(r), str(world),
+        procs = [subprocess.Popen([sys.executable, "-m", "mvae_dist.launch.bench_dist", str(r), str(world),
                                    str(port), json.dumps(args)]) for r in range(world)]
         codes = [p.wait() for p in procs]
         if any(codes):

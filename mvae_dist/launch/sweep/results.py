@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..tables import csv_table, markdown_table
+from ...tables import csv_table, markdown_table
 from .spec import _RUN_STATUS, TrialStatus
 
 
@@ -51,7 +51,7 @@ class SweepResult:
         return self.files["best_config"]
 
     def lines(self, max_rows: int = 10) -> list[str]:
-        from ..tracking import ui_command
+        from ...tracking import ui_command
 
         counts = {s: sum(t.status == s for t in self.trials) for s in _RUN_STATUS}
         out = [f"sweep {self.sweep_run}: {len(self.trials)} trials ({counts['completed']} completed, "

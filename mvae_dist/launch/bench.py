@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .models import build_model
-from .objectives import training_loss
+from ..models import build_model
+from ..objectives import training_loss
 
 
 @dataclass(frozen=True)
@@ -126,9 +126,9 @@ def bench_train(*, data: str, workers: list[int], steps: int = 20, config: str |
     import os
     import tempfile
 
-    from .config import load_train_config, shipped_config
-    from .tracking import find_runs
-    from .train.driver import fit
+    from ..config import load_train_config, shipped_config
+    from ..tracking import find_runs
+    from ..train.driver import fit
 
     default = shipped_config("embedded/mmvae-ci.yaml")
     records = []

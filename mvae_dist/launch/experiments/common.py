@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from ..config import TrainConfig, load_train_config
-from ..errors import ConfigError
-from ..tables import markdown_table as _markdown
+from ...config import TrainConfig, load_train_config
+from ...errors import ConfigError
+from ...tables import markdown_table as _markdown
 
 #: arms of the paper's comparisons: objective overrides
 OBJECTIVES: dict[str, dict[str, Any]] = {
@@ -121,7 +121,7 @@ def open_study(name: str, config: str | None, overrides: Sequence[str], *, root:
                tracking_uri: str | None, params: Mapping[str, Any], seeds: int = 1,
                ray_address: str | None = None, train_seeds: int = 1) -> Study:
     """Resolve the base config and open the parent MLflow run ``<name>-<time>``."""
-    from ..tracking import Tracker, default_tracking_uri
+    from ...tracking import Tracker, default_tracking_uri
 
     base = load_train_config(config, list(overrides))
     uri = tracking_uri or base.tracking.tracking_uri or default_tracking_uri()
@@ -140,10 +140,10 @@ def run_arm(study: Study, arm: str, overrides: Mapping[str, Any], *, settings: M
             classifiers: Any, evaluate: bool = True, seed: int = 0) -> dict[str, Any]:
     """Train one arm as a child run of the study (training seed ``seed``: train.seed = the base
     config's + seed), evaluate it -> its row (settings + metrics), one of ``study.runs``."""
-    from ..eval.evaluation import evaluate_and_log
-    from ..tracking import Tracker
-    from ..train.driver import fit
-    from ..trained import load_trained
+    from ...eval.evaluation import evaluate_and_log
+    from ...tracking import Tracker
+    from ...train.driver import fit
+    from ...trained import load_trained
 
     label = arm if study.train_seeds == 1 else f"{arm} seed {seed}"
     name = f"{study.name}-{label.replace(' ', '-')}-{study.stamp}"
@@ -261,8 +261,8 @@ def study_metrics(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
 def finish_study(study: Study, table: str, plots: Mapping[str, np.ndarray],
                  extra: Mapping[str, Any] | None = None, failed: bool = False) -> Path:
     """Log results/plots to the parent run, close it, write the same files locally -> the folder."""
-    from ..eval.images import save_png
-    from ..tracking import Tracker
+    from ...eval.images import save_png
+    from ...tracking import Tracker
 
     t = Tracker(study.tracking_uri, study.base.tracking.experiment)
     t.attach(study.parent_run_id)

@@ -18,8 +18,8 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, replace
 
-from .config import load_storage_options
-from .eval.evaluation import evaluate_and_log, load_eval_classifiers, logged_metrics, metric_name
+from ..config import load_storage_options
+from ..eval.evaluation import evaluate_and_log, load_eval_classifiers, logged_metrics, metric_name
 
 __all__ = ["EvaluateResult", "evaluate_and_log", "evaluate_command", "load_eval_classifiers",
            "logged_metrics", "metric_name"]
@@ -34,7 +34,7 @@ class EvaluateResult:
     source: str
 
     def lines(self) -> list[str]:
-        from .tracking import ui_command
+        from ..tracking import ui_command
 
         return [f"evaluation of {self.source}", "", self.table.rstrip(), "",
                 f"logged to MLflow run {self.run_id}; open the UI with:",
@@ -49,8 +49,8 @@ def evaluate_command(*, checkpoint: str | None, run_id: str | None, tracking_uri
                      device: str = "cpu", progress: bool = True) -> EvaluateResult:
     """Load a trained model, evaluate it with its own config's eval section (overridden by the
     arguments), log to MLflow (see the module docstring) and return the table."""
-    from .tracking import Tracker, default_tracking_uri, find_runs, get_run
-    from .trained import load_trained
+    from ..tracking import Tracker, default_tracking_uri, find_runs, get_run
+    from ..trained import load_trained
 
     uri = tracking_uri or default_tracking_uri()
     trained = load_trained(checkpoint=checkpoint, run_id=run_id, tracking_uri=uri,
