@@ -1,37 +1,164 @@
-"""Typed, frozen configuration sections; YAML plus ``key=value`` overrides; validated once.
+"""Typed, frozen configuration sections on pydantic v2: YAML plus ``section.key=value`` overrides,
+validated when built.
 
-A bad value raises ConfigError naming the key, e.g. ``objective.gamma must be > 1, got 0.5``.
+Every input format of the project (run configs, sweep specs, ``data prepare`` and ``propagate``
+options) is a ``Section``: unknown keys are refused, numbers are finite, choices are ``Literal``
+types, and a bad value raises ConfigError with one line naming the key, e.g.
+``objective.gamma must be > 1, got 0.5``. ``Section.replace`` validates too (pydantic's own
+``model_copy`` does not).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import os
+import re
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from .errors import ConfigError
 
-MODEL_NAMES = ("mmvae", "mvae", "jmvae")
-OBJECTIVES = ("baseline", "contrastive")
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+ModelName = Literal["mmvae", "mvae", "jmvae"]
 #: how encoders turn their unconstrained scale output into a posterior scale (models/networks.py)
-POSTERIOR_SCALES = ("softplus", "softmax")
+PosteriorScale = Literal["softplus", "softmax"]
+MODEL_NAMES: tuple[str, ...] = typing.get_args(ModelName)
+POSTERIOR_SCALES: tuple[str, ...] = typing.get_args(PosteriorScale)
 
 
-class _Validated:
-    """Config sections validate themselves when built (``dataclasses.replace`` included), so an
-    invalid section cannot exist; ``validate()`` raises ConfigError naming the key."""
+# ----------------------------------------------------------------- the mechanism
+def _not_bool(kind: str):
+    """A before-validator refusing booleans where a number is meant (pydantic's lax mode would
+    read ``true`` as 1)."""
+    def check(value: Any) -> Any:
+        if isinstance(value, bool):
+            raise PydanticCustomError(f"{kind}_type", "not a number")
+        return value
+    return BeforeValidator(check)
 
-    def __post_init__(self) -> None:
-        self.validate()  # type: ignore[attr-defined]
+
+Int = Annotated[int, _not_bool("int")]
+Float = Annotated[float, _not_bool("float")]
+PositiveInt = Annotated[int, _not_bool("int"), Field(ge=1)]
+NonNegativeInt = Annotated[int, _not_bool("int"), Field(ge=0)]
+PositiveFloat = Annotated[float, _not_bool("float"), Field(gt=0)]
+NonNegativeFloat = Annotated[float, _not_bool("float"), Field(ge=0)]
 
 
-@dataclass(frozen=True)
-class ModelConfig(_Validated):
+def _comma_list(value: Any) -> Any:
+    """``"mnist,svhn"`` (a command-line override) -> ``["mnist", "svhn"]``."""
+    return [v for v in value.split(",") if v] if isinstance(value, str) else value
+
+
+Names = Annotated[tuple[str, ...], BeforeValidator(_comma_list)]
+
+#: pydantic error type -> what the one-line message says the key must be
+_MUST = {
+    "int_parsing": "an integer", "int_type": "an integer", "int_from_float": "an integer",
+    "float_parsing": "a number", "float_type": "a number", "bool_parsing": "true or false",
+    "bool_type": "true or false", "string_type": "a string", "list_type": "a list",
+    "tuple_type": "a list", "dict_type": "a mapping", "model_type": "a mapping",
+}
+
+
+_OPS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+
+
+def _key(where: str, loc: tuple) -> str:
+    """``("model", "name")`` under ``where`` -> ``model.name`` (list indices left out)."""
+    parts = [where] if where else []
+    return ".".join(parts + [str(p) for p in loc if isinstance(p, str)])
+
+
+def _section_at(cls: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """The Section class that holds the key at ``loc`` (for naming the known keys)."""
+    for part in loc[:-1]:
+        field = cls.model_fields.get(part) if isinstance(part, str) else None
+        inner = field.annotation if field is not None else None
+        if not (isinstance(inner, type) and issubclass(inner, BaseModel)):
+            return None
+        cls = inner
+    return cls
+
+
+def one_line_error(error: ValidationError, cls: type[BaseModel], where: str) -> ConfigError:
+    """The first error of a pydantic ValidationError as a ConfigError of one line naming the key."""
+    e = error.errors(include_url=False)[0]
+    kind, loc, ctx, value = e["type"], tuple(e["loc"]), e.get("ctx") or {}, e.get("input")
+    key = _key(where, loc)
+    if getattr(cls, "flag_keys", False):  # a command's options: named as its flags
+        key = "--" + key.replace("_", "-")
+    if kind == "extra_forbidden":
+        holder = _section_at(cls, loc)
+        known = ", ".join(holder.model_fields) if holder else ""  # in the order they are declared
+        template = getattr(holder, "unknown_key", "unknown key {key}; known: {known}")
+        return ConfigError(template.format(key=key, name=loc[-1], known=known))
+    if kind == "model_type" and len(loc) == 1 and getattr(cls, "not_a_mapping", None):
+        return ConfigError(cls.not_a_mapping.format(key=key, value=value))
+    if kind == "missing":
+        return ConfigError(f"{key} is required")
+    if kind == "literal_error":
+        choices = re.findall(r"'([^']*)'", ctx["expected"])  # pydantic's "'a', 'b' or 'c'"
+        return ConfigError(f"{key} must be one of {', '.join(choices)}, got {value!r}")
+    if kind == "finite_number":
+        return ConfigError(f"{key} must be a finite number, got {value}")
+    if kind in _OPS:
+        bound = next(iter(ctx.values()))
+        return ConfigError(f"{key} must be {_OPS[kind]} {bound:g}, got {value}")
+    if kind in ("string_too_short",):
+        return ConfigError(f"{key} must be a non-empty string, got {value!r}")
+    if kind in _MUST:
+        return ConfigError(f"{key} must be {_MUST[kind]}, got {value!r}")
+    if kind in ("value_error", "assertion_error"):
+        return ConfigError(str(ctx.get("error", e["msg"])))
+    return ConfigError(f"{key}: {e['msg']}, got {value!r}")
+
+
+class Section(BaseModel):
+    """A frozen config section: unknown keys refused, floats finite, validated when built; a bad
+    value raises ConfigError naming the key (``key_prefix`` + the field)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+    #: how keys of this section are named in errors ("model" -> "model.name")
+    key_prefix: ClassVar[str] = ""
+    #: the message for a key the section does not have ({key}: dotted, {name}: the key, {known})
+    unknown_key: ClassVar[str] = "unknown key {key}; known: {known}"
+    #: name keys as command-line flags in errors (``batch_size`` -> ``--batch-size``)
+    flag_keys: ClassVar[bool] = False
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as e:
+            raise one_line_error(e, type(self), self.key_prefix) from None
+
+    @classmethod
+    def build(cls, data: Mapping[str, Any] | None = None):
+        """The section from a mapping (a YAML section, parsed overrides); ConfigError naming a bad key."""
+        if data is not None and not isinstance(data, Mapping):
+            raise ConfigError(f"{cls.key_prefix or 'config'} must be a mapping, got {data!r}")
+        return cls(**{str(k): v for k, v in (data or {}).items()})
+
+    def replace(self, **changes: Any):
+        """A copy with ``changes``, validated (unlike pydantic's ``model_copy``)."""
+        return type(self).build({**self.to_dict(), **changes})
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump()
+
+
+# ----------------------------------------------------------------- the run's sections
+class ModelConfig(Section):
     """Which multimodal VAE and which modalities.
 
     modalities: built-in names "mnist" (784-400-L MLP), "svhn" (32-64-128 conv net) or
@@ -44,52 +171,42 @@ class ModelConfig(_Validated):
     official code's --learn-prior).
     """
 
-    name: str = "mmvae"
-    modalities: tuple[str, ...] = ("mnist", "svhn")
-    latent_dim: int = 20
-    family: str | None = None
-    likelihood: str = "laplace"
-    likelihood_scale: float = 0.75
+    key_prefix: ClassVar[str] = "model"
+
+    name: ModelName = "mmvae"
+    modalities: Names = ("mnist", "svhn")
+    latent_dim: PositiveInt = 20
+    family: Literal["normal", "laplace"] | None = None
+    likelihood: Literal["normal", "laplace"] = "laplace"
+    likelihood_scale: PositiveFloat = 0.75
     llik_scaling: Any = "auto"
-    hidden: int = 400
-    jmvae_alpha: float = 0.01
-    mvae_unimodal_weight: float = 1.0
-    posterior_scale: str = "softplus"
+    hidden: PositiveInt = 400
+    jmvae_alpha: NonNegativeFloat = 0.01
+    mvae_unimodal_weight: Float = 1.0
+    posterior_scale: PosteriorScale = "softplus"
     learn_prior: bool = False
 
-    def validate(self) -> ModelConfig:
-        if self.name not in MODEL_NAMES:
-            raise ConfigError(f"model.name must be one of {', '.join(MODEL_NAMES)}, got {self.name!r}")
-        if len(self.modalities) < 2:
-            raise ConfigError(
-                f"model.modalities needs at least 2 entries, got {list(self.modalities)}"
-            )
-        for spec in self.modalities:
+    @field_validator("modalities")
+    @classmethod
+    def _modalities(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(value) < 2:
+            raise ConfigError(f"model.modalities needs at least 2 entries, got {list(value)}")
+        for spec in value:
             parse_modality_spec(spec)
-        if self.latent_dim < 1:
-            raise ConfigError(f"model.latent_dim must be >= 1, got {self.latent_dim}")
-        if self.family not in (None, "normal", "laplace"):
-            raise ConfigError(f"model.family must be 'normal' or 'laplace', got {self.family!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _across_keys(self) -> ModelConfig:
         if self.name == "mvae" and self.family == "laplace":
             raise ConfigError("model.family must be 'normal' for mvae (product of experts), got 'laplace'")
-        if self.likelihood not in ("normal", "laplace"):
-            raise ConfigError(f"model.likelihood must be 'normal' or 'laplace', got {self.likelihood!r}")
-        if not self.likelihood_scale > 0:
-            raise ConfigError(f"model.likelihood_scale must be > 0, got {self.likelihood_scale}")
         if self.llik_scaling != "auto":
             vals = self.llik_scaling
+            _finite(vals, "model.llik_scaling")
             if not isinstance(vals, (list, tuple)) or len(vals) != len(self.modalities) or not all(
-                isinstance(v, (int, float)) and v > 0 for v in vals
+                isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in vals
             ):
                 n = len(self.modalities)
                 raise ConfigError(f"model.llik_scaling must be 'auto' or {n} positive numbers, got {vals!r}")
-        if self.hidden < 1:
-            raise ConfigError(f"model.hidden must be >= 1, got {self.hidden}")
-        if self.jmvae_alpha < 0:
-            raise ConfigError(f"model.jmvae_alpha must be >= 0, got {self.jmvae_alpha}")
-        if self.posterior_scale not in POSTERIOR_SCALES:
-            raise ConfigError(f"model.posterior_scale must be one of {', '.join(POSTERIOR_SCALES)}, "
-                              f"got {self.posterior_scale!r}")
         if self.learn_prior and self.name != "mmvae":
             raise ConfigError(f"model.learn_prior applies to mmvae only (the prior is the product's "
                               f"expert in mvae and jmvae's KL target), got model.name {self.name!r}")
@@ -100,34 +217,22 @@ class ModelConfig(_Validated):
         return self.family or ("laplace" if self.name == "mmvae" else "normal")
 
 
-@dataclass(frozen=True)
-class ObjectiveConfig(_Validated):
+class ObjectiveConfig(Section):
     """The training objective: baseline bound or contrastive eq. 4 (paper defaults γ=2, N=5, K=30)."""
 
-    name: str = "contrastive"
-    estimator: str = "iwae"
-    gamma: float = 2.0
-    N: int = 5
-    K: int = 30
-    baseline_estimator: str = "iwae"
+    key_prefix: ClassVar[str] = "objective"
+
+    name: Literal["baseline", "contrastive"] = "contrastive"
+    estimator: Literal["iwae", "cubo", "elbo"] = "iwae"
+    gamma: Annotated[float, _not_bool("float"), Field(gt=1)] = 2.0
+    N: PositiveInt = 5
+    K: PositiveInt = 30
+    baseline_estimator: Literal["iwae", "elbo"] = "iwae"
     dreg: bool = False
     looser: bool = False
 
-    def validate(self) -> ObjectiveConfig:
-        if self.name not in OBJECTIVES:
-            raise ConfigError(f"objective.name must be one of {', '.join(OBJECTIVES)}, got {self.name!r}")
-        if self.estimator not in ("iwae", "cubo", "elbo"):
-            raise ConfigError(f"objective.estimator must be 'iwae', 'cubo' or 'elbo', got {self.estimator!r}")
-        if self.baseline_estimator not in ("iwae", "elbo"):
-            raise ConfigError(
-                f"objective.baseline_estimator must be 'iwae' or 'elbo', got {self.baseline_estimator!r}"
-            )
-        if not self.gamma > 1:
-            raise ConfigError(f"objective.gamma must be > 1, got {self.gamma}")
-        if self.N < 1:
-            raise ConfigError(f"objective.N must be >= 1, got {self.N}")
-        if self.K < 1:
-            raise ConfigError(f"objective.K must be >= 1, got {self.K}")
+    @model_validator(mode="after")
+    def _across_keys(self) -> ObjectiveConfig:
         if self.dreg and (self.name != "baseline" or self.baseline_estimator != "iwae"):
             raise ConfigError("objective.dreg applies to the baseline objective with the iwae bound (in the "
                               "contrastive objective the negatives reuse the positives' samples)")
@@ -144,21 +249,10 @@ def parse_modality_spec(spec: str) -> tuple[str, int | None]:
     raise ConfigError(f"model.modalities: unknown modality {spec!r}; expected mnist, svhn or vector:D")
 
 
-# ----------------------------------------------------------------- generic loading
-def from_mapping(cls: type, data: Mapping[str, Any] | None, section: str) -> Any:
-    """Build dataclass ``cls`` from a mapping, naming unknown keys and mistyped values."""
-    data = dict(data or {})
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        raise ConfigError(f"unknown key {section}.{unknown[0]}; known: {', '.join(sorted(names))}")
-    hints = typing.get_type_hints(cls)
-    kwargs = {k: _coerce(v, hints[k], f"{section}.{k}") for k, v in data.items()}
-    return cls(**kwargs)  # a config section validates itself when built
-
-
 def _finite(value: Any, key: str) -> Any:
     """``value``; ConfigError naming ``key`` when it is or holds an infinite or NaN number."""
+    import math
+
     items = value if isinstance(value, (list, tuple)) else [value]
     for v in items:
         if isinstance(v, (list, tuple)):
@@ -168,174 +262,86 @@ def _finite(value: Any, key: str) -> Any:
     return value
 
 
-def _coerce(value: Any, hint: Any, key: str) -> Any:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if hint is Any:
-        return _finite(value, key)
-    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
-        if value is None and type(None) in args:
-            return None
-        types = [a for a in args if a is not type(None)]
-        for a in types:
-            try:
-                return _coerce(value, a, key)
-            except ConfigError:
-                if len(types) == 1:  # e.g. float | None: that type's own message
-                    raise
-        raise ConfigError(f"{key} has a bad value {value!r}")
-    if origin is tuple:
-        if isinstance(value, str):
-            value = [v for v in value.split(",") if v]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key} must be a list, got {value!r}")
-        return tuple(_coerce(v, args[0], key) for v in value)
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-        raise ConfigError(f"{key} must be true or false, got {value!r}")
-    if hint is int:
-        is_int_text = isinstance(value, str) and value.lstrip("-").isdigit()
-        if isinstance(value, bool) or not (isinstance(value, int) or is_int_text):
-            raise ConfigError(f"{key} must be an integer, got {value!r}")
-        return int(value)
-    if hint is float:
-        try:
-            if isinstance(value, bool):
-                raise ValueError
-            number = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{key} must be a number, got {value!r}") from None
-        return _finite(number, key)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key} must be a string, got {value!r}")
-        return value
-    return value
-
-
-
-
-@dataclass(frozen=True)
-class DataConfig(_Validated):
+class DataConfig(Section):
     """Where the shards are and how each worker reads them. batch_size is per worker."""
 
-    url: str = "data/embedded"
+    key_prefix: ClassVar[str] = "data"
+
+    url: Annotated[str, Field(min_length=1)] = "data/embedded"
     train_split: str = "train"
     test_split: str = "test"
-    batch_size: int = 128
-    loader_workers: int = 0
-    shuffle_buffer: int = 2000
+    batch_size: Annotated[int, _not_bool("int"), Field(ge=2)] = 128
+    loader_workers: NonNegativeInt = 0
+    shuffle_buffer: NonNegativeInt = 2000
     storage_options_file: str | None = None
 
-    def validate(self) -> DataConfig:
-        if not self.url:
-            raise ConfigError("data.url must name a prepared data set (a path or URL)")
-        if self.batch_size < 2:
-            raise ConfigError(f"data.batch_size must be >= 2, got {self.batch_size}")
-        if self.loader_workers < 0:
-            raise ConfigError(f"data.loader_workers must be >= 0, got {self.loader_workers}")
-        return self
 
-
-@dataclass(frozen=True)
-class OptimConfig(_Validated):
+class OptimConfig(Section):
     """Adam with an optional cosine schedule (the paper trains with Adam, lr 1e-3; the official
-    MMVAE code with amsgrad)."""
+    MMVAE code with amsgrad). grad_clip: the gradient-norm bound, 0 = off."""
 
-    lr: float = 1e-3
-    weight_decay: float = 0.0
+    key_prefix: ClassVar[str] = "optim"
+
+    lr: PositiveFloat = 1e-3
+    weight_decay: NonNegativeFloat = 0.0
     amsgrad: bool = False
-    schedule: str = "constant"
-    grad_clip: float = 0.0
-
-    def validate(self) -> OptimConfig:
-        if not self.lr > 0:
-            raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
-        if self.schedule not in ("constant", "cosine"):
-            raise ConfigError(f"optim.schedule must be 'constant' or 'cosine', got {self.schedule!r}")
-        if self.grad_clip < 0:
-            raise ConfigError(f"optim.grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
-        return self
+    schedule: Literal["constant", "cosine"] = "constant"
+    grad_clip: NonNegativeFloat = 0.0
 
 
-@dataclass(frozen=True)
-class TrainSection(_Validated):
-    """The run: length, workers, checkpoints, failure handling.
+class TrainSection(Section):
+    """The ``train:`` section: length, workers, checkpoints, failure handling.
 
     storage_path: where Ray Train keeps the run's checkpoints (local path or any fsspec URL, e.g.
     s3://bucket/runs); storage_options_file: a YAML file of fsspec options for that URL (endpoint,
     credentials), else Ray resolves it from the standard environment (AWS_*, instance roles);
     checkpoint_every: steps between checkpoints (0: one per epoch); max_steps: 0 = no limit;
-    ray_log_level: the level of Ray Train's own per-report worker lines ("Reporting training
-    result ...", "Checkpoint successfully created ...", one per report and rank): WARNING hides
-    them, INFO shows them.
+    max_failures: worker-group restarts (-1: no limit); ray_log_level: the level of Ray Train's
+    own per-report worker lines ("Reporting training result ...", "Checkpoint successfully
+    created ...", one per report and rank): WARNING hides them, INFO shows them.
     """
 
+    key_prefix: ClassVar[str] = "train"
+
     name: str = "mvae-run"
-    epochs: int = 10
-    max_steps: int = 0
-    num_workers: int = 2
+    epochs: PositiveInt = 10
+    max_steps: NonNegativeInt = 0
+    num_workers: PositiveInt = 2
     use_gpu: bool = False
-    cpus_per_worker: float = 1.0
-    seed: int = 0
+    cpus_per_worker: PositiveFloat = 1.0
+    seed: Int = 0
     storage_path: str = "runs"
     storage_options_file: str | None = None
-    checkpoint_every: int = 0
-    keep_checkpoints: int = 2
-    eval_every: int = 1
-    eval_K: int = 30
-    eval_batches: int = 4
-    log_every: int = 10
-    max_failures: int = 2
-    max_nonfinite: int = 10
-    threads_per_worker: int = 0
-    ray_log_level: str = "WARNING"
+    checkpoint_every: NonNegativeInt = 0
+    keep_checkpoints: PositiveInt = 2
+    eval_every: NonNegativeInt = 1
+    eval_K: PositiveInt = 30
+    eval_batches: PositiveInt = 4
+    log_every: PositiveInt = 10
+    max_failures: Annotated[int, _not_bool("int"), Field(ge=-1)] = 2
+    max_nonfinite: NonNegativeInt = 10
+    threads_per_worker: NonNegativeInt = 0
+    ray_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
 
-    def validate(self) -> TrainSection:
-        checks = [
-            (self.epochs >= 1, f"train.epochs must be >= 1, got {self.epochs}"),
-            (self.max_steps >= 0, f"train.max_steps must be >= 0, got {self.max_steps}"),
-            (self.num_workers >= 1, f"train.num_workers must be >= 1, got {self.num_workers}"),
-            (self.cpus_per_worker > 0, f"train.cpus_per_worker must be > 0, got {self.cpus_per_worker}"),
-            (self.checkpoint_every >= 0, f"train.checkpoint_every must be >= 0, got {self.checkpoint_every}"),
-            (self.keep_checkpoints >= 1, f"train.keep_checkpoints must be >= 1, got {self.keep_checkpoints}"),
-            (self.eval_every >= 0, f"train.eval_every must be >= 0, got {self.eval_every}"),
-            (self.eval_K >= 1, f"train.eval_K must be >= 1, got {self.eval_K}"),
-            (self.log_every >= 1, f"train.log_every must be >= 1, got {self.log_every}"),
-            (self.max_failures >= -1, f"train.max_failures must be >= -1, got {self.max_failures}"),
-            (self.max_nonfinite >= 0, f"train.max_nonfinite must be >= 0, got {self.max_nonfinite}"),
-            (self.ray_log_level in LOG_LEVELS,
-             f"train.ray_log_level must be one of {', '.join(LOG_LEVELS)}, got {self.ray_log_level!r}"),
-            (bool(self.name) and "/" not in self.name,
-             f"train.name must be a non-empty name without '/', got {self.name!r}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
-        return self
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not value or "/" in value:
+            raise ConfigError(f"train.name must be a non-empty name without '/', got {value!r}")
+        return value
 
 
-@dataclass(frozen=True)
-class TrackingConfig(_Validated):
+class TrackingConfig(Section):
     """MLflow: tracking_uri None = $MLFLOW_TRACKING_URI, else sqlite under the working directory."""
 
+    key_prefix: ClassVar[str] = "tracking"
+
     tracking_uri: str | None = None
-    experiment: str = "mvae-dist"
+    experiment: Annotated[str, Field(min_length=1)] = "mvae-dist"
     run_name: str | None = None
 
-    def validate(self) -> TrackingConfig:
-        if not self.experiment:
-            raise ConfigError("tracking.experiment must be a non-empty name")
-        return self
 
-
-@dataclass(frozen=True)
-class EvalConfig(_Validated):
+class EvalConfig(Section):
     """The paper's metrics (section 4.2), during training and in ``mvae-dist evaluate``.
 
     classifiers: where the digit classifiers come from: "auto" = the latest version stored with
@@ -348,31 +354,28 @@ class EvalConfig(_Validated):
     seeds: how many seeds ``mvae-dist evaluate`` reports the mean and spread over.
     """
 
-    classifiers: str = "auto"
-    n_test: int = 1000
-    n_latent_train: int = 2000
-    ll_K: int = 1000
-    ll_n: int = 100
-    seeds: int = 3
+    key_prefix: ClassVar[str] = "eval"
 
-    def validate(self) -> EvalConfig:
-        for name in ("n_test", "n_latent_train", "ll_K", "ll_n", "seeds"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"eval.{name} must be >= 1, got {getattr(self, name)}")
-        if not self.classifiers:
-            raise ConfigError("eval.classifiers must be 'auto', 'none' or a URL")
-        return self
+    classifiers: Annotated[str, Field(min_length=1)] = "auto"
+    n_test: PositiveInt = 1000
+    n_latent_train: PositiveInt = 2000
+    ll_K: PositiveInt = 1000
+    ll_n: PositiveInt = 100
+    seeds: PositiveInt = 3
 
 
-SECTIONS: dict[str, type] = {
+SECTIONS: dict[str, type[Section]] = {
     "model": ModelConfig, "objective": ObjectiveConfig, "data": DataConfig, "optim": OptimConfig,
     "train": TrainSection, "tracking": TrackingConfig, "eval": EvalConfig,
 }
 
 
-@dataclass(frozen=True)
-class TrainConfig(_Validated):
-    """The resolved configuration of one training run (what checkpoints and MLflow record)."""
+class RunConfig(Section):
+    """The resolved configuration of one training run (what checkpoints and MLflow record): the
+    sections model, objective, data, optim, train, tracking and eval."""
+
+    unknown_key: ClassVar[str] = "unknown config section {name!r}; known: {known}"
+    not_a_mapping: ClassVar[str] = "config section {key!r} must be a mapping, got {value!r}"
 
     model: ModelConfig = ModelConfig()
     objective: ObjectiveConfig = ObjectiveConfig()
@@ -382,30 +385,26 @@ class TrainConfig(_Validated):
     tracking: TrackingConfig = TrackingConfig()
     eval: EvalConfig = EvalConfig()
 
-    def validate(self) -> TrainConfig:
-        """The checks across sections (each section validated itself when built)."""
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_sections(cls, data: Any) -> Any:
+        """An empty YAML section (``eval:`` with nothing under it) is the section's defaults."""
+        if isinstance(data, Mapping):
+            return {k: ({} if v is None else v) for k, v in data.items()}
+        return data
+
+    @model_validator(mode="after")
+    def _across_sections(self) -> RunConfig:
         global_batch = self.data.batch_size * self.train.num_workers
         if self.objective.name == "contrastive" and self.objective.N >= global_batch:
-            raise ConfigError(
-                f"objective.N must be < the global batch {self.data.batch_size * self.train.num_workers}, "
-                f"got {self.objective.N}"
-            )
+            raise ConfigError(f"objective.N must be < the global batch {global_batch}, "
+                              f"got {self.objective.N}")
         return self
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None) -> TrainConfig:
-        data = dict(data or {})
-        unknown = sorted(set(data) - set(SECTIONS))
-        if unknown:
-            raise ConfigError(f"unknown config section {unknown[0]!r}; known: {', '.join(SECTIONS)}")
-        for name, value in data.items():
-            if value is not None and not isinstance(value, Mapping):
-                raise ConfigError(f"config section {name!r} must be a mapping, got {value!r}")
-        parts = {name: from_mapping(sec, data.get(name), name) for name, sec in SECTIONS.items()}
-        return cls(**parts)
+    def from_dict(cls, data: Mapping[str, Any] | None) -> RunConfig:
+        """The run config from a mapping of sections (missing sections and keys: the defaults)."""
+        return cls.build(data)
 
 
 def load_storage_options(path: str | None, what: str = "storage options file") -> dict | None:
@@ -415,20 +414,31 @@ def load_storage_options(path: str | None, what: str = "storage options file") -
     return read_yaml_mapping(path, what, "a mapping")
 
 
-def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
-    """``["objective.gamma=3", "model.modalities=[mnist,svhn]"]`` -> nested dict (values parsed as YAML)."""
+def parse_override(item: str, example: str = "section.key=value",
+                   what: str = "override") -> tuple[list[str], Any]:
+    """``"objective.gamma=3"`` -> (["objective", "gamma"], 3): the dotted key and the value parsed
+    as YAML (text that is not YAML stays text). The one override syntax of every command."""
     import yaml
 
+    key, sep, raw = item.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(parts):
+        raise ConfigError(f"{what} {item!r} must look like {example}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
+    """``["objective.gamma=3", "model.modalities=[mnist,svhn]"]`` -> nested dict (values parsed as YAML)."""
     out: dict[str, dict[str, Any]] = {}
     for item in items:
-        key, sep, raw = item.partition("=")
-        section, dot, field_name = key.strip().partition(".")
-        if not sep or not dot or not section or not field_name:
+        parts, value = parse_override(item)
+        if len(parts) != 2:
             raise ConfigError(f"override {item!r} must look like section.key=value")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
+        section, field_name = parts
         out.setdefault(section, {})[field_name] = value
     return out
 
@@ -564,9 +574,9 @@ def resolve_config_path(path: str) -> str:
     return packaged if os.path.isfile(packaged) else path
 
 
-def load_train_config(path: str | None, overrides: list[str] | None = None) -> TrainConfig:
+def load_train_config(path: str | None, overrides: list[str] | None = None) -> RunConfig:
     """YAML file (optional; a shipped config's name also works, see ``resolve_config_path``) +
-    ``section.key=value`` overrides -> validated TrainConfig."""
+    ``section.key=value`` overrides -> validated RunConfig."""
 
     data: dict[str, Any] = {}
     if path is not None:
@@ -576,4 +586,4 @@ def load_train_config(path: str | None, overrides: list[str] | None = None) -> T
         if not isinstance(base, dict):
             raise ConfigError(f"config section {section!r} must be a mapping")
         data[section] = {**base, **values}
-    return TrainConfig.from_dict(data)
+    return RunConfig.from_dict(data)

@@ -200,6 +200,8 @@ def flatten_params(config: Any, prefix: str = "") -> dict[str, str]:
 def _plain(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         obj = dataclasses.asdict(obj)
+    elif hasattr(obj, "model_dump") and not isinstance(obj, type):  # a config Section (pydantic)
+        obj = obj.model_dump()
     if isinstance(obj, Mapping):
         return {k: _plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

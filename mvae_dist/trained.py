@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .config import TrainConfig
+from .config import RunConfig
 from .errors import ConfigError
 from .models.base import MultimodalVAE
 
@@ -26,7 +26,7 @@ class Trained:
     """A model in eval mode with its resolved config; ``step`` is -1 where unknown."""
 
     model: MultimodalVAE
-    config: TrainConfig
+    config: RunConfig
     step: int
     source: str
     run_id: str | None = None
@@ -47,7 +47,7 @@ def load_checkpoint_model(uri: str, storage_options: dict | None = None,
     with tempfile.TemporaryDirectory() as tmp:
         fs.get(state, str(Path(tmp) / STATE_FILE))
         blob = torch.load(Path(tmp) / STATE_FILE, map_location="cpu", weights_only=False)
-        cfg = TrainConfig.from_dict(blob["config"])
+        cfg = RunConfig.from_dict(blob["config"])
         model = build_model(cfg.model)
         meta = load_checkpoint(tmp, model=model, map_location="cpu", restore_rng=False)
     return Trained(model.to(device).eval(), cfg, int(meta["position"].step), uri)
@@ -62,7 +62,7 @@ def load_run_model(run_id: str, tracking_uri: str | None = None, storage_options
     step = int(record.tags.get("model_step", -1))  # tagged by the worker that logged the model
     if run_has_artifact(run_id, "model/state_dict.pt", tracking_uri):
         model, config = load_logged_model(run_id, tracking_uri)
-        cfg = TrainConfig.from_dict(config)
+        cfg = RunConfig.from_dict(config)
         return Trained(model.to(device).eval(), cfg, step, f"runs:/{run_id}/model", run_id)
     ckpt = record.tags.get("last_checkpoint")
     if not ckpt:

@@ -2,16 +2,16 @@
 
 import pytest
 
-from mvae_dist.config import ModelConfig, ObjectiveConfig, from_mapping
+from mvae_dist.config import ModelConfig, ObjectiveConfig, RunConfig
 from mvae_dist.errors import ConfigError
 
 
 def test_defaults_are_the_papers():
-    o = from_mapping(ObjectiveConfig, {}, "objective")
+    o = ObjectiveConfig.build({})
     assert (o.gamma, o.N, o.K, o.estimator) == (2.0, 5, 30, "iwae")
-    m = from_mapping(ModelConfig, {"modalities": "mnist,svhn"}, "model")
+    m = ModelConfig.build({"modalities": "mnist,svhn"})
     assert m.modalities == ("mnist", "svhn") and m.posterior_family == "laplace"
-    assert from_mapping(ModelConfig, {"name": "mvae"}, "model").posterior_family == "normal"
+    assert ModelConfig.build({"name": "mvae"}).posterior_family == "normal"
 
 
 @pytest.mark.parametrize(
@@ -30,7 +30,7 @@ def test_defaults_are_the_papers():
 )
 def test_bad_values_are_named(cls, section, data, message):
     with pytest.raises(ConfigError) as e:
-        from_mapping(cls, data, section)
+        cls.build(data)
     assert message in str(e.value)
 
 
@@ -47,3 +47,30 @@ def test_absolute_local_paths_leaves_urls_and_keywords(tmp_path, monkeypatch):
     assert cfg["data"]["url"] == "data/embedded"  # the input is not modified
     store = absolute_local_paths({"eval": {"classifiers": "clf"}})["eval"]["classifiers"]
     assert store == str(tmp_path / "clf")
+
+
+@pytest.mark.parametrize("build,message", [
+    (lambda: ObjectiveConfig(gamma=1.0), "objective.gamma must be > 1, got 1.0"),  # the constructor
+    (lambda: ObjectiveConfig().replace(K=0), "objective.K must be >= 1, got 0"),  # a validated copy
+    (lambda: ModelConfig.build({"latent_dim": True}), "model.latent_dim must be an integer, got True"),
+    (lambda: ModelConfig.build({"learn_prior": "maybe"}), "model.learn_prior must be true or false"),
+    (lambda: RunConfig.from_dict({"optimizer": {}}), "unknown config section 'optimizer'; known: model,"),
+    (lambda: RunConfig.from_dict({"optim": 3}), "config section 'optim' must be a mapping, got 3"),
+    (lambda: RunConfig.from_dict({"train": {"num_workers": "two"}}), "train.num_workers must be an integer"),
+    (lambda: RunConfig.from_dict({"data": {"batch_size": 2}, "train": {"num_workers": 1}}),
+     "objective.N must be < the global batch 2, got 5"),
+])
+def test_every_way_of_building_a_config_validates(build, message):
+    with pytest.raises(ConfigError) as e:
+        build()
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+def test_overrides_read_text_as_the_yaml_type():
+    from mvae_dist.config import load_train_config
+
+    cfg = load_train_config(None, ["model.modalities=mnist,svhn", "train.use_gpu=false", "objective.K=7",
+                                   "optim.lr=2e-4"])
+    assert cfg.model.modalities == ("mnist", "svhn") and cfg.train.use_gpu is False
+    assert cfg.objective.K == 7 and cfg.optim.lr == 2e-4
+    assert RunConfig.from_dict({"eval": None}).eval == RunConfig().eval  # an empty YAML section

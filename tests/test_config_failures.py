@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mvae_dist.config import SECTIONS, TrainConfig, load_storage_options, load_train_config
+from mvae_dist.config import SECTIONS, RunConfig, load_storage_options, load_train_config
 from mvae_dist.errors import ConfigError
 from mvae_dist.launch.cli import main
 
@@ -67,8 +67,8 @@ def _float_keys() -> list[str]:
     """Every float-valued key of the training config (float and float | None fields)."""
     keys = []
     for section, cls in SECTIONS.items():
-        for name, hint in typing.get_type_hints(cls).items():
-            if hint is float or float in typing.get_args(hint):
+        for name, field in cls.model_fields.items():
+            if field.annotation is float or float in typing.get_args(field.annotation):
                 keys.append(f"{section}.{name}")
     return keys
 
@@ -94,7 +94,7 @@ def test_non_finite_floats_in_a_config_file_and_in_lists(tmp_path):
     with pytest.raises(ConfigError, match=r"^model\.llik_scaling must be a finite number, got inf$"):
         load_train_config(None, ["model.llik_scaling=[1.0, .inf]"])
     with pytest.raises(ConfigError, match="finite"):
-        TrainConfig.from_dict({"objective": {"gamma": float("inf")}})
+        RunConfig.from_dict({"objective": {"gamma": float("inf")}})
 
 
 def test_finite_values_still_pass():

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from mvae_dist.config import TrainConfig, applicable
+from mvae_dist.config import RunConfig, applicable
 from mvae_dist.eval.evaluation import logged_metrics
 from mvae_dist.launch.experiments.common import metric_key, study_metrics
 
@@ -22,10 +22,10 @@ def test_evaluation_metrics_are_logged_once_without_clutter():
 
 
 def test_params_that_do_not_apply_are_left_out():
-    base = TrainConfig.from_dict({"objective": {"name": "baseline"}}).to_dict()
+    base = RunConfig.from_dict({"objective": {"name": "baseline"}}).to_dict()
     assert {"K", "baseline_estimator", "dreg", "looser"} <= set(applicable(base)["objective"])
     assert not {"gamma", "N", "estimator"} & set(applicable(base)["objective"])
-    con = TrainConfig.from_dict({"objective": {"name": "contrastive"}}).to_dict()
+    con = RunConfig.from_dict({"objective": {"name": "contrastive"}}).to_dict()
     assert {"gamma", "N", "estimator", "K", "looser"} <= set(applicable(con)["objective"])
     assert not {"baseline_estimator", "dreg"} & set(applicable(con)["objective"])
     assert base["objective"]["gamma"] == 2.0  # the config itself is not changed
@@ -35,7 +35,7 @@ def test_the_baseline_logs_no_contrastive_terms():
     from mvae_dist.models import build_model
     from mvae_dist.objectives import training_loss
 
-    cfg = TrainConfig.from_dict({"model": {"name": "mmvae", "modalities": ["mnist", "svhn"],
+    cfg = RunConfig.from_dict({"model": {"name": "mmvae", "modalities": ["mnist", "svhn"],
                                            "latent_dim": 4}})
     model = build_model(cfg.model)
     xs = [torch.rand(3, 1, 28, 28), torch.rand(3, 3, 32, 32)]

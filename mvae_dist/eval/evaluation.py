@@ -14,12 +14,12 @@ from typing import Any
 
 import torch
 
-from ..config import TrainConfig
+from ..config import RunConfig
 from ..errors import DataError
 from ..models.base import MultimodalVAE
 
 
-def load_eval_classifiers(cfg: TrainConfig, storage_options: dict | None, *, required: bool,
+def load_eval_classifiers(cfg: RunConfig, storage_options: dict | None, *, required: bool,
                         device: str | torch.device = "cpu") -> dict[str, torch.nn.Module] | None:
     """The classifiers ``cfg.eval.classifiers`` names, or None ("none", or "auto" without a store
     when not ``required``). A missing store is a DataError naming the command that trains one."""
@@ -56,7 +56,7 @@ def logged_metrics(flat: dict[str, float], seeds: int, ll_key: str) -> dict[str,
     return out
 
 
-def evaluate_and_log(model: MultimodalVAE, cfg: TrainConfig, *, tracker: Any, step: int,
+def evaluate_and_log(model: MultimodalVAE, cfg: RunConfig, *, tracker: Any, step: int,
                      classifiers: dict[str, torch.nn.Module] | None, seeds: int, ll_K: int, ll_n: int,
                      storage_options: dict | None, device: str | torch.device | None = None,
                      progress: bool = False) -> tuple[dict[str, float], str]:
@@ -98,7 +98,7 @@ def evaluate_and_log(model: MultimodalVAE, cfg: TrainConfig, *, tracker: Any, st
     return flat, table
 
 
-def _first_test_batch(cfg: TrainConfig, storage_options: dict | None,
+def _first_test_batch(cfg: RunConfig, storage_options: dict | None,
                       device: str | torch.device) -> list[torch.Tensor]:
     from ..data import make_loader
 

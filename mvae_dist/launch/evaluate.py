@@ -16,7 +16,7 @@ Artifacts: ``eval/metrics_<step>.json`` and ``eval/metrics_<step>.md`` (the tabl
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from ..config import load_storage_options
 from ..eval.evaluation import evaluate_and_log, load_eval_classifiers, logged_metrics, metric_name
@@ -58,9 +58,9 @@ def evaluate_command(*, checkpoint: str | None, run_id: str | None, tracking_uri
     cfg = trained.config
     given = {"seeds": seeds, "ll_K": K, "ll_n": n_ll, "n_test": n_test, "n_latent_train": n_train,
              "classifiers": classifiers}
-    ev = replace(cfg.eval, **{k: v for k, v in given.items() if v is not None})  # validated when built
-    data_cfg = replace(cfg.data, url=data) if data else cfg.data
-    cfg = replace(cfg, eval=ev, data=data_cfg)
+    ev = cfg.eval.replace(**{k: v for k, v in given.items() if v is not None})  # validated
+    data_cfg = cfg.data.replace(url=data) if data else cfg.data
+    cfg = cfg.replace(eval=ev, data=data_cfg)
     data_options = storage_options or load_storage_options(cfg.data.storage_options_file,
                                                            "data.storage_options_file")
     clfs = load_eval_classifiers(cfg, data_options, required=cfg.eval.classifiers != "none", device=device)

@@ -26,17 +26,17 @@ tested without Ray.
 from __future__ import annotations
 
 import json
-import math
 import time
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from pydantic import model_validator
 
-from mvae_dist.data.manifest import url_to_fs
+from mvae_dist.config import Float, Int, Names, NonNegativeFloat, PositiveFloat, PositiveInt, Section
+from mvae_dist.data.manifest import MANIFEST, url_to_fs
 from mvae_dist.data.shards import atomic_write
 from mvae_dist.errors import ConfigError, DataError
 
@@ -197,17 +197,9 @@ class PropagateResult:
 
 
 # ------------------------------------------------------------------------------ checks
-def _check_args(workers: int, K: int, batch_size: int, threshold: float | None) -> None:
-    for name, value in (("workers", workers), ("K", K), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= 1, got {value!r}")
-    if threshold is not None and not (isinstance(threshold, (int, float)) and math.isfinite(threshold)):
-        raise ConfigError(f"--threshold must be a finite number, got {threshold!r}")
-
-
 def _check_out(out: str, data: str | None, storage_options: dict | None) -> None:
     """ConfigError unless ``out`` is absent or an empty directory / prefix."""
-    from mvae_dist.data.manifest import MANIFEST, check_bucket, url_to_fs
+    from mvae_dist.data.manifest import check_bucket
 
     fs, root = url_to_fs(out, storage_options)
     check_bucket(fs, root, out)
@@ -307,176 +299,94 @@ def _unwrap(exc: BaseException) -> BaseException:
     return cause if isinstance(cause, BaseException) else exc
 
 
-def run_propagate(*, checkpoint: str | None = None, run_id: str | None = None, data: str | None = None,
-                  pool: str = "fm", calibrate: str | None = "sm", threshold: float | None = None, out: str,
-                  workers: int = 2, K: int = 30, batch_size: int = 256, tracking_uri: str | None = None,
-                  storage_options: dict | None = None, ray_address: str | None = None, seed: int = 0,
-                  progress: bool = True, cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0,
-                  extra_train: Sequence[str] = (), copy_splits: Sequence[str] = ()) -> PropagateResult:
-    """Label propagation (paper §4.5) with a trained model -> PropagateResult; see the module doc.
+class PropagateConfig(Section):
+    """What ``mvae-dist propagate`` does (errors name its flags, e.g. ``--workers``).
 
     checkpoint | run_id: the model (exactly one). data: the data set holding ``pool`` and
     ``calibrate`` (default: the model's ``data.url``). threshold: a PMI threshold, or None to
     choose it on ``calibrate`` by max F1. out: where the found pairs go, as split ``train`` of
     a new data set. workers: Ray worker slots scoring disjoint sets of shards, one task at a
     time each (``cpus_per_worker`` CPUs, ``gpus_per_worker`` GPUs per task; with GPUs the
-    tasks score on "cuda"). K: importance samples per PMI estimate.
-    storage_options: fsspec options for the checkpoint, data and output (never logged).
-    extra_train: source splits appended unchanged to the output's ``train`` (e.g. ("sr",): S_r
-    plus the found pairs, the paper's retraining set); copy_splits: source splits copied
-    unchanged (e.g. ("test",)). A task whose worker process dies is retried by Ray (tasks are
-    idempotent: a shard is published whole or not at all); an error in a task is not.
+    tasks score on "cuda"). K: importance samples per PMI estimate. seed: of each pair's PMI
+    noise. extra_train: source splits appended unchanged to the output's ``train`` (e.g.
+    ("sr",): S_r plus the found pairs, the paper's retraining set); copy_splits: source splits
+    copied unchanged (e.g. ("test",)).
     """
-    from mvae_dist.config import load_storage_options
-    from mvae_dist.data.manifest import MANIFEST, open_manifest
-    from mvae_dist.data.shards import shard_path
-    from mvae_dist.trained import load_trained
 
+    flag_keys: ClassVar[bool] = True
+
+    checkpoint: str | None = None
+    run_id: str | None = None
+    data: str | None = None
+    pool: str = "fm"
+    calibrate: str | None = "sm"
+    threshold: Float | None = None
+    out: str
+    workers: PositiveInt = 2
+    K: PositiveInt = 30
+    batch_size: PositiveInt = 256
+    seed: Int = 0
+    cpus_per_worker: PositiveFloat = 1.0
+    gpus_per_worker: NonNegativeFloat = 0.0
+    extra_train: Names = ()
+    copy_splits: Names = ()
+
+    @model_validator(mode="after")
+    def _across_keys(self) -> PropagateConfig:
+        if (self.checkpoint is None) == (self.run_id is None):
+            raise ConfigError("give exactly one of --checkpoint URI or --run RUN_ID")
+        if self.threshold is None and not self.calibrate:
+            raise ConfigError("give --threshold or a --calibrate split to choose it on")
+        if "train" in self.copy_splits:
+            raise ConfigError("copy_splits cannot hold 'train': the output's train split is the found pairs")
+        return self
+
+
+def run_propagate(cfg: PropagateConfig | None = None, *, tracking_uri: str | None = None,
+                  storage_options: dict | None = None, ray_address: str | None = None, progress: bool = True,
+                  **options: Any) -> PropagateResult:
+    """Label propagation (paper §4.5) with a trained model -> PropagateResult; see the module doc.
+
+    cfg: a PropagateConfig, or its keys as keyword ``options`` (``run_propagate(checkpoint=...,
+    out=..., workers=2)``). storage_options: fsspec options for the checkpoint, data and output
+    (never logged). A task whose worker process dies is retried by Ray (tasks are idempotent: a
+    shard is published whole or not at all); an error in a task is not.
+    """
+    if cfg is None:
+        cfg = PropagateConfig.build(options)
+    elif options:
+        raise ConfigError(f"give a PropagateConfig or its keys, not both (got {sorted(options)})")
     t_start = time.perf_counter()
-    _check_args(workers, K, batch_size, threshold)
-    if threshold is None and not calibrate:
-        raise ConfigError("give --threshold or a --calibrate split to choose it on")
-    out = str(out).rstrip("/")
-    _check_out(out, data, storage_options)
-
-    trained = load_trained(checkpoint=checkpoint, run_id=run_id, tracking_uri=tracking_uri,
-                           storage_options=storage_options)
-    data_options = storage_options
-    if data is None:
-        data = trained.config.data.url
-        if data_options is None:
-            data_options = load_storage_options(trained.config.data.storage_options_file)
-    data = data.rstrip("/")
-    if out == data:
-        raise ConfigError("--out must differ from --data")
-    manifest = open_manifest(data, data_options)
-    _check_modalities(manifest, trained.config.model, data)
-    pool_info = _check_split(manifest, pool, "pool", data)
-    cal_info = None
-    if threshold is None:
-        cal_info = _check_split(manifest, calibrate, "calibrate", data)
-        if cal_info.get("related") in (0, cal_info["count"]):
-            raise ConfigError(f"--calibrate {calibrate!r} has no mix of related and unrelated pairs "
-                              f"({cal_info.get('related')} of {cal_info['count']} related); "
-                              "choose a mixed split such as sm, or give --threshold")
-    for split in (*extra_train, *copy_splits):
-        _check_split(manifest, split, "extra split", data)
-    if "train" in copy_splits:
-        raise ConfigError("copy_splits cannot hold 'train': the output's train split is the found pairs")
-    n_mod = len(manifest["modalities"])
+    out = cfg.out.rstrip("/")
+    _check_out(out, cfg.data, storage_options)
+    src = _open_inputs(cfg, out, tracking_uri, storage_options)
     t_loaded = time.perf_counter()
-
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=ray_address, log_to_driver=False, configure_logging=False)
-    cpus = ray.cluster_resources().get("CPU", 0)
-    if workers * cpus_per_worker > cpus:
-        raise ConfigError(f"--workers {workers} need {workers * cpus_per_worker:g} CPUs; "
-                          f"the Ray cluster has {cpus:g}")
-    gpus = ray.cluster_resources().get("GPU", 0)
-    if workers * gpus_per_worker > gpus:
-        raise ConfigError(f"--workers {workers} need {workers * gpus_per_worker:g} GPUs; "
-                          f"the Ray cluster has {gpus:g}")
-    slots = min(workers, max(len(pool_info["shards"]), len(cal_info["shards"]) if cal_info else 0))
-    state = {k: v.detach().cpu() for k, v in trained.model.state_dict().items()}
-    model_ref = [ray.put((trained.config.model, state))]
-    init = {"K": K, "batch_size": batch_size, "seed": seed, "storage_options": data_options,
-            "out_storage_options": storage_options or {}, "threads": max(1, int(cpus_per_worker)),
-            "device": "cuda" if gpus_per_worker > 0 else "cpu"}
-    run_key = uuid.uuid4().hex
-    task = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)(_call)
-
-    def jobs(method: str, args: list[tuple]) -> list[tuple]:
-        return [(run_key, model_ref, init, method, *a) for a in args]
-
+    pool = _Workers.start(cfg, src, ray_address, storage_options)
     fs, root = url_to_fs(out, storage_options)
     written: list[str] = []  # relative paths that may exist under out (for clean-up on failure)
     try:
-        # ---- threshold
-        calibration = None
-        if threshold is None:
-            entries = cal_info["shards"]
-            res = _run_slots(ray, task, jobs("score", [(shard_url(data, e), e, n_mod) for e in entries]),
-                             slots, desc=f"PMI {calibrate}", progress=progress,
-                             weights=[e["count"] for e in entries])
-            cal_scores = np.concatenate([r["scores"] for r in res])
-            cal_related = np.concatenate([r["related"] for r in res])
-            threshold = choose_threshold(cal_scores, cal_related)
-            calibration = relatedness_scores(cal_scores >= threshold, cal_related)
-        threshold = float(threshold)
+        threshold, calibration = _threshold(cfg, src, pool, progress)
         t_cal = time.perf_counter()
-
-        # ---- the pool: score, select, write (shard i -> slot i mod W -> out/train/shard-i)
-        atomic_write(fs, f"{root}/{MARKER}", json.dumps(
-            {"data": data, "pool": pool, "threshold": threshold, "model": trained.source}).encode())
+        marker = {"data": src.data, "pool": cfg.pool, "threshold": threshold, "model": src.trained.source}
+        atomic_write(fs, f"{root}/{MARKER}", json.dumps(marker).encode())
         written.append(MARKER)
-        entries = pool_info["shards"]
-        rels = [shard_path("train", i) for i in range(len(entries))]
-        written.extend(rels)
-        args = [(shard_url(data, e), e, n_mod, threshold, out, rels[i]) for i, e in enumerate(entries)]
-        res = _run_slots(ray, task, jobs("select", args), slots, desc=f"PMI {pool}", progress=progress,
-                         weights=[e["count"] for e in entries])
+        scored, found, train = _select(cfg, src, pool, threshold, out, written, progress)
         t_pool = time.perf_counter()
-        arrays = (np.concatenate([r[k] for r in res]) for k in ("scores", "related", "ids", "labels"))
-        scored = Scored(*arrays, [k for r in res for k in r["keys"]])
-        found = np.concatenate([r["found"] for r in res])
-        shards = [r["entry"] for r in res if r["entry"] is not None]
-        train = {"count": int(found.sum()), "related": int((found & scored.related).sum()), "mixed": False,
-                 "class_counts": class_counts(scored.labels[found, 0]), "shards": shards}
-
-        # ---- extra splits, copied by the workers
-        extra_counts: dict[str, int] = {}
-        copy_jobs = []
-        next_index = len(entries)
-        for split in extra_train:
-            info = manifest["splits"][split]
-            for e in info["shards"]:
-                rel = shard_path("train", next_index)
-                next_index += 1
-                copy_jobs.append(("train", shard_url(data, e), e, rel))
-            extra_counts[split] = int(info["count"])
-            train["count"] += int(info["count"])
-            train["related"] += int(info.get("related", info["count"]))
-            for k, v in info.get("class_counts", {}).items():
-                train["class_counts"][k] = train["class_counts"].get(k, 0) + int(v)
-        train["class_counts"] = dict(sorted(train["class_counts"].items(), key=lambda kv: int(kv[0])))
-        for split in copy_splits:
-            for e in manifest["splits"][split]["shards"]:
-                copy_jobs.append((split, shard_url(data, e), e, e["path"]))
-        written.extend(rel for _, _, _, rel in copy_jobs)
-        copies = _run_slots(ray, task, jobs("copy", [(url, e, out, rel) for _, url, e, rel in copy_jobs]),
-                            slots, desc="copy", progress=False)
-        splits = {"train": train}
-        for (split, _, _, _), entry in zip(copy_jobs, copies):
-            if split == "train":
-                train["shards"].append(entry)
-            else:
-                splits.setdefault(split, {**manifest["splits"][split], "shards": []})["shards"].append(entry)
-
-        # ---- the manifest, last
+        splits, extra_counts = _copy_splits(cfg, src, pool, out, train, written)
         scores = relatedness_scores(found, scored.related)
         propagation = {
-            "data": data, "pool": pool, "pool_count": int(pool_info["count"]),
-            "threshold": threshold, "calibrated_on": calibrate if calibration is not None else None,
+            "data": src.data, "pool": cfg.pool, "pool_count": int(src.pool_info["count"]),
+            "threshold": threshold, "calibrated_on": cfg.calibrate if calibration is not None else None,
             "calibration": calibration, "scores": scores, "n_scored": int(len(found)),
-            "n_found": int(found.sum()), "K": K, "seed": seed,
-            "model": {"source": trained.source, "run_id": trained.run_id, "step": trained.step,
-                      "name": trained.config.model.name, "objective": trained.config.objective.name,
-                      "estimator": trained.config.objective.estimator},
-            "extra_train": extra_counts, "copied": list(copy_splits),
+            "n_found": int(found.sum()), "K": cfg.K, "seed": cfg.seed, "model": src.model_summary(),
+            "extra_train": extra_counts, "copied": list(cfg.copy_splits),
         }
-        new_manifest = {
-            "format_version": manifest["format_version"],
-            "dataset": manifest["dataset"],
-            "config": {**manifest["config"], "propagated_from": data},
-            "synthetic": manifest["synthetic"],
-            "modalities": manifest["modalities"],
-            "splits": splits,
-            "sources": manifest.get("sources", {}),
-            "propagation": propagation,
-        }
-        atomic_write(fs, f"{root}/{MANIFEST}", json.dumps(new_manifest, indent=1).encode())
+        m = src.manifest
+        manifest = {"format_version": m["format_version"], "dataset": m["dataset"],
+                    "config": {**m["config"], "propagated_from": src.data}, "synthetic": m["synthetic"],
+                    "modalities": m["modalities"], "splits": splits, "sources": m.get("sources", {}),
+                    "propagation": propagation}
+        atomic_write(fs, f"{root}/{MANIFEST}", json.dumps(manifest, indent=1).encode())  # last
         fs.rm_file(f"{root}/{MARKER}")
     except BaseException as exc:
         _clean(fs, root, written)
@@ -486,15 +396,179 @@ def run_propagate(*, checkpoint: str | None = None, run_id: str | None = None, d
         raise
     t_end = time.perf_counter()
     return PropagateResult(
-        out=out, data=data, pool=pool, threshold=threshold,
-        calibrated_on=calibrate if calibration is not None else None, calibration=calibration,
+        out=out, data=src.data, pool=cfg.pool, threshold=threshold,
+        calibrated_on=cfg.calibrate if calibration is not None else None, calibration=calibration,
         scores=scores, n_scored=int(len(found)), n_found=int(found.sum()), n_shards=len(train["shards"]),
-        workers=slots, K=K, model_source=trained.source, run_id=trained.run_id,
+        workers=pool.slots, K=cfg.K, model_source=src.trained.source, run_id=src.trained.run_id,
         seconds={"load": t_loaded - t_start, "calibrate": t_cal - t_loaded, "pool": t_pool - t_cal,
                  "total": t_end - t_start},
-        extra_train=extra_counts, copied={s: int(manifest["splits"][s]["count"]) for s in copy_splits},
+        extra_train=extra_counts,
+        copied={s: int(src.manifest["splits"][s]["count"]) for s in cfg.copy_splits},
         pool_scores=scored,
     )
+
+
+@dataclass
+class _Inputs:
+    """The trained model and the data set it scores (checked against each other)."""
+
+    trained: Any  # trained.Trained
+    data: str
+    data_options: dict | None
+    manifest: dict
+    pool_info: dict
+    cal_info: dict | None
+
+    @property
+    def n_modalities(self) -> int:
+        return len(self.manifest["modalities"])
+
+    def model_summary(self) -> dict[str, Any]:
+        t = self.trained
+        return {"source": t.source, "run_id": t.run_id, "step": t.step, "name": t.config.model.name,
+                "objective": t.config.objective.name, "estimator": t.config.objective.estimator}
+
+
+def _open_inputs(cfg: PropagateConfig, out: str, tracking_uri: str | None,
+                 storage_options: dict | None) -> _Inputs:
+    """Load the model and the data set's manifest; ConfigError for a split or modality mismatch."""
+    from mvae_dist.config import load_storage_options
+    from mvae_dist.data.manifest import open_manifest
+    from mvae_dist.trained import load_trained
+
+    trained = load_trained(checkpoint=cfg.checkpoint, run_id=cfg.run_id, tracking_uri=tracking_uri,
+                           storage_options=storage_options)
+    data, data_options = cfg.data, storage_options
+    if data is None:
+        data = trained.config.data.url
+        if data_options is None:
+            data_options = load_storage_options(trained.config.data.storage_options_file)
+    data = data.rstrip("/")
+    if out == data:
+        raise ConfigError("--out must differ from --data")
+    manifest = open_manifest(data, data_options)
+    _check_modalities(manifest, trained.config.model, data)
+    pool_info = _check_split(manifest, cfg.pool, "pool", data)
+    cal_info = None
+    if cfg.threshold is None:
+        cal_info = _check_split(manifest, cfg.calibrate, "calibrate", data)
+        if cal_info.get("related") in (0, cal_info["count"]):
+            raise ConfigError(f"--calibrate {cfg.calibrate!r} has no mix of related and unrelated pairs "
+                              f"({cal_info.get('related')} of {cal_info['count']} related); "
+                              "choose a mixed split such as sm, or give --threshold")
+    for split in (*cfg.extra_train, *cfg.copy_splits):
+        _check_split(manifest, split, "extra split", data)
+    return _Inputs(trained, data, data_options, manifest, pool_info, cal_info)
+
+
+@dataclass
+class _Workers:
+    """Ray worker slots running ShardScorer tasks with one model (``run`` -> results in job order)."""
+
+    ray: Any
+    task: Any
+    slots: int
+    head: tuple  # (run key, [model ObjectRef], scorer arguments): the first arguments of every task
+
+    @classmethod
+    def start(cls, cfg: PropagateConfig, src: _Inputs, ray_address: str | None,
+              storage_options: dict | None) -> _Workers:
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(address=ray_address, log_to_driver=False, configure_logging=False)
+        for kind, per_worker in (("CPU", cfg.cpus_per_worker), ("GPU", cfg.gpus_per_worker)):
+            have = ray.cluster_resources().get(kind, 0)
+            if cfg.workers * per_worker > have:
+                raise ConfigError(f"--workers {cfg.workers} need {cfg.workers * per_worker:g} {kind}s; "
+                                  f"the Ray cluster has {have:g}")
+        shards = max(len(src.pool_info["shards"]), len(src.cal_info["shards"]) if src.cal_info else 0)
+        state = {k: v.detach().cpu() for k, v in src.trained.model.state_dict().items()}
+        model_ref = [ray.put((src.trained.config.model, state))]
+        init = {"K": cfg.K, "batch_size": cfg.batch_size, "seed": cfg.seed,
+                "storage_options": src.data_options, "out_storage_options": storage_options or {},
+                "threads": max(1, int(cfg.cpus_per_worker)),
+                "device": "cuda" if cfg.gpus_per_worker > 0 else "cpu"}
+        task = ray.remote(num_cpus=cfg.cpus_per_worker, num_gpus=cfg.gpus_per_worker)(_call)
+        return cls(ray, task, min(cfg.workers, shards), (uuid.uuid4().hex, model_ref, init))
+
+    def run(self, method: str, args: list[tuple], *, desc: str, progress: bool,
+            weights: list[int] | None = None) -> list:
+        jobs = [(*self.head, method, *a) for a in args]
+        return _run_slots(self.ray, self.task, jobs, self.slots, desc=desc, progress=progress,
+                          weights=weights)
+
+
+def _threshold(cfg: PropagateConfig, src: _Inputs, pool: _Workers,
+               progress: bool) -> tuple[float, dict | None]:
+    """The given threshold, or the F1-maximising one on the calibration split -> (threshold,
+    relatedness scores there or None)."""
+    if cfg.threshold is not None:
+        return float(cfg.threshold), None
+    entries = src.cal_info["shards"]
+    res = pool.run("score", [(shard_url(src.data, e), e, src.n_modalities) for e in entries],
+                   desc=f"PMI {cfg.calibrate}", progress=progress, weights=[e["count"] for e in entries])
+    scores = np.concatenate([r["scores"] for r in res])
+    related = np.concatenate([r["related"] for r in res])
+    threshold = float(choose_threshold(scores, related))
+    return threshold, relatedness_scores(scores >= threshold, related)
+
+
+def _select(cfg: PropagateConfig, src: _Inputs, pool: _Workers, threshold: float, out: str,
+            written: list[str], progress: bool) -> tuple[Scored, np.ndarray, dict]:
+    """Score the pool and write its pairs with PMI >= threshold (shard i -> slot i mod W ->
+    out/train/shard-i) -> (every pair's scores, found mask [P], the train split's manifest entry)."""
+    from mvae_dist.data.shards import shard_path
+
+    entries = src.pool_info["shards"]
+    rels = [shard_path("train", i) for i in range(len(entries))]
+    written.extend(rels)
+    n_mod = src.n_modalities
+    args = [(shard_url(src.data, e), e, n_mod, threshold, out, rel) for e, rel in zip(entries, rels)]
+    res = pool.run("select", args, desc=f"PMI {cfg.pool}", progress=progress,
+                   weights=[e["count"] for e in entries])
+    arrays = (np.concatenate([r[k] for r in res]) for k in ("scores", "related", "ids", "labels"))
+    scored = Scored(*arrays, [k for r in res for k in r["keys"]])
+    found = np.concatenate([r["found"] for r in res])
+    train = {"count": int(found.sum()), "related": int((found & scored.related).sum()), "mixed": False,
+             "class_counts": class_counts(scored.labels[found, 0]),
+             "shards": [r["entry"] for r in res if r["entry"] is not None]}
+    return scored, found, train
+
+
+def _copy_splits(cfg: PropagateConfig, src: _Inputs, pool: _Workers, out: str, train: dict,
+                 written: list[str]) -> tuple[dict, dict[str, int]]:
+    """Copy ``extra_train`` (appended to train) and ``copy_splits`` by the workers -> (the output's
+    splits, pairs added to train per extra split)."""
+    from mvae_dist.data.shards import shard_path
+
+    extra_counts: dict[str, int] = {}
+    copy_jobs = []
+    next_index = len(src.pool_info["shards"])
+    for split in cfg.extra_train:
+        info = src.manifest["splits"][split]
+        for e in info["shards"]:
+            copy_jobs.append(("train", shard_url(src.data, e), e, shard_path("train", next_index)))
+            next_index += 1
+        extra_counts[split] = int(info["count"])
+        train["count"] += int(info["count"])
+        train["related"] += int(info.get("related", info["count"]))
+        for k, v in info.get("class_counts", {}).items():
+            train["class_counts"][k] = train["class_counts"].get(k, 0) + int(v)
+    train["class_counts"] = dict(sorted(train["class_counts"].items(), key=lambda kv: int(kv[0])))
+    for split in cfg.copy_splits:
+        for e in src.manifest["splits"][split]["shards"]:
+            copy_jobs.append((split, shard_url(src.data, e), e, e["path"]))
+    written.extend(rel for _, _, _, rel in copy_jobs)
+    copies = pool.run("copy", [(url, e, out, rel) for _, url, e, rel in copy_jobs], desc="copy",
+                      progress=False)
+    splits = {"train": train}
+    for (split, _, _, _), entry in zip(copy_jobs, copies):
+        if split == "train":
+            train["shards"].append(entry)
+        else:
+            splits.setdefault(split, {**src.manifest["splits"][split], "shards": []})["shards"].append(entry)
+    return splits, extra_counts
 
 
 def _clean(fs: Any, root: str, rels: list[str]) -> None:

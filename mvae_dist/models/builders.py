@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-from ..config import ModelConfig, from_mapping, parse_modality_spec
+from ..config import ModelConfig, parse_modality_spec
 from .base import MultimodalVAE
 from .jmvae import JMVAE, ConcatJointEncoder
 from .mmvae import MMVAE
@@ -65,7 +65,7 @@ def _feature_net(spec: str, hidden: int) -> tuple[nn.Module, int]:
 def build_model(cfg: ModelConfig | Mapping[str, Any]) -> MultimodalVAE:
     """A model from a ModelConfig (or a mapping of its fields), validated first."""
     if not isinstance(cfg, ModelConfig):
-        cfg = from_mapping(ModelConfig, cfg, "model")  # validated when built
+        cfg = ModelConfig.build(cfg)  # validated when built
     L = cfg.latent_dim
     sizes = [_prod(event_shape(s)) for s in cfg.modalities]
     if cfg.llik_scaling == "auto":

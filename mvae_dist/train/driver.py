@@ -13,7 +13,7 @@ from typing import Any
 import fsspec
 
 from ..config import (
-    TrainConfig,
+    RunConfig,
     absolute_local_paths,
     applicable,
     durable_output_paths,
@@ -105,7 +105,7 @@ def run_storage(storage_path: str, name: str, options: dict | None = None) -> Ru
     return RunStorage(url, fs._strip_protocol(storage_path), wrapped, protocol, options)
 
 
-def build_trainer(cfg: TrainConfig, *, run_id: str, tracking_uri: str, storage: RunStorage,
+def build_trainer(cfg: RunConfig, *, run_id: str, tracking_uri: str, storage: RunStorage,
                   debug_dir: str | None = None, callbacks: list | None = None) -> Any:
     """The TorchTrainer of one run of ``cfg`` -> ``ray.train.torch.TorchTrainer`` (not yet fitted).
 
@@ -161,7 +161,7 @@ def _no_retry_on_data_error() -> Any:
     return NoRetryOnDataError()
 
 
-def preflight_data(cfg: TrainConfig, *, verify_sha256: bool = False) -> dict:
+def preflight_data(cfg: RunConfig, *, verify_sha256: bool = False) -> dict:
     """Before Ray starts: the manifest, and every shard the run reads (the training split and
     ``test`` when there is one) present with its manifest size; with ``verify_sha256`` every byte
     is read and hashed too. -> the manifest. A DataError names the first bad shard."""
@@ -176,7 +176,7 @@ def preflight_data(cfg: TrainConfig, *, verify_sha256: bool = False) -> dict:
     return m
 
 
-def fit(cfg: TrainConfig, *, resume: bool = False, debug_dir: str | None = None,
+def fit(cfg: RunConfig, *, resume: bool = False, debug_dir: str | None = None,
         ray_address: str | None = None, parent_run_id: str | None = None,
         tags: dict[str, str] | None = None, verify_data: bool = False) -> TrainResult:
     """Train ``cfg`` on Ray Train and return where its results are.
@@ -198,7 +198,7 @@ def fit(cfg: TrainConfig, *, resume: bool = False, debug_dir: str | None = None,
     moved, notes = durable_output_paths(cfg.to_dict(), job_dir)
     for note in notes:
         print(f"mvae-dist: {note}", flush=True)
-    cfg = TrainConfig.from_dict(absolute_local_paths(moved))  # workers run elsewhere
+    cfg = RunConfig.from_dict(absolute_local_paths(moved))  # workers run elsewhere
     try:
         preflight_data(cfg, verify_sha256=verify_data)  # fail fast, here
     except DataError as e:
@@ -265,7 +265,7 @@ def _init_ray(address: str | None) -> None:
         raise TrainingError(f"cannot start or reach {where}: {one_line(e)}") from e
 
 
-def finish_fit(cfg: TrainConfig, result: Any, tracker: Any, storage: RunStorage) -> tuple[str | None, dict]:
+def finish_fit(cfg: RunConfig, result: Any, tracker: Any, storage: RunStorage) -> tuple[str | None, dict]:
     """After ``trainer.fit()`` returned: log the last checkpoint's URI to the run -> (checkpoint
     URI or None, last reported metrics); TrainingError (run ended FAILED) when the worker gave
     up on non-finite losses."""

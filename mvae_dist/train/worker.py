@@ -20,7 +20,7 @@ import ray.train.torch
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from ..config import TrainConfig, load_storage_options
+from ..config import RunConfig, load_storage_options
 from ..models import build_model
 from .checkpoint import Position, load_checkpoint, save_checkpoint
 from .dist import TorchCrossRank
@@ -64,7 +64,7 @@ def quiet_ray_train_logs(level: str) -> None:
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """Ray Train entry point. loop_config: {"config": TrainConfig dict, "run_id": MLflow run id,
+    """Ray Train entry point. loop_config: {"config": RunConfig dict, "run_id": MLflow run id,
     "tracking_uri": str, "debug_dir": optional str}.
 
     Every rank runs the same sequence; what only rank 0 does (MLflow, evaluation, console lines)
@@ -89,7 +89,7 @@ class _OffRank:
 class _Worker:
     """One rank's training state (see ``train_loop_per_worker`` for the sequence)."""
 
-    cfg: TrainConfig
+    cfg: RunConfig
     rank: int
     world: int
     device: torch.device
@@ -118,7 +118,7 @@ class _Worker:
     def start(cls, loop_config: dict[str, Any]) -> _Worker:
         from ..data import make_loader
 
-        cfg = TrainConfig.from_dict(loop_config["config"])
+        cfg = RunConfig.from_dict(loop_config["config"])
         quiet_ray_train_logs(cfg.train.ray_log_level)
         ctx = ray.train.get_context()
         rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -284,7 +284,7 @@ class _Worker:
         self.log.end("FINISHED")
 
 
-def _evaluate(model, cfg: TrainConfig, tracker, step: int, storage_options,
+def _evaluate(model, cfg: RunConfig, tracker, step: int, storage_options,
               classifiers) -> dict[str, float]:
     """Rank 0: the paper's metrics (``evaluate.evaluate_and_log``: one seed; log p(x_1..M) with
     train.eval_K samples on train.eval_batches batches) and the image grids, logged to MLflow.

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from mvae_dist.config import TrainConfig
+from mvae_dist.config import RunConfig
 from mvae_dist.eval.classifiers import build_classifier
 from mvae_dist.launch.cli import main
 from mvae_dist.launch.experiments.curve import learning_curve
@@ -21,8 +21,8 @@ def tiny_data(tmp_path_factory) -> str:
     return out
 
 
-def _cfg(url: str) -> TrainConfig:
-    return TrainConfig.from_dict({
+def _cfg(url: str) -> RunConfig:
+    return RunConfig.from_dict({
         "model": {"posterior_scale": "softmax", "learn_prior": True},
         "objective": {"name": "contrastive", "K": 1, "N": 2, "looser": True},
         "data": {"url": url, "batch_size": 16, "shuffle_buffer": 10},

@@ -209,9 +209,9 @@ def test_amsgrad_reaches_the_optimiser():
 def test_config_checks_of_the_official_options():
     bad_scale = "model.posterior_scale must be one of softplus, softmax, got 'exp'"
     with pytest.raises(ConfigError, match=bad_scale):
-        ModelConfig(posterior_scale="exp").validate()
+        ModelConfig(posterior_scale="exp")
     with pytest.raises(ConfigError, match="model.learn_prior applies to mmvae only"):
-        ModelConfig(name="mvae", family="normal", learn_prior=True).validate()
+        ModelConfig(name="mvae", family="normal", learn_prior=True)
     with pytest.raises(ConfigError, match="objective.dreg applies to the baseline objective"):
-        ObjectiveConfig(name="contrastive", dreg=True).validate()
-    ObjectiveConfig(name="baseline", dreg=True, looser=True).validate()  # m_dreg_looser
+        ObjectiveConfig(name="contrastive", dreg=True)
+    ObjectiveConfig(name="baseline", dreg=True, looser=True)  # m_dreg_looser

@@ -40,11 +40,11 @@ def untrained_checkpoint(tmp_path_factory, tiny_pools) -> str:
     """A checkpoint directory of an untrained MMVAE (latent 8) whose config points at tiny_pools."""
     import torch
 
-    from mvae_dist.config import TrainConfig
+    from mvae_dist.config import RunConfig
     from mvae_dist.models import build_model
     from mvae_dist.train.checkpoint import Position, save_checkpoint
 
-    cfg = TrainConfig.from_dict({"model": {"name": "mmvae", "modalities": ["mnist", "svhn"], "latent_dim": 8},
+    cfg = RunConfig.from_dict({"model": {"name": "mmvae", "modalities": ["mnist", "svhn"], "latent_dim": 8},
                                  "data": {"url": tiny_pools}})
     torch.manual_seed(0)
     model = build_model(cfg.model)

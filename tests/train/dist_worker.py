@@ -33,8 +33,8 @@ def setup(name: str, specs: list[str], world: int):
 def objective(estimator: str) -> ObjectiveConfig:
     """The ObjectiveConfig of a case: "baseline", or the contrastive objective with ``estimator``."""
     if estimator == "baseline":
-        return ObjectiveConfig(name="baseline", K=K, baseline_estimator="iwae").validate()
-    return ObjectiveConfig(name="contrastive", estimator=estimator, K=K, N=N, gamma=GAMMA).validate()
+        return ObjectiveConfig(name="baseline", K=K, baseline_estimator="iwae")
+    return ObjectiveConfig(name="contrastive", estimator=estimator, K=K, N=N, gamma=GAMMA)
 
 
 def reference(name: str, specs: list[str], estimator: str, world: int):

@@ -30,4 +30,4 @@ def test_the_real_ray_train_report_loggers_follow_train_ray_log_level():
 
 def test_bad_level_is_a_config_error():
     with pytest.raises(ConfigError, match="train.ray_log_level must be one of DEBUG, INFO, WARNING, ERROR"):
-        TrainSection(ray_log_level="LOUD").validate()
+        TrainSection(ray_log_level="LOUD")

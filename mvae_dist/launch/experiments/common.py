@@ -1,6 +1,6 @@
 """What every study shares: a parent MLflow run, arms trained on Ray Train and evaluated, tables, plots.
 
-An *arm* is one training run of a study (e.g. cI-MMVAE at 20% of the data): a TrainConfig built
+An *arm* is one training run of a study (e.g. cI-MMVAE at 20% of the data): a RunConfig built
 from the study's base config plus the arm's overrides, trained with ``train.driver.fit`` as a
 child MLflow run of the study's parent run, then evaluated with ``evaluate.evaluate_and_log``
 (the same code as ``mvae-dist evaluate``) into that child run. A study returns rows (one per arm:
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ...config import TrainConfig, load_train_config
+from ...config import RunConfig, load_train_config
 from ...errors import ConfigError
 from ...tables import markdown_table as _markdown
 
@@ -44,13 +44,13 @@ COLUMNS: list[tuple[str, str]] = [
 ]
 
 
-def with_overrides(cfg: TrainConfig, overrides: Mapping[str, Any]) -> TrainConfig:
+def with_overrides(cfg: RunConfig, overrides: Mapping[str, Any]) -> RunConfig:
     """``cfg`` with ``{"section.key": value}`` overrides applied and validated."""
     data = copy.deepcopy(cfg.to_dict())
     for key, value in overrides.items():
         section, _, name = key.partition(".")
         data.setdefault(section, {})[name] = value
-    return TrainConfig.from_dict(data)
+    return RunConfig.from_dict(data)
 
 
 @dataclass
@@ -63,7 +63,7 @@ class Study:
     """
 
     name: str
-    base: TrainConfig
+    base: RunConfig
     root: str
     tracking_uri: str
     parent_run_id: str
@@ -201,30 +201,25 @@ def metric_columns(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
 def line_plot(rows: Sequence[Mapping[str, Any]], x: str, y: str, by: str, *, title: str,
               reference: float | None = None, reference_label: str = "", log_x: bool = False) -> np.ndarray:
     """uint8 [H, W, 3]: ``y`` against ``x``, one line per value of ``by`` (± its spread)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from ...plots import render
 
-    fig = Figure(figsize=(5.5, 4.0), dpi=100)
-    canvas = FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    for group in dict.fromkeys(r[by] for r in rows):
-        pts = sorted((r[x], r[y], r.get(f"{y}_std", 0.0)) for r in rows if r[by] == group and y in r
-                     and r[y] is not None and not (isinstance(r[y], float) and math.isnan(r[y])))
-        if pts:
-            xs, ys, es = zip(*pts)
-            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=str(group))
-    if reference is not None and not math.isnan(reference):
-        ax.axhline(reference, color="tab:cyan", linestyle="--", label=reference_label)
-    if log_x:
-        ax.set_xscale("log")
-    ax.set_xlabel(x)
-    ax.set_ylabel(y)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+    def draw(ax: Any) -> None:
+        for group in dict.fromkeys(r[by] for r in rows):
+            pts = sorted((r[x], r[y], r.get(f"{y}_std", 0.0)) for r in rows if r[by] == group and y in r
+                         and r[y] is not None and not (isinstance(r[y], float) and math.isnan(r[y])))
+            if pts:
+                xs, ys, es = zip(*pts)
+                ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=str(group))
+        if reference is not None and not math.isnan(reference):
+            ax.axhline(reference, color="tab:cyan", linestyle="--", label=reference_label)
+        if log_x:
+            ax.set_xscale("log")
+        ax.set_xlabel(x)
+        ax.set_ylabel(y)
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+
+    return render(draw)
 
 
 #: row keys that are settings or bookkeeping, not measurements (not logged as parent metrics)

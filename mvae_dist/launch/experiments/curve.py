@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...config import TrainConfig
+from ...config import RunConfig
 from ...errors import ConfigError
 
 #: the metrics a curve row keeps (the rest of the evaluation report is dropped)
@@ -31,7 +31,7 @@ def _row_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
     return {k: round(float(v), 4) for k, v in keep.items() if not k.endswith("_std")}
 
 
-def learning_curve(cfg: TrainConfig, *, steps: int, eval_every: int,
+def learning_curve(cfg: RunConfig, *, steps: int, eval_every: int,
                    classifiers: Mapping[str, nn.Module] | None = None, n_test: int = 500,
                    n_train_latent: int = 1000, threads: int | None = None,
                    on_row: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:

@@ -58,7 +58,7 @@ MLflow: one parent run (params = the resolved spec) and one child run per trial 
 and end it FINISHED; a driver-side Tune callback tags every finished trial ``completed``
 (FINISHED), ``early_stopped`` (stopped by the scheduler before its budget: KILLED) or ``error``
 (FAILED). The parent run gets the artifacts ``best_config.yaml`` (the best trial's full resolved
-TrainConfig), ``trials.csv``, ``trials.md``, ``plots/<metric>_vs_<key>.png``, ``spec.yaml`` and
+RunConfig), ``trials.csv``, ``trials.md``, ``plots/<metric>_vs_<key>.png``, ``spec.yaml`` and
 ``summary.json``, the same files as the local folder ``<output_dir>/<name>-<timestamp>/`` (written
 to a temporary name, then renamed). The best trial is the one with the best LAST reported metric.
 

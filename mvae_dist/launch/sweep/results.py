@@ -121,13 +121,8 @@ def _csv_text(rows: list[dict[str, Any]]) -> str:
 
 def _plot(result: SweepResult, key: str, log_scale: bool) -> Any:
     """uint8 [H, W, 3] image: the metric of every trial against its value of ``key``."""
-    import numpy as np
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from ...plots import render
 
-    fig = Figure(figsize=(5.5, 4.0), dpi=100)
-    canvas = FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
     points = [(t.params.get(key), t.value(result.metric), t.status) for t in result.trials]
     points = [p for p in points if p[1] is not None]
     numeric = all(isinstance(p[0], (int, float)) and not isinstance(p[0], bool) for p in points)
@@ -136,26 +131,26 @@ def _plot(result: SweepResult, key: str, log_scale: bool) -> Any:
         labels = sorted({str(p[0]) for p in points})
         points = [(labels.index(str(x)), y, s) for x, y, s in points]
     styles = {"completed": ("o", "tab:blue"), "early_stopped": ("x", "tab:orange"), "error": ("s", "tab:red")}
-    for status, (marker, color) in styles.items():
-        xs = [x for x, _, s in points if s == status]
-        ys = [y for _, y, s in points if s == status]
-        if xs:
-            ax.scatter(xs, ys, marker=marker, color=color, label=status.replace("_", " "))
-    if result.best is not None and result.best.value(result.metric) is not None:
-        bx = result.best.params.get(key)
-        bx = labels.index(str(bx)) if labels else bx
-        ax.scatter([bx], [result.best.value(result.metric)], s=160, facecolors="none",
-                   edgecolors="black", label="best")
-    if labels:
-        ax.set_xticks(range(len(labels)), labels)
-    elif log_scale:
-        ax.set_xscale("log")
-    ax.set_xlabel(key)
-    ax.set_ylabel(f"{result.metric} (last report)")
-    ax.set_title(f"{result.sweep_run}: {result.metric} vs {key}", fontsize=9)
-    if points:
-        ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+    def draw(ax: Any) -> None:
+        for status, (marker, color) in styles.items():
+            xs = [x for x, _, s in points if s == status]
+            ys = [y for _, y, s in points if s == status]
+            if xs:
+                ax.scatter(xs, ys, marker=marker, color=color, label=status.replace("_", " "))
+        if result.best is not None and result.best.value(result.metric) is not None:
+            bx = result.best.params.get(key)
+            bx = labels.index(str(bx)) if labels else bx
+            ax.scatter([bx], [result.best.value(result.metric)], s=160, facecolors="none",
+                       edgecolors="black", label="best")
+        if labels:
+            ax.set_xticks(range(len(labels)), labels)
+        elif log_scale:
+            ax.set_xscale("log")
+        ax.set_xlabel(key)
+        ax.set_ylabel(f"{result.metric} (last report)")
+        ax.set_title(f"{result.sweep_run}: {result.metric} vs {key}", fontsize=9)
+        if points:
+            ax.legend(fontsize=8)
+
+    return render(draw)

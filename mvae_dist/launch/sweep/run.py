@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from ...config import (
-    TrainConfig,
+    RunConfig,
     load_storage_options,
 )
 from ...errors import ConfigError
@@ -103,7 +103,7 @@ def _check_metric_inputs(spec: SweepSpec, data_options: dict | None) -> None:
         return
     from ...eval.evaluation import load_eval_classifiers
 
-    cfg = TrainConfig.from_dict(spec.base)
+    cfg = RunConfig.from_dict(spec.base)
     if cfg.eval.classifiers == "none":
         raise ConfigError(f"metric {spec.metric!r} needs digit classifiers, "
                           "but base.eval.classifiers is 'none'")

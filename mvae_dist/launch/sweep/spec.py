@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-import yaml
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from ...config import (
     SECTIONS,
-    TrainConfig,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    RunConfig,
+    Section,
     absolute_local_paths,
     durable_output_paths,
     load_train_config,
+    parse_override,
     ray_job_working_dir,
     read_yaml_mapping,
     resolve_config_path,
@@ -31,14 +35,6 @@ TAG_STATUS, TAG_TRIAL, TAG_SWEEP, TAG_SWEEP_RUN = "tune_status", "tune_trial_id"
 TrialStatus = Literal["completed", "early_stopped", "error"]
 _RUN_STATUS: dict[str, str] = {"completed": "FINISHED", "early_stopped": "KILLED", "error": "FAILED"}
 
-SPEC_KEYS = ("name", "base", "space", "metric", "mode", "num_samples", "max_concurrent_trials",
-             "scheduler", "resources", "seed", "tracking", "output_dir", "verbose")
-_SUB_KEYS = {
-    "base": ("config", "overrides"),
-    "scheduler": ("name", "max_t", "grace_period", "reduction_factor"),
-    "resources": ("workers_per_trial", "cpus_per_worker", "use_gpu"),
-    "tracking": ("experiment", "run_name", "uri"),
-}
 # kind -> (number of arguments, integer arguments, lower bound must be > 0, upper bound excluded)
 _RANGE_KINDS: dict[str, tuple[int, bool, bool, bool]] = {
     "uniform": (2, False, False, False), "quniform": (3, False, False, False),
@@ -106,28 +102,111 @@ class Dimension:
         return {self.kind: list(self.args)}
 
 
-@dataclass(frozen=True)
-class SchedulerSpec:
+def _shorthand(key: str):
+    """A before-validator reading ``scheduler: asha`` as ``scheduler: {name: asha}`` (``key``: the
+    one key the text names)."""
+    def expand(value: Any) -> Any:
+        return {key: value} if isinstance(value, str) else value
+    return BeforeValidator(expand)
+
+
+class _SpecSection(Section):
+    """A section of a sweep spec (its unknown keys are "spec keys")."""
+
+    unknown_key: ClassVar[str] = "unknown spec key {key}; known: {known}"
+
+
+class SchedulerSpec(_SpecSection):
     """``asha`` (AsyncHyperBand on training_iteration = epochs) or ``fifo`` (no early stopping)."""
 
+    key_prefix: ClassVar[str] = "scheduler"
+
     name: Literal["asha", "fifo"] = "asha"
-    max_t: int | None = None
-    grace_period: int = 1
-    reduction_factor: float = 2.0
+    max_t: PositiveInt | None = None
+    grace_period: PositiveInt = 1
+    reduction_factor: Annotated[float, Field(gt=1)] = 2.0
+
+    @model_validator(mode="after")
+    def _asha_only(self) -> SchedulerSpec:
+        if self.name == "fifo":
+            extra = sorted(k for k in self.model_fields_set - {"name"} if getattr(self, k) is not None)
+            if extra:
+                raise ConfigError(f"scheduler.{extra[0]} applies to asha only (scheduler.name is fifo)")
+        elif self.max_t is not None and self.grace_period > self.max_t:
+            raise ConfigError(f"scheduler.grace_period must be <= scheduler.max_t {self.max_t}, "
+                              f"got {self.grace_period}")
+        return self
 
 
-@dataclass(frozen=True)
-class ResourcesSpec:
+class ResourcesSpec(_SpecSection):
     """Per trial; None keeps the base config's value."""
 
-    workers_per_trial: int | None = None
-    cpus_per_worker: float | None = None
+    key_prefix: ClassVar[str] = "resources"
+
+    workers_per_trial: PositiveInt | None = None
+    cpus_per_worker: PositiveFloat | None = None
     use_gpu: bool | None = None
+
+
+NonEmpty = Annotated[str, Field(min_length=1)]
+_AUTO_IS_NONE = BeforeValidator(lambda v: None if v == "auto" else v)
+_NONE_IS_EMPTY = BeforeValidator(lambda v: {} if v is None else v)
+
+
+class TrackingSpec(_SpecSection):
+    """The parent run's MLflow experiment, run name and tracking URI (None: the base config's)."""
+
+    key_prefix: ClassVar[str] = "tracking"
+
+    experiment: NonEmpty | None = None
+    run_name: NonEmpty | None = None
+    uri: NonEmpty | None = None
+
+
+class BaseSpec(_SpecSection):
+    """The training config every trial starts from, and overrides of it (``section.key: value``)."""
+
+    key_prefix: ClassVar[str] = "base"
+
+    config: str | None = None
+    overrides: dict[str, Any] = {}
+
+    @field_validator("overrides", mode="before")
+    @classmethod
+    def _mapping(cls, value: Any) -> Any:
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"base.overrides must be a mapping of section.key: value, got {value!r}")
+        return {str(k): v for k, v in value.items()}
+
+
+class SpecFile(Section):
+    """A sweep spec as written (YAML + overrides), before the base config and the space resolve."""
+
+    unknown_key: ClassVar[str] = "unknown spec key {name!r}; known: {known}"
+
+    name: str | None = None
+    base: Annotated[BaseSpec, _shorthand("config")] = BaseSpec()
+    space: Any = None
+    metric: NonEmpty = "test_log_joint"
+    mode: Literal["max", "min"] = "max"
+    num_samples: PositiveInt = 1
+    max_concurrent_trials: Annotated[PositiveInt | None, _AUTO_IS_NONE] = None  # None: as many as fit
+    scheduler: Annotated[SchedulerSpec, _shorthand("name")] = SchedulerSpec()
+    resources: Annotated[ResourcesSpec, _NONE_IS_EMPTY] = ResourcesSpec()
+    seed: NonNegativeInt | None = 0
+    tracking: Annotated[TrackingSpec, _NONE_IS_EMPTY] = TrackingSpec()
+    output_dir: NonEmpty = "sweeps"
+    verbose: Annotated[int, Field(ge=0, le=3)] = 1
+
+
+SPEC_KEYS = tuple(SpecFile.model_fields)
 
 
 @dataclass(frozen=True)
 class SweepSpec:
-    """A validated sweep spec. ``base`` is the resolved base TrainConfig as a dict, with the
+    """A validated sweep spec. ``base`` is the resolved base RunConfig as a dict, with the
     sweep's own settings applied (see the module docstring)."""
 
     path: str
@@ -154,8 +233,8 @@ class SweepSpec:
         return [d.key for d in self.space]
 
     def trial_config(self, params: Mapping[str, Any], *, name: str = "trial", storage_path: str | None = None,
-                     run_name: str | None = None, tracking_uri: str | None = None) -> TrainConfig:
-        """The resolved TrainConfig of a trial with searched values ``params`` ({section.key: value})."""
+                     run_name: str | None = None, tracking_uri: str | None = None) -> RunConfig:
+        """The resolved RunConfig of a trial with searched values ``params`` ({section.key: value})."""
         d = copy.deepcopy(self.base)
         for key, value in params.items():
             section, name_ = key.split(".", 1)
@@ -166,7 +245,7 @@ class SweepSpec:
         d["tracking"]["run_name"] = run_name
         if tracking_uri is not None:
             d["tracking"]["tracking_uri"] = tracking_uri
-        return TrainConfig.from_dict(d)
+        return RunConfig.from_dict(d)
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved spec (what ``spec.yaml`` and the parent run's params hold)."""
@@ -175,7 +254,7 @@ class SweepSpec:
             "space": {d.key: d.to_dict() for d in self.space}, "metric": self.metric, "mode": self.mode,
             "num_samples": self.num_samples,
             "max_concurrent_trials": self.max_concurrent_trials if self.max_concurrent_trials else "auto",
-            "scheduler": dataclasses.asdict(self.scheduler), "resources": dataclasses.asdict(self.resources),
+            "scheduler": self.scheduler.to_dict(), "resources": self.resources.to_dict(),
             "seed": self.seed, "tracking": {"experiment": self.experiment, "run_name": self.run_name,
                                             "uri": self.tracking_uri},
             "output_dir": self.output_dir, "verbose": self.verbose,
@@ -194,15 +273,10 @@ def load_sweep_spec(path: str, overrides: list[str] | None = None) -> SweepSpec:
 
 
 def _apply_override(raw: dict, item: str) -> None:
-    key, sep, text = item.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise ConfigError(f"spec override {item!r} must look like key=value (e.g. num_samples=4)")
-    try:
-        value = yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError:
-        value = text
-    parts = key.split(".")
+    """Apply ``key=value`` to the raw spec: a top-level key, ``<section>.<key>`` of scheduler,
+    resources or tracking, ``base.config=PATH``, ``base.<section>.<key>=VALUE`` (an override of the
+    base config) or ``space.<section>.<key>={kind: [...]}`` (null removes the key from the space)."""
+    parts, value = parse_override(item, "key=value (e.g. num_samples=4)", "spec override")
     head = parts[0]
     if head not in SPEC_KEYS:
         raise ConfigError(f"unknown spec key {head!r} in override {item!r}; known: {', '.join(SPEC_KEYS)}")
@@ -225,7 +299,7 @@ def _apply_override(raw: dict, item: str) -> None:
         else:
             space[f"{parts[1]}.{parts[2]}"] = value
         raw["space"] = space
-    elif head in _SUB_KEYS and len(parts) == 2:
+    elif head in ("scheduler", "resources", "tracking") and len(parts) == 2:
         sub = raw.get(head)
         sub = {"name": sub} if isinstance(sub, str) else dict(sub or {})
         sub[parts[1]] = value
@@ -237,61 +311,18 @@ def _apply_override(raw: dict, item: str) -> None:
 
 
 def _parse_spec(raw: dict, path: str) -> SweepSpec:
-    unknown = sorted(set(raw) - set(SPEC_KEYS))
-    if unknown:
-        raise ConfigError(f"unknown spec key {unknown[0]!r}; known: {', '.join(SPEC_KEYS)}")
-    for sec in ("scheduler", "resources", "tracking"):
-        val = raw.get(sec)
-        if isinstance(val, dict):
-            bad = sorted(set(val) - set(_SUB_KEYS[sec]))
-            if bad:
-                raise ConfigError(f"unknown spec key {sec}.{bad[0]}; known: {', '.join(_SUB_KEYS[sec])}")
-        elif val is not None and not (sec == "scheduler" and isinstance(val, str)):
-            raise ConfigError(f"{sec} must be a mapping, got {val!r}")
-
-    name = raw.get("name") or Path(path).stem
-    if not isinstance(name, str) or "/" in name or not name.strip():
+    spec_file = SpecFile.build(raw)
+    name = spec_file.name or Path(path).stem
+    if "/" in name or not name.strip():
         raise ConfigError(f"name must be a non-empty name without '/', got {name!r}")
-    metric = raw.get("metric", "test_log_joint")
-    if not isinstance(metric, str) or not metric:
-        raise ConfigError(f"metric must be the name of a reported metric, got {metric!r}")
-    mode = raw.get("mode", "max")
-    if mode not in ("max", "min"):
-        raise ConfigError(f"mode must be 'max' or 'min', got {mode!r}")
-    num_samples = _int(raw.get("num_samples", 1), "num_samples", 1)
-    mct = raw.get("max_concurrent_trials", "auto")
-    max_concurrent = None if mct in (None, "auto") else _int(mct, "max_concurrent_trials", 1)
-    seed = raw.get("seed", 0)
-    seed = None if seed is None else _int(seed, "seed", 0)
-    verbose = _int(raw.get("verbose", 1), "verbose", 0)
-    if verbose > 3:
-        raise ConfigError(f"verbose must be 0, 1, 2 or 3, got {verbose}")
-    output_dir = raw.get("output_dir", "sweeps")
-    if not isinstance(output_dir, str) or not output_dir:
-        raise ConfigError(f"output_dir must be a directory, got {output_dir!r}")
-
-    scheduler = _parse_scheduler(raw.get("scheduler", "asha"))
-    resources = _parse_resources(raw.get("resources") or {})
-    tracking = raw.get("tracking") or {}
-    for k in ("experiment", "run_name", "uri"):
-        if tracking.get(k) is not None and (not isinstance(tracking[k], str) or not tracking[k]):
-            raise ConfigError(f"tracking.{k} must be a non-empty string, got {tracking[k]!r}")
-
-    base_raw = raw.get("base")
-    if isinstance(base_raw, str):
-        base_raw = {"config": base_raw}
-    if not isinstance(base_raw, dict) or not base_raw.get("config"):
+    scheduler, resources, tracking = spec_file.scheduler, spec_file.resources, spec_file.tracking
+    if not spec_file.base.config:
         raise ConfigError("base.config must name the training config every trial starts from "
                           "(e.g. configs/embedded/tiny.yaml)")
-    bad = sorted(set(base_raw) - {"config", "overrides"})
-    if bad:
-        raise ConfigError(f"unknown spec key base.{bad[0]}; known: config, overrides")
-    base_path = _find_base_config(str(base_raw["config"]), path)
-    base_overrides = base_raw.get("overrides") or {}
-    if not isinstance(base_overrides, dict):
-        raise ConfigError(f"base.overrides must be a mapping of section.key: value, got {base_overrides!r}")
+    base_path = _find_base_config(spec_file.base.config, path)
+    base_overrides = spec_file.base.overrides
     for key in base_overrides:
-        _check_config_key(str(key), f"base.overrides.{key}")
+        _check_config_key(key, f"base.overrides.{key}")
         if key in _FORCED:
             raise ConfigError(f"base.overrides.{key}: set by the sweep to {_FORCED[key]} "
                               "(one report per epoch, after the evaluation that gives the metric)")
@@ -310,83 +341,33 @@ def _parse_spec(raw: dict, path: str) -> SweepSpec:
                             ("use_gpu", "use_gpu")):
         if getattr(resources, field_name) is not None:
             base["train"][key] = getattr(resources, field_name)
-    experiment = tracking.get("experiment") or base["tracking"]["experiment"]
+    experiment = tracking.experiment or base["tracking"]["experiment"]
     base["tracking"]["experiment"] = experiment
     base, notes = durable_output_paths(base, ray_job_working_dir())
     for note in notes:
         print(f"mvae-dist: {note}", flush=True)
     base = absolute_local_paths(base)
     try:
-        base = TrainConfig.from_dict(base).to_dict()
+        base = RunConfig.from_dict(base).to_dict()
     except ConfigError as e:
-        raise ConfigError(f"base ({base_raw['config']} + overrides): {e}") from None
+        raise ConfigError(f"base ({spec_file.base.config} + overrides): {e}") from None
     if scheduler.name == "asha":
-        scheduler = dataclasses.replace(scheduler, max_t=base["train"]["epochs"])
-        if scheduler.grace_period > scheduler.max_t:
-            raise ConfigError(f"scheduler.grace_period must be <= max_t {scheduler.max_t}, "
-                              f"got {scheduler.grace_period}")
+        scheduler = scheduler.replace(max_t=base["train"]["epochs"])  # checks grace_period <= max_t
 
-    space_raw = raw.get("space")
+    space_raw = spec_file.space
     if not isinstance(space_raw, dict) or not space_raw:
         raise ConfigError("space must map at least one config key (section.key) to a search kind, "
                           "e.g. objective.gamma: {uniform: [1.1, 5.0]}")
     space = tuple(_parse_dimension(str(k), v) for k, v in space_raw.items())
 
     spec = SweepSpec(path=path, name=name.strip(), base_config=base_path, base_overrides=dict(base_overrides),
-                     base=base, space=space, metric=metric, mode=mode, num_samples=num_samples,
-                     max_concurrent_trials=max_concurrent, scheduler=scheduler, resources=resources,
-                     seed=seed, experiment=experiment, run_name=tracking.get("run_name"),
-                     tracking_uri=tracking.get("uri"), output_dir=output_dir, verbose=verbose)
+                     base=base, space=space, metric=spec_file.metric, mode=spec_file.mode,
+                     num_samples=spec_file.num_samples, max_concurrent_trials=spec_file.max_concurrent_trials,
+                     scheduler=scheduler, resources=resources, seed=spec_file.seed, experiment=experiment,
+                     run_name=tracking.run_name, tracking_uri=tracking.uri, output_dir=spec_file.output_dir,
+                     verbose=spec_file.verbose)
     _validate_space(spec)
     return spec
-
-
-def _int(value: Any, key: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{key} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ConfigError(f"{key} must be >= {minimum}, got {value}")
-    return value
-
-
-def _number(value: Any, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{key} must be a number, got {value!r}")
-    return value
-
-
-def _parse_scheduler(raw: Any) -> SchedulerSpec:
-    if isinstance(raw, str):
-        raw = {"name": raw}
-    name = raw.get("name", "asha")
-    if name not in ("asha", "fifo"):
-        raise ConfigError(f"scheduler.name must be 'asha' or 'fifo', got {name!r}")
-    if name == "fifo":
-        extra = sorted(k for k in raw if k != "name" and raw[k] is not None)
-        if extra:
-            raise ConfigError(f"scheduler.{extra[0]} applies to asha only (scheduler.name is fifo)")
-        return SchedulerSpec(name="fifo")
-    max_t = raw.get("max_t")
-    max_t = None if max_t is None else _int(max_t, "scheduler.max_t", 1)
-    grace = _int(raw.get("grace_period", 1), "scheduler.grace_period", 1)
-    rf = _number(raw.get("reduction_factor", 2), "scheduler.reduction_factor")
-    if not rf > 1:
-        raise ConfigError(f"scheduler.reduction_factor must be > 1, got {rf}")
-    if max_t is not None and grace > max_t:
-        raise ConfigError(f"scheduler.grace_period must be <= scheduler.max_t {max_t}, got {grace}")
-    return SchedulerSpec("asha", max_t, grace, float(rf))
-
-
-def _parse_resources(raw: dict) -> ResourcesSpec:
-    workers = raw.get("workers_per_trial")
-    workers = None if workers is None else _int(workers, "resources.workers_per_trial", 1)
-    cpus = raw.get("cpus_per_worker")
-    if cpus is not None and not _number(cpus, "resources.cpus_per_worker") > 0:
-        raise ConfigError(f"resources.cpus_per_worker must be > 0, got {cpus}")
-    gpu = raw.get("use_gpu")
-    if gpu is not None and not isinstance(gpu, bool):
-        raise ConfigError(f"resources.use_gpu must be true or false, got {gpu!r}")
-    return ResourcesSpec(workers, None if cpus is None else float(cpus), gpu)
 
 
 def _find_base_config(name: str, spec_path: str) -> str:
@@ -408,7 +389,7 @@ def _check_config_key(key: str, where: str) -> tuple[str, str]:
     if not dot or section not in SECTIONS:
         raise ConfigError(f"{where}: unknown config key {key!r}; keys look like section.key with a "
                           f"section of {', '.join(SECTIONS)}")
-    fields = [f.name for f in dataclasses.fields(SECTIONS[section])]
+    fields = list(SECTIONS[section].model_fields)
     if name not in fields:
         raise ConfigError(f"{where}: unknown config key {key!r}; known in {section}: {', '.join(fields)}")
     return section, name

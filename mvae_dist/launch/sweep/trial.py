@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...config import (
-    TrainConfig,
+    RunConfig,
     applicable,
     load_storage_options,
 )
@@ -39,7 +39,7 @@ class _Plan:
     tracking_uri: str
     parent_run_id: str
 
-    def config(self, params: Mapping[str, Any], trial_id: str) -> TrainConfig:
+    def config(self, params: Mapping[str, Any], trial_id: str) -> RunConfig:
         return self.spec.trial_config(params, name=trial_id, storage_path=self.trials_root,
                                       run_name=f"{self.spec.name}-{trial_id}", tracking_uri=self.tracking_uri)
 
