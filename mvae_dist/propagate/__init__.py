@@ -29,6 +29,7 @@ _EXPORTS = {
     "train_siamese": ".siamese",
     "siamese_scores": ".siamese",
     "siamese_baseline": ".siamese",
+    "ShardScorer": ".scorer",
 }
 
 __all__ = sorted(_EXPORTS)
