@@ -50,7 +50,10 @@ from mlflow.entities import Metric, Param, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 from torch import nn
 
+from .config import JOB_OUTPUT_ROOT, ray_job_working_dir
+from .errors import ConfigError
 from .eval.images import save_png
+from .models import build_model
 
 DEFAULT_EXPERIMENT = "mvae-dist"
 #: artifact file listing every checkpoint URI the run reported
@@ -74,7 +77,6 @@ Status = Literal["FINISHED", "FAILED", "KILLED"]
 def default_tracking_uri() -> str:
     """env MLFLOW_TRACKING_URI if set, else ``sqlite:///<abs cwd>/mlflow.db``; in a Ray job's
     temporary working directory (lost with the job) ``sqlite:///<home>/mvae-dist/mlflow.db``."""
-    from .config import JOB_OUTPUT_ROOT, ray_job_working_dir
 
     env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
     if env:
@@ -120,7 +122,6 @@ def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
     import urllib.error
     import urllib.request
 
-    from .errors import ConfigError
 
     parts = urlparse(tracking_uri)
     if parts.scheme not in ("http", "https") or tracking_uri in _REACHED:
@@ -141,7 +142,6 @@ def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
 def _existing_store(tracking_uri: str) -> None:
     """ConfigError when a sqlite store does not exist (reading must not create one); an HTTP
     server must answer (``check_reachable``)."""
-    from .errors import ConfigError
 
     db = _sqlite_path(tracking_uri)
     if db is not None and not db.exists():
@@ -264,7 +264,6 @@ def find_runs(experiment: str = DEFAULT_EXPERIMENT, filter_string: str = "",
 
 def get_run(run_id: str, tracking_uri: str | None = None) -> RunRecord:
     """The run ``run_id``; an unknown id is a ConfigError naming it and the store."""
-    from .errors import ConfigError
 
     uri = tracking_uri or default_tracking_uri()
     _existing_store(uri)
@@ -533,7 +532,6 @@ class Tracker:
 def load_logged_model(run_id: str, tracking_uri: str | None = None,
                       artifact_path: str = "model") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model ``Tracker.log_model`` logged to ``run_id`` -> (model in eval mode, config)."""
-    from .models import build_model
 
     client = mlflow.MlflowClient(tracking_uri=tracking_uri or default_tracking_uri())
     with tempfile.TemporaryDirectory() as tmp:

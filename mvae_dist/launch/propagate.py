@@ -35,10 +35,20 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import model_validator
 
-from mvae_dist.config import Float, Int, Names, NonNegativeFloat, PositiveFloat, PositiveInt, Section
-from mvae_dist.data.manifest import MANIFEST, url_to_fs
-from mvae_dist.data.shards import atomic_write
+from mvae_dist.config import (
+    Float,
+    Int,
+    Names,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    Section,
+    load_storage_options,
+)
+from mvae_dist.data.manifest import MANIFEST, check_bucket, open_manifest, url_to_fs
+from mvae_dist.data.shards import atomic_write, shard_path
 from mvae_dist.errors import ConfigError, DataError
+from mvae_dist.models.builders import event_shape as model_shape
 
 from ..propagate.pools import (
     class_counts,
@@ -119,7 +129,6 @@ class PropagateResult:
 # ------------------------------------------------------------------------------ checks
 def _check_out(out: str, data: str | None, storage_options: dict | None) -> None:
     """ConfigError unless ``out`` is absent or an empty directory / prefix."""
-    from mvae_dist.data.manifest import check_bucket
 
     fs, root = url_to_fs(out, storage_options)
     check_bucket(fs, root, out)
@@ -145,7 +154,6 @@ def _check_split(manifest: dict, split: str, what: str, data: str) -> dict:
 
 
 def _check_modalities(manifest: dict, model_config: Any, data: str) -> None:
-    from mvae_dist.models.builders import event_shape as model_shape
 
     want = [tuple(model_shape(s)) for s in model_config.modalities]
     have = [event_shape(m["shape"]) for m in manifest["modalities"]]
@@ -352,8 +360,6 @@ class _Inputs:
 def _open_inputs(cfg: PropagateConfig, out: str, tracking_uri: str | None,
                  storage_options: dict | None) -> _Inputs:
     """Load the model and the data set's manifest; ConfigError for a split or modality mismatch."""
-    from mvae_dist.config import load_storage_options
-    from mvae_dist.data.manifest import open_manifest
     from mvae_dist.trained import load_trained
 
     trained = load_trained(checkpoint=cfg.checkpoint, run_id=cfg.run_id, tracking_uri=tracking_uri,
@@ -438,7 +444,6 @@ def _select(cfg: PropagateConfig, src: _Inputs, pool: _Workers, threshold: float
             written: list[str], progress: bool) -> tuple[Scored, np.ndarray, dict]:
     """Score the pool and write its pairs with PMI >= threshold (shard i -> slot i mod W ->
     out/train/shard-i) -> (every pair's scores, found mask [P], the train split's manifest entry)."""
-    from mvae_dist.data.shards import shard_path
 
     entries = src.pool_info["shards"]
     rels = [shard_path("train", i) for i in range(len(entries))]
@@ -460,7 +465,6 @@ def _copy_splits(cfg: PropagateConfig, src: _Inputs, pool: _Workers, out: str, t
                  written: list[str]) -> tuple[dict, dict[str, int]]:
     """Copy ``extra_train`` (appended to train) and ``copy_splits`` by the workers -> (the output's
     splits, pairs added to train per extra split)."""
-    from mvae_dist.data.shards import shard_path
 
     extra_counts: dict[str, int] = {}
     copy_jobs = []

@@ -21,7 +21,10 @@ from ..config import (
     ray_job_working_dir,
     relative_input_hint,
 )
+from ..data import open_manifest
+from ..data.manifest import check_present, verify
 from ..errors import ConfigError, DataError, MvaeDistError, one_line
+from ..tracking import FAILURE_TAG, Tracker, default_tracking_uri, find_runs, get_run
 
 
 class TrainingError(MvaeDistError):
@@ -165,8 +168,6 @@ def preflight_data(cfg: RunConfig, *, verify_sha256: bool = False) -> dict:
     """Before Ray starts: the manifest, and every shard the run reads (the training split and
     ``test`` when there is one) present with its manifest size; with ``verify_sha256`` every byte
     is read and hashed too. -> the manifest. A DataError names the first bad shard."""
-    from ..data import open_manifest
-    from ..data.manifest import check_present, verify
 
     options = load_storage_options(cfg.data.storage_options_file, "data.storage_options_file")
     m = open_manifest(cfg.data.url, options)
@@ -191,7 +192,6 @@ def fit(cfg: RunConfig, *, resume: bool = False, debug_dir: str | None = None,
     Every way out after the MLflow run is created ends it: FAILED on an error, KILLED on
     Ctrl-C / SIGTERM (KeyboardInterrupt).
     """
-    from ..tracking import Tracker, default_tracking_uri, find_runs
 
     job_dir = ray_job_working_dir()
     given_url = cfg.data.url
@@ -269,7 +269,6 @@ def finish_fit(cfg: RunConfig, result: Any, tracker: Any, storage: RunStorage) -
     """After ``trainer.fit()`` returned: log the last checkpoint's URI to the run -> (checkpoint
     URI or None, last reported metrics); TrainingError (run ended FAILED) when the worker gave
     up on non-finite losses."""
-    from ..tracking import FAILURE_TAG, get_run
 
     metrics = dict(result.metrics or {})
     ckpt = storage.checkpoint_url(result.checkpoint.path) if result.checkpoint is not None else None

@@ -21,7 +21,10 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ..config import RunConfig, load_storage_options
+from ..data import make_loader
+from ..eval.evaluation import evaluate_and_log, load_eval_classifiers
 from ..models import build_model
+from ..tracking import FAILURE_TAG, Tracker
 from .checkpoint import Position, load_checkpoint, save_checkpoint
 from .dist import TorchCrossRank
 from .step import TrainStep, apply_step, make_optimizer, make_scheduler, step_generator
@@ -116,7 +119,6 @@ class _Worker:
     # ------------------------------------------------------------------ the sequence
     @classmethod
     def start(cls, loop_config: dict[str, Any]) -> _Worker:
-        from ..data import make_loader
 
         cfg = RunConfig.from_dict(loop_config["config"])
         quiet_ray_train_logs(cfg.train.ray_log_level)
@@ -172,7 +174,6 @@ class _Worker:
     def open_tracking(self, loop_config: dict[str, Any]) -> None:
         """Rank 0: continue the driver's MLflow run (only the driver counts resumes) and load the
         digit classifiers its evaluations use."""
-        from ..tracking import Tracker
 
         cfg = self.cfg
         self.log = Tracker(loop_config.get("tracking_uri"), cfg.tracking.experiment)
@@ -180,7 +181,6 @@ class _Worker:
         if self.resumed_from is not None:
             self.log.log_metrics({"resumed_from_step": self.resumed_from}, step=self.pos.step)
         if cfg.train.eval_every:
-            from ..eval.evaluation import load_eval_classifiers
 
             self.classifiers = load_eval_classifiers(cfg, self.storage_options, required=False,
                                                      device=self.device)
@@ -270,7 +270,6 @@ class _Worker:
         """Too many non-finite losses: the run's reason as an MLflow tag, the run FAILED, and a last
         report WITHOUT a checkpoint (the last one reported stays the run's latest, a good state)."""
         if self.rank == 0:
-            from ..tracking import FAILURE_TAG
 
             self.log.set_tags({FAILURE_TAG: f"stopped after {self.nonfinite} non-finite losses "
                                             f"(train.max_nonfinite = {self.cfg.train.max_nonfinite})"})
@@ -289,7 +288,6 @@ def _evaluate(model, cfg: RunConfig, tracker, step: int, storage_options,
     """Rank 0: the paper's metrics (``evaluate.evaluate_and_log``: one seed; log p(x_1..M) with
     train.eval_K samples on train.eval_batches batches) and the image grids, logged to MLflow.
     -> what the next Ray Train reports carry (Tune's metrics), incl. ``test_log_joint``."""
-    from ..eval.evaluation import evaluate_and_log
 
     n_ll = cfg.train.eval_batches * cfg.data.batch_size
     flat, _ = evaluate_and_log(model, cfg, tracker=tracker, step=step, classifiers=classifiers, seeds=1,

@@ -145,6 +145,33 @@ def test_direct_calls_raise_config_error():
         load_sweep_spec(TINY, ["space.objective.gamma={uniform: [0.9, 2.0]}"])
 
 
+def test_a_trial_its_workers_finished_is_completed_even_if_the_stop_came_after(tmp_path):
+    """The scheduler's stop can reach a trial whose workers already trained every epoch and ended
+    its run FINISHED (its last report was still in flight): the child run and the record say
+    "completed", and a run still RUNNING when stopped ends KILLED, tagged "early_stopped"."""
+    from mvae_dist.launch.sweep.trial import TAG_STATUS, _finish_child, _Plan
+    from mvae_dist.tracking import Tracker, get_run
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    spec = load_sweep_spec(TINY, ["tracking.experiment=race", f"base.train.storage_path={tmp_path}/runs"])
+    parent = Tracker(uri, "race")
+    parent_id = parent.start("sweep")
+    plan = _Plan(spec, "sweep-1", str(tmp_path / "trials"), uri, parent_id)
+    ids = {}
+    for trial_id, worker_end in (("t1", "FINISHED"), ("t2", None)):
+        t = Tracker(uri, "race")
+        ids[trial_id] = t.start(f"tiny-{trial_id}", parent_run_id=parent_id,
+                                tags={**plan.tags(trial_id), TAG_STATUS: "running"})
+        if worker_end:
+            t.end(worker_end)
+    params = {"objective.gamma": 2.0}
+    assert _finish_child(plan, "t1", params, "early_stopped", 2, None) == (ids["t1"], "completed")
+    assert _finish_child(plan, "t2", params, "early_stopped", 1, None) == (ids["t2"], "early_stopped")
+    runs = {k: get_run(v, uri) for k, v in ids.items()}
+    assert (runs["t1"].status, runs["t1"].tags[TAG_STATUS]) == ("FINISHED", "completed")
+    assert (runs["t2"].status, runs["t2"].tags[TAG_STATUS]) == ("KILLED", "early_stopped")
+
+
 # ------------------------------------------------------------------------------ slow
 def _client(uri):
     import mlflow

@@ -25,7 +25,13 @@ import numpy as np
 
 from ...config import RunConfig, load_train_config
 from ...errors import ConfigError
+from ...eval.evaluation import evaluate_and_log
+from ...eval.images import save_png
+from ...plots import render
 from ...tables import markdown_table as _markdown
+from ...tracking import Tracker, default_tracking_uri
+from ...train.driver import fit
+from ...trained import load_trained
 
 #: arms of the paper's comparisons: objective overrides
 OBJECTIVES: dict[str, dict[str, Any]] = {
@@ -121,7 +127,6 @@ def open_study(name: str, config: str | None, overrides: Sequence[str], *, root:
                tracking_uri: str | None, params: Mapping[str, Any], seeds: int = 1,
                ray_address: str | None = None, train_seeds: int = 1) -> Study:
     """Resolve the base config and open the parent MLflow run ``<name>-<time>``."""
-    from ...tracking import Tracker, default_tracking_uri
 
     base = load_train_config(config, list(overrides))
     uri = tracking_uri or base.tracking.tracking_uri or default_tracking_uri()
@@ -140,10 +145,6 @@ def run_arm(study: Study, arm: str, overrides: Mapping[str, Any], *, settings: M
             classifiers: Any, evaluate: bool = True, seed: int = 0) -> dict[str, Any]:
     """Train one arm as a child run of the study (training seed ``seed``: train.seed = the base
     config's + seed), evaluate it -> its row (settings + metrics), one of ``study.runs``."""
-    from ...eval.evaluation import evaluate_and_log
-    from ...tracking import Tracker
-    from ...train.driver import fit
-    from ...trained import load_trained
 
     label = arm if study.train_seeds == 1 else f"{arm} seed {seed}"
     name = f"{study.name}-{label.replace(' ', '-')}-{study.stamp}"
@@ -201,7 +202,6 @@ def metric_columns(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
 def line_plot(rows: Sequence[Mapping[str, Any]], x: str, y: str, by: str, *, title: str,
               reference: float | None = None, reference_label: str = "", log_x: bool = False) -> np.ndarray:
     """uint8 [H, W, 3]: ``y`` against ``x``, one line per value of ``by`` (± its spread)."""
-    from ...plots import render
 
     def draw(ax: Any) -> None:
         for group in dict.fromkeys(r[by] for r in rows):
@@ -256,8 +256,6 @@ def study_metrics(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
 def finish_study(study: Study, table: str, plots: Mapping[str, np.ndarray],
                  extra: Mapping[str, Any] | None = None, failed: bool = False) -> Path:
     """Log results/plots to the parent run, close it, write the same files locally -> the folder."""
-    from ...eval.images import save_png
-    from ...tracking import Tracker
 
     t = Tracker(study.tracking_uri, study.base.tracking.experiment)
     t.attach(study.parent_run_id)

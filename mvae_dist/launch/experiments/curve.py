@@ -18,8 +18,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...config import RunConfig
+from ...config import RunConfig, load_storage_options
+from ...data import make_loader
 from ...errors import ConfigError
+from ...eval.evaluation import load_eval_classifiers
+from ...eval.metrics import evaluate_model
+from ...models import build_model
+from ...train.step import TrainStep, apply_step, make_optimizer, make_scheduler, step_generator
 
 #: the metrics a curve row keeps (the rest of the evaluation report is dropped)
 CURVE_KEYS = ("latent_acc", "coherence_cross", "coherence_joint")
@@ -40,12 +45,6 @@ def learning_curve(cfg: RunConfig, *, steps: int, eval_every: int,
     classifiers: the digit classifiers per modality (default: those ``eval.classifiers`` names, as
     training and ``mvae-dist evaluate`` resolve them; required).
     """
-    from ...config import load_storage_options
-    from ...data import make_loader
-    from ...eval.evaluation import load_eval_classifiers
-    from ...eval.metrics import evaluate_model
-    from ...models import build_model
-    from ...train.step import TrainStep, apply_step, make_optimizer, make_scheduler, step_generator
 
     if steps < 1 or eval_every < 1:
         raise ConfigError(f"steps and eval_every must be >= 1, got {steps} and {eval_every}")

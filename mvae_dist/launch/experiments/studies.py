@@ -15,8 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from ...config import shipped_config
+from ...data import make_loader, prepare
 from ...data.sources.street import RENDERER as STREET_RENDERER
 from ...errors import ConfigError
+from ...eval.classifiers import list_classifier_versions, load_classifier_records, train_classifiers
+from ...propagate import siamese_baseline
+from ...propagate.relatedness import choose_threshold, relatedness_scores, score_pmi
+from ...tracking import Tracker
+from ...trained import load_trained
+from ..propagate import run_propagate
 from .common import (
     OBJECTIVES,
     Study,
@@ -40,7 +47,6 @@ def ensure_data(root: str, *, fraction: float = 1.0, dm: int = 5, sr_fraction: f
                 progress: bool = True, data_options: dict | None = None) -> str:
     """Build (or reuse) the embedded set at ``<root>/data/...`` -> its URL. data_options: more
     ``prepare`` options (e.g. ``street_per_class`` for small test builds)."""
-    from ...data import prepare
 
     name = f"embedded-{STREET_RENDERER}-dm{dm}-f{fraction:g}" + (f"-sr{sr_fraction:g}" if sr_fraction else "")
     url = str(Path(root).resolve() / "data" / name)
@@ -53,7 +59,6 @@ def ensure_data(root: str, *, fraction: float = 1.0, dm: int = 5, sr_fraction: f
 
 def ensure_classifiers(url: str, progress: bool = True) -> dict:
     """The latest classifiers stored with the data set at ``url``, trained first if there are none."""
-    from ...eval.classifiers import list_classifier_versions, load_classifier_records, train_classifiers
 
     if not list_classifier_versions(url):
         print(f"== training digit classifiers on {url}", flush=True)
@@ -124,8 +129,6 @@ def data_efficiency(config: str | None = None, overrides: Sequence[str] = (), *,
 # ------------------------------------------------------------------------------ gamma ablation
 def relatedness_f1(model: Any, url: str, *, K: int, max_pairs: int, seed: int = 0) -> dict[str, float]:
     """PMI relatedness prediction: threshold chosen on S_m, precision/recall/F1 on F_m (<= max_pairs)."""
-    from ...data import make_loader
-    from ...propagate.relatedness import choose_threshold, relatedness_scores, score_pmi
 
     def scored(split: str):
         loader = make_loader(url, split, 128, shuffle=False, drop_last=False)
@@ -195,8 +198,6 @@ def gamma_ablation(config: str | None = None, overrides: Sequence[str] = (), *,
 
 
 def _relatedness_of(study: Study, row: dict, url: str, max_pairs: int, *, K: int) -> dict[str, float]:
-    from ...tracking import Tracker
-    from ...trained import load_trained
 
     trained = load_trained(run_id=row["run_id"], tracking_uri=study.tracking_uri)
     rel = relatedness_f1(trained.model, url, K=K, max_pairs=max_pairs,
@@ -213,8 +214,6 @@ def _propagation_round(study: Study, url: str, clfs: Any, arms: Sequence[str], p
                        ray_address: str | None, seed: int) -> None:
     """One training seed of section 4.5: the Siamese baseline, MMVAE on F_r, and per arm: train
     on S_r, propagate by PMI, retrain on S_r + found. Appends to ``relatedness`` and study.runs."""
-    from ...propagate import siamese_baseline
-    from ..propagate import run_propagate
 
     print(f"== label-propagation: Siamese baseline on S_r ({pct})", flush=True)
     sia = siamese_baseline(url, seed=study.base.train.seed + seed)

@@ -16,7 +16,12 @@ from ...config import (
     RunConfig,
     load_storage_options,
 )
+from ...data import open_manifest
 from ...errors import ConfigError
+from ...eval.evaluation import load_eval_classifiers
+from ...eval.images import save_png
+from ...tracking import Tracker, default_tracking_uri, find_runs, redact_config
+from ...train.driver import run_storage
 from .results import SweepResult, TrialRecord, _csv_text, _markdown, _plot, _ranked, _rows
 from .spec import (
     _RUN_STATUS,
@@ -46,8 +51,6 @@ def run_sweep(spec_path: str, overrides: list[str] | None = None, *, tracking_ur
     sqlite in the cwd); ray_address: a Ray cluster (else the running one, or a local one).
     ConfigError for a bad spec; SweepError when Tune fails or no trial reports the metric.
     """
-    from ...tracking import Tracker, default_tracking_uri
-    from ...train.driver import run_storage
 
     t0 = time.time()
     spec = load_sweep_spec(spec_path, overrides)
@@ -62,7 +65,6 @@ def run_sweep(spec_path: str, overrides: list[str] | None = None, *, tracking_ur
         sweep_run = f"{spec.name}-{stamp}-{n}"
         storage = run_storage(spec.base["train"]["storage_path"], sweep_run, options)
 
-    from ...data import open_manifest
 
     data = spec.base["data"]  # every trial reads it: a missing data set is one error, here and now
     data_options = load_storage_options(data["storage_options_file"], "data.storage_options_file")
@@ -101,7 +103,6 @@ def _check_metric_inputs(spec: SweepSpec, data_options: dict | None) -> None:
     sweep is refused before Ray starts (DataError naming the command that trains them)."""
     if not spec.metric.startswith("coherence"):
         return
-    from ...eval.evaluation import load_eval_classifiers
 
     cfg = RunConfig.from_dict(spec.base)
     if cfg.eval.classifiers == "none":
@@ -180,7 +181,6 @@ def _tune(plan: _Plan, storage: Any, max_concurrent: int) -> list[TrialRecord]:
 def _close_children(plan: _Plan, status: str | None) -> None:
     """End every child run still RUNNING: with ``status``, or (None) as its trial's record says;
     tag the runs its workers ended while Tune never reported the trial's end by their status."""
-    from ...tracking import find_runs
 
     try:
         runs = find_runs(plan.spec.experiment, f"tags.mlflow.parentRunId = '{plan.parent_run_id}'",
@@ -204,8 +204,6 @@ def _close_children(plan: _Plan, status: str | None) -> None:
 def _summarize(plan: _Plan, records: list[TrialRecord], parent: Any, out_root: Path,
                t0: float) -> SweepResult:
     """Best trial, table, plots -> the local folder (atomically) and the parent run's artifacts."""
-    from ...eval.images import save_png
-    from ...tracking import redact_config
 
     spec = plan.spec
     ranked = _ranked(records, spec.metric, spec.mode)

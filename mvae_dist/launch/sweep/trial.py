@@ -126,10 +126,12 @@ def _attach(tracking_uri: str, experiment: str, run_id: str) -> Any:
 
 
 def _finish_child(plan: _Plan, trial_id: str, params: Mapping[str, Any], status: TrialStatus,
-                  iterations: int, error: str | None) -> str:
+                  iterations: int, error: str | None) -> tuple[str, TrialStatus]:
     """Tag the trial's child run and end it with the status's MLflow status (a run the workers
-    already ended keeps theirs) -> its run id. A trial that failed before opening its run gets
-    one, FAILED, so that every trial has a child run."""
+    already ended keeps theirs) -> (its run id, the status). A trial that failed before opening
+    its run gets one, FAILED, so that every trial has a child run. A run its workers ended
+    FINISHED trained its whole budget: when the scheduler's stop reached the trial after that
+    (its last report still in flight), the status is "completed", not "early_stopped"."""
     from ...tracking import Tracker, find_runs
 
     spec = plan.spec
@@ -147,13 +149,16 @@ def _finish_child(plan: _Plan, trial_id: str, params: Mapping[str, Any], status:
         run_id = t.start(f"{spec.name}-{trial_id}", params=cfg, parent_run_id=plan.parent_run_id,
                          tags={**plan.tags(trial_id), **tags})
         t.end("FAILED" if status == "error" else _RUN_STATUS[status])
-        return run_id
+        return run_id, status
     run = runs[0]
+    if run.status == "FINISHED" and status == "early_stopped":
+        status = "completed"
+        tags[TAG_STATUS] = status
     t = _attach(plan.tracking_uri, spec.experiment, run.run_id)
     t.set_tags(tags)
     if run.status == "RUNNING":
         t.end(_RUN_STATUS[status])
-    return run.run_id
+    return run.run_id, status
 
 
 def _callback_class() -> type:
@@ -183,7 +188,8 @@ def _callback_class() -> type:
                        if k not in _TUNE_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)}
             rec = TrialRecord(trial.trial_id, status, params, metrics, iterations, error=error)
             try:
-                rec.run_id = _finish_child(self.plan, trial.trial_id, params, status, iterations, error)
+                rec.run_id, rec.status = _finish_child(self.plan, trial.trial_id, params, status, iterations,
+                                                       error)
             except Exception as e:  # never break the sweep over bookkeeping
                 warnings.warn(f"could not finish the MLflow run of trial {trial.trial_id}: {e}", stacklevel=2)
             self.records[trial.trial_id] = rec
