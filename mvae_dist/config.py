@@ -218,7 +218,13 @@ class ModelConfig(Section):
 
 
 class ObjectiveConfig(Section):
-    """The training objective: baseline bound or contrastive eq. 4 (paper defaults γ=2, N=5, K=30)."""
+    """The training objective: baseline bound or contrastive eq. 4 (paper defaults γ=2, N=5, K=30).
+
+    neg_samples: how MVAE and JMVAE estimate the negatives' log p in term 2: "fresh" (the exact
+    path) draws neg_K new samples (0: K) from each negative tuple's own joint posterior and
+    decodes them; "reuse" reuses the positives' samples and decoder outputs under the mixture of
+    the members' joint posteriors, as MMVAE always does (still a lower bound; no decoder pass).
+    """
 
     key_prefix: ClassVar[str] = "objective"
 
@@ -230,9 +236,14 @@ class ObjectiveConfig(Section):
     baseline_estimator: Literal["iwae", "elbo"] = "iwae"
     dreg: bool = False
     looser: bool = False
+    neg_samples: Literal["fresh", "reuse"] = "fresh"
+    neg_K: NonNegativeInt = 0
 
     @model_validator(mode="after")
     def _across_keys(self) -> ObjectiveConfig:
+        if self.neg_K and self.neg_samples == "reuse":
+            raise ConfigError("objective.neg_K applies to fresh negative samples; with neg_samples 'reuse' "
+                              "the negatives reuse the positives' K samples")
         if self.dreg and (self.name != "baseline" or self.baseline_estimator != "iwae"):
             raise ConfigError("objective.dreg applies to the baseline objective with the iwae bound (in the "
                               "contrastive objective the negatives reuse the positives' samples)")
@@ -395,6 +406,9 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _across_sections(self) -> RunConfig:
+        if self.model.name == "mmvae" and self.objective.neg_K:
+            raise ConfigError("objective.neg_K applies to mvae and jmvae (mmvae's negatives reuse its "
+                              f"experts' samples), got {self.objective.neg_K} with model.name 'mmvae'")
         global_batch = self.data.batch_size * self.train.num_workers
         if self.objective.name == "contrastive" and self.objective.N >= global_batch:
             raise ConfigError(f"objective.N must be < the global batch {global_batch}, "
@@ -444,7 +458,8 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
 
 
 #: objective keys that do not apply to an objective (left out of its MLflow params)
-_NOT_APPLICABLE = {"baseline": ("estimator", "gamma", "N"), "contrastive": ("baseline_estimator", "dreg")}
+_NOT_APPLICABLE = {"baseline": ("estimator", "gamma", "N", "neg_samples", "neg_K"),
+                   "contrastive": ("baseline_estimator", "dreg")}
 
 
 def applicable(cfg: dict[str, Any]) -> dict[str, Any]:

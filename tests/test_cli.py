@@ -19,6 +19,20 @@ def test_bench_step_prints_json_lines_with_ratios(capsys):
     assert all((r["K"], r["N"], r["batch_size"], r["threads"]) == (2, 2, 4, recs[0]["threads"]) for r in recs)
 
 
+def test_bench_step_times_the_negative_options_of_mvae(capsys):
+    rc = main(["bench", "step", "--model", "mvae,mmvae", "--K", "2", "--N", "2", "--batch-size", "4",
+               "--steps", "1", "--warmup", "0", "--impl", "fused,loop", "--negatives", "fresh,reuse,K1"])
+    assert rc == 0
+    recs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    # the loop reference and MMVAE (which always reuses its experts' samples) only with fresh negatives
+    assert [r["label"] for r in recs] == [
+        "mvae/baseline", "cI-mvae/fused", "cI-mvae/fused+reuse", "cI-mvae/fused+K1", "cI-mvae/loop",
+        "mmvae/baseline", "cI-mmvae/fused", "cI-mmvae/loop"]
+    assert all(r["ratio_to_baseline"] > 0 for r in recs)
+    assert main(["bench", "step", "--negatives", "K0"]) == 2
+    assert "'K0' is not fresh, reuse or K<n>" in capsys.readouterr().err
+
+
 def test_bad_arguments_exit_nonzero_with_one_line(capsys):
     assert main(["bench", "step", "--model", "vae"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -59,6 +59,9 @@ def test_absolute_local_paths_leaves_urls_and_keywords(tmp_path, monkeypatch):
     (lambda: RunConfig.from_dict({"train": {"num_workers": "two"}}), "train.num_workers must be an integer"),
     (lambda: RunConfig.from_dict({"data": {"batch_size": 2}, "train": {"num_workers": 1}}),
      "objective.N must be < the global batch 2, got 5"),
+    (lambda: ObjectiveConfig(neg_samples="both"), "objective.neg_samples must be one of fresh, reuse"),
+    (lambda: ObjectiveConfig(neg_samples="reuse", neg_K=3), "objective.neg_K applies to fresh negative"),
+    (lambda: RunConfig.from_dict({"objective": {"neg_K": 3}}), "objective.neg_K applies to mvae and jmvae"),
 ])
 def test_every_way_of_building_a_config_validates(build, message):
     with pytest.raises(ConfigError) as e:

@@ -12,8 +12,9 @@ import itertools
 import json
 import statistics
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -27,24 +28,38 @@ class StepCase:
     objective: str  # "baseline" | "contrastive"
     estimator: str
     impl: str  # "fused" | "loop" (contrastive only)
+    negatives: str = "fresh"  # "fresh" | "reuse" | "K<n>" (n fresh samples): MVAE / JMVAE only
 
     @property
     def label(self) -> str:
         if self.objective == "baseline":
             return f"{self.model}/baseline"
         prefix = {"iwae": "cI", "cubo": "cC"}.get(self.estimator, "c" + self.estimator)
-        return f"{prefix}-{self.model}/{self.impl}"
+        suffix = "" if self.negatives == "fresh" else f"+{self.negatives}"
+        return f"{prefix}-{self.model}/{self.impl}{suffix}"
+
+    def negative_options(self) -> dict[str, Any]:
+        """The training_loss keywords of ``negatives``."""
+        if self.negatives == "reuse":
+            return {"neg_samples": "reuse"}
+        if self.negatives.startswith("K"):
+            return {"neg_K": int(self.negatives[1:])}
+        return {}
 
 
 def step_cases(models: Iterable[str], objectives: Iterable[str], estimators: Iterable[str],
-               impls: Iterable[str]) -> list[StepCase]:
-    """Every combination; the baseline once per model (estimator and impl do not apply)."""
+               impls: Iterable[str], negatives: Iterable[str] = ("fresh",)) -> list[StepCase]:
+    """Every combination; the baseline once per model (estimator, impl and negatives do not
+    apply), MMVAE's negatives only "fresh" (it always reuses its experts' samples), the loop
+    reference only with fresh negatives."""
     cases: list[StepCase] = []
     for m, o in itertools.product(models, objectives):
         if o == "baseline":
             cases.append(StepCase(m, "baseline", "iwae", "-"))
-        else:
-            cases += [StepCase(m, o, e, i) for e, i in itertools.product(estimators, impls)]
+            continue
+        for e, i, n in itertools.product(estimators, impls, negatives):
+            if n == "fresh" or (m != "mmvae" and i == "fused"):
+                cases.append(StepCase(m, o, e, i, n))
     return cases
 
 
@@ -59,7 +74,8 @@ def _make_step(case: StepCase, K: int, N: int, B: int, gamma: float, device: str
     def step() -> None:
         loss, _ = training_loss(model, xs, objective=case.objective, K=K, N=N, gamma=gamma,
                                 estimator=case.estimator,
-                                impl=case.impl if case.objective == "contrastive" else "fused")
+                                impl=case.impl if case.objective == "contrastive" else "fused",
+                                **(case.negative_options() if case.objective == "contrastive" else {}))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -70,14 +86,15 @@ def _make_step(case: StepCase, K: int, N: int, B: int, gamma: float, device: str
 
 
 def bench_step(*, models: list[str], objectives: list[str], estimators: list[str], impls: list[str],
-               K: int = 30, N: int = 5, batch_size: int = 128, gamma: float = 2.0, steps: int = 3,
+               negatives: Sequence[str] = ("fresh",), K: int = 30, N: int = 5, batch_size: int = 128,
+               gamma: float = 2.0, steps: int = 3,
                warmup: int = 1, device: str = "cpu", threads: int | None = None,
                modalities: tuple[str, ...] = ("mnist", "svhn"), seed: int = 0,
                emit: Callable[[dict], None] | None = None) -> list[dict]:
     """Time each case; return (and emit) one record per case with its ratio to its model's baseline."""
     if threads:
         torch.set_num_threads(threads)
-    cases = step_cases(models, objectives, estimators, impls)
+    cases = step_cases(models, objectives, estimators, impls, negatives)
     fns = {c: _make_step(c, K, N, batch_size, gamma, device, modalities, seed) for c in cases}
     for c in cases:
         for _ in range(warmup):
@@ -97,7 +114,8 @@ def bench_step(*, models: list[str], objectives: list[str], estimators: list[str
         rec = {
             "bench": "step", "model": c.model, "objective": c.objective,
             "estimator": c.estimator if c.objective != "baseline" else "iwae",
-            "impl": c.impl, "label": c.label, "K": K, "N": N, "batch_size": batch_size,
+            "impl": c.impl, "negatives": c.negatives, "label": c.label, "K": K, "N": N,
+            "batch_size": batch_size,
             "device": device, "threads": torch.get_num_threads(), "steps": steps,
             "s_per_step": round(s, 5), "pairs_per_s": round(batch_size / s, 2),
         }

@@ -28,6 +28,17 @@ def _int_list(text: str) -> list[int]:
     return [_positive_int(t) for t in text.split(",") if t]
 
 
+def _negatives(text: str) -> list[str]:
+    """``fresh,reuse,K5`` -> the list; argparse error naming a bad entry."""
+    items = [s.strip() for s in text.split(",") if s.strip()]
+    for s in items:
+        if not (s in ("fresh", "reuse") or (s.startswith("K") and s[1:].isdigit() and int(s[1:]) > 0)):
+            raise argparse.ArgumentTypeError(f"{s!r} is not fresh, reuse or K<n> (n >= 1)")
+    if not items:
+        raise argparse.ArgumentTypeError("give at least one of fresh, reuse, K<n>")
+    return items
+
+
 def _positive_int(text: str) -> int:
     try:
         v = int(text)
@@ -185,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="term-2 estimator(s) of the contrastive objective (default iwae)")
     step.add_argument("--impl", type=_csv(("fused", "loop")), default=["fused"],
                       help="contrastive implementation(s): fused reuse path, naive loop")
+    step.add_argument("--negatives", type=_negatives, default=["fresh"],
+                      help="MVAE/JMVAE negatives (comma list): fresh (exact path), reuse (the positives' "
+                           "samples), K<n> (n fresh samples, e.g. K5); default fresh")
     step.add_argument("--K", type=_positive_int, default=30)
     step.add_argument("--N", type=_positive_int, default=5)
     step.add_argument("--batch-size", type=_positive_int, default=128)
@@ -346,7 +360,7 @@ def run(args: argparse.Namespace) -> int:
                                         warmup=args.warmup, threads=args.threads or 1))
             return 0
         bench_step(models=args.model, objectives=args.objective, estimators=args.estimator,
-                   impls=args.impl, K=args.K, N=args.N, batch_size=args.batch_size,
+                   impls=args.impl, negatives=args.negatives, K=args.K, N=args.N, batch_size=args.batch_size,
                    steps=args.steps, warmup=args.warmup, device=args.device, threads=args.threads,
                    emit=print_json)
         return 0

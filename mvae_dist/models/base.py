@@ -236,6 +236,83 @@ class MultimodalVAE(nn.Module):
         """Σ_m log p(x_m | z): z [K, B, L] decoded by every decoder -> [K, B]."""
         return sum(mod.log_lik(x, mod.decode(z)) for mod, x in zip(self.modalities, xs))
 
+    # ------------------------------------------------------------- one joint posterior (MVAE, JMVAE)
+    def _joint_pass(self, xs: list[Tensor], loc: Tensor, scale: Tensor, K: int, eps: Tensor | None,
+                    detach_q: bool) -> tuple[Tensor, Tensor, Tensor, dict[str, Any]]:
+        """K samples of the joint posterior (loc, scale [B, L]) and their log-weights -> (log_w
+        [K, B], z [K, B, L], eps, cache). The cache keeps what reused negatives read: every
+        decoder's output ``dec`` (per modality, at every sample), the matched likelihoods ``ll``
+        (per modality, [K, B]), ``lpz`` and ``lq`` (log p(z), log q(z | own item): [K, B]) and the
+        posterior ``q_loc``, ``q_scale``."""
+        z, eps = self._sample(loc, scale, eps, K)
+        q_loc, q_scale = (loc.detach(), scale.detach()) if detach_q else (loc, scale)
+        lpz = self.log_prior(z)
+        dec = [mod.decode(z) for mod in self.modalities]
+        ll = [mod.log_lik(x, params) for mod, x, params in zip(self.modalities, xs, dec)]
+        lq = log_prob_sum(self.family, z, q_loc, q_scale)
+        log_w = lpz + sum(ll) - lq
+        return log_w, z, eps, {"dec": dec, "ll": ll, "lpz": lpz, "lq": lq, "q_loc": q_loc, "q_scale": q_scale}
+
+    def reused_tuple_log_weights(self, state: PassState, tuples: Tensor) -> Tensor:
+        """log w of the tuples [P, M] under a proposal whose samples exist already -> [M*K, P].
+
+        The proposal of tuple p is the uniform mixture of its members' own joint posteriors,
+        1/M Σ_e q(z | item tuples[p, e]), sampled stratified: the K samples of component e are
+        the positives' samples of item tuples[p, e], already decoded by every decoder. So only
+        the likelihoods of mismatched (sample, target) pairs and M posterior densities per
+        sample are new work (no encoder, no decoder pass), as in MMVAE, whose own proposal this
+        is. Any proposal with full support gives an unbiased importance-sampling estimate of
+        p(x_1..M), so the IWAE of these weights is a lower bound of log p of the tuple (looser
+        than fresh samples from the tuple's own posterior; tests/objectives/test_negatives.py
+        measures by how much on the linear-Gaussian model).
+        """
+        q = (state.cache["q_loc"], state.cache["q_scale"])
+        K = state.z.shape[0]
+        rows = [self._reused_rows(state, e, tuples[:, e], tuples, state.xs, q) for e in range(self.M)]
+        return torch.stack(rows).reshape(self.M * K, tuples.shape[0])
+
+    def reused_tuple_log_weights_dist(self, state: PassState, tuples: Tensor, group: CrossRank) -> Tensor:
+        """``reused_tuple_log_weights`` under data parallelism (``tuples`` hold global indices):
+        the rows of component e are computed by the rank that holds member e's samples."""
+        q_g = (group.all_gather(state.cache["q_loc"]), group.all_gather(state.cache["q_scale"]))
+        K, B = state.z.shape[0], state.z.shape[1]
+        return self._owner_rows_dist(state, tuples, group, self._reused_rows, q_g, K, B)
+
+    def _reused_rows(self, state: PassState, e: int, src: Tensor, tgt: Tensor, xs_t: list[Tensor],
+                     q_t: tuple[Tensor, Tensor]) -> Tensor:
+        """log w of component e's K samples (item ``src[p]``'s) for tuple p -> [K, P]; ``tgt`` [P, M]
+        indexes the target arrays xs_t and q_t (joint posteriors (loc, scale) [B_t, L])."""
+        c = state.cache
+        z = state.z[:, src]  # [K, P, L]
+        ll = c["ll"][e][:, src]  # modality e is the one item src supplies
+        lq = []
+        for m, mod in enumerate(self.modalities):
+            if m == e:
+                lq.append(c["lq"][:, src])
+                continue
+            ll = ll + mod.log_lik_pairs(xs_t[m], c["dec"][m], src, tgt[:, m])
+            lq.append(log_prob_sum(self.family, z, q_t[0][tgt[:, m]], q_t[1][tgt[:, m]]))
+        log_qmix = torch.logsumexp(torch.stack(lq), 0) - math.log(self.M)
+        return c["lpz"][:, src] + ll - log_qmix
+
+    def _owner_rows_dist(self, state: PassState, tuples: Tensor, group: CrossRank, rows_of: Any,
+                         q_g: tuple[Tensor, Tensor], K: int, B: int) -> Tensor:
+        """Rows of component e of every tuple, computed by the rank that owns the tuple's member e
+        (it holds that member's samples and decoder outputs) and summed across ranks with their
+        gradients -> this rank's tuples' rows [M*K, P]. ``rows_of(state, e, src, tgt, xs_g, q_g)``
+        computes [K, len(src)] rows from local ``src`` and global ``tgt`` indices."""
+        r, P = group.rank, tuples.shape[0]
+        tuples_all = group.all_gather(tuples)  # [W*P, M] global indices, every rank's anchors
+        xs_g = [group.all_gather(x.detach()) for x in state.xs]
+        per_component = []
+        for e in range(self.M):
+            idx = ((tuples_all[:, e] // B) == r).nonzero().squeeze(1)  # tuples whose member e is mine
+            sel = tuples_all[idx]
+            vals = rows_of(state, e, sel[:, e] - r * B, sel, xs_g, q_g)  # [K, len(idx)]
+            per_component.append(vals.new_zeros(K, tuples_all.shape[0]).index_copy(1, idx, vals))
+        rows = group.all_reduce_sum(torch.stack(per_component))  # [M, K, W*P]: from their owners
+        return rows[:, :, r * P:(r + 1) * P].reshape(self.M * K, P)
+
 
 def log_mean_exp(x: Tensor, dim: int) -> Tensor:
     """log (1/n) Σ exp(x) along ``dim``."""

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import MultimodalVAE, PassState
-from .distributions import kl_divergence, log_prob_sum
+from .distributions import kl_divergence
 from .modality import Modality
 from .networks import posterior_scale
 
@@ -55,14 +55,6 @@ class JMVAE(MultimodalVAE):
         self.alpha = float(alpha)
         self._reuses_features = hasattr(joint_encoder, "features") and hasattr(joint_encoder, "head")
 
-    def _joint(self, xs: list[Tensor], loc: Tensor, scale: Tensor, K: int, eps: Tensor | None,
-               detach_q: bool) -> tuple[Tensor, Tensor, Tensor]:
-        z, eps = self._sample(loc, scale, eps, K)
-        if detach_q:
-            loc, scale = loc.detach(), scale.detach()
-        log_w = self.log_prior(z) + self._log_lik_all(xs, z) - log_prob_sum(self.family, z, loc, scale)
-        return log_w, z, eps
-
     def joint_posterior(self, xs: list[Tensor]) -> tuple[Tensor, Tensor]:
         """q(z | x_1..M): (loc [B, L], scale [B, L])."""
         self._check_xs(xs)
@@ -78,8 +70,8 @@ class JMVAE(MultimodalVAE):
             cache["feats"] = feats
         else:
             loc, scale = self.joint_encoder(xs)
-        log_w, z, eps = self._joint(xs, loc, scale, K, eps, detach_q)
-        return PassState(log_w, z, eps, list(xs), [(loc, scale)], cache)
+        log_w, z, eps, reuse = self._joint_pass(xs, loc, scale, K, eps, detach_q)
+        return PassState(log_w, z, eps, list(xs), [(loc, scale)], {**cache, **reuse})
 
     def tuple_log_weights(self, state: PassState, tuples: Tensor,
                           eps: Tensor | None = None) -> Tensor:
@@ -90,7 +82,8 @@ class JMVAE(MultimodalVAE):
             )
         else:
             loc, scale = self.joint_encoder(xs)
-        return self._joint(xs, loc, scale, state.z.shape[0], eps, False)[0]
+        K = state.z.shape[0] if eps is None else eps.shape[0]  # fresh samples: objective.neg_K
+        return self._joint_pass(xs, loc, scale, K, eps, False)[0]
 
     def extra_loss(self, xs: list[Tensor], generator: torch.Generator | None = None, *,
                    rank: int = 0, world_size: int = 1) -> Tensor:

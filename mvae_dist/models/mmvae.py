@@ -102,22 +102,17 @@ class MMVAE(MultimodalVAE):
                                group: CrossRank) -> Tensor:
         """Rows of expert e are computed by the rank that owns the tuple's member e (it holds
         that member's samples and decoder outputs) and summed across ranks with gradients."""
-        M, K = self.M, state.z.shape[1]
-        B, r = state.z.shape[2], group.rank
-        P = tuples.shape[0]
-        tuples_all = group.all_gather(tuples)  # [W*P, M] global indices, every rank's anchors
-        xs_g = [group.all_gather(x.detach()) for x in state.xs]
         q_g = (group.all_gather(state.cache["q_loc"].transpose(0, 1)).transpose(0, 1),
                group.all_gather(state.cache["q_scale"].transpose(0, 1)).transpose(0, 1))
-        per_expert = []
-        for e in range(M):
-            idx = ((tuples_all[:, e] // B) == r).nonzero().squeeze(1)  # tuples whose member e is mine
-            sel = tuples_all[idx]
-            vals = self.expert_rows(state, e, sel[:, e] - r * B, sel, xs_g, q_g)  # [K, len(idx)]
-            per_expert.append(vals.new_zeros(K, tuples_all.shape[0]).index_copy(1, idx, vals))
-        rows = torch.stack(per_expert)  # [M, K, W*P], this rank's rows filled, zeros elsewhere
-        rows = group.all_reduce_sum(rows)  # [M, K, W*P]: every tuple's rows, from their owners
-        return rows[:, :, r * P:(r + 1) * P].reshape(M * K, P)
+        K, B = state.z.shape[1], state.z.shape[2]
+        return self._owner_rows_dist(state, tuples, group, self.expert_rows, q_g, K, B)
+
+    def reused_tuple_log_weights(self, state: PassState, tuples: Tensor) -> Tensor:
+        """MMVAE's negatives always reuse its experts' samples: ``tuple_log_weights``."""
+        return self.tuple_log_weights(state, tuples)
+
+    def reused_tuple_log_weights_dist(self, state: PassState, tuples: Tensor, group: CrossRank) -> Tensor:
+        return self.tuple_log_weights_dist(state, tuples, None, group)
 
     def tuple_noise(self, state: PassState, tuples: Tensor, eps: Tensor | None) -> Tensor:
         # Expert e of tuple p reuses the samples of item tuples[p, e].

@@ -23,27 +23,25 @@ class MVAE(MultimodalVAE):
         self.unimodal_weight = float(unimodal_weight)
 
     def _joint(self, xs: list[Tensor], posts: list[tuple[Tensor, Tensor]], K: int,
-               eps: Tensor | None, detach_q: bool) -> tuple[Tensor, Tensor, Tensor]:
-        """PoE posterior of the given experts -> (log_w [K, B], z [K, B, L], eps)."""
+               eps: Tensor | None, detach_q: bool) -> tuple[Tensor, Tensor, Tensor, dict]:
+        """PoE posterior of the given experts -> (log_w [K, B], z [K, B, L], eps, cache)."""
         loc, scale = poe_normal(torch.stack([p[0] for p in posts]), torch.stack([p[1] for p in posts]))
-        z, eps = self._sample(loc, scale, eps, K)
-        if detach_q:
-            loc, scale = loc.detach(), scale.detach()
-        log_w = self.log_prior(z) + self._log_lik_all(xs, z) - log_prob_sum(self.family, z, loc, scale)
-        return log_w, z, eps
+        return self._joint_pass(xs, loc, scale, K, eps, detach_q)
 
     def prepare(self, xs: list[Tensor], K: int, eps: Tensor | None = None,
                 detach_q: bool = False) -> PassState:
         posts = self.encode(xs)
-        log_w, z, eps = self._joint(xs, posts, K, eps, detach_q)
-        return PassState(log_w, z, eps, list(xs), posts)
+        log_w, z, eps, cache = self._joint(xs, posts, K, eps, detach_q)
+        return PassState(log_w, z, eps, list(xs), posts, cache)
 
     def tuple_log_weights(self, state: PassState, tuples: Tensor,
                           eps: Tensor | None = None) -> Tensor:
         # The encoders ran once for the batch; a tuple's product of experts is a gather away.
+        # Fresh samples: as many as eps holds (objective.neg_K), else K.
         xs = [x[tuples[:, m]] for m, x in enumerate(state.xs)]
         posts = [(loc[tuples[:, m]], scale[tuples[:, m]]) for m, (loc, scale) in enumerate(state.posts)]
-        return self._joint(xs, posts, state.z.shape[0], eps, False)[0]
+        K = state.z.shape[0] if eps is None else eps.shape[0]
+        return self._joint(xs, posts, K, eps, False)[0]
 
     def unimodal_posterior(self, x: Tensor, m: int) -> tuple[Tensor, Tensor]:
         loc, scale = self.modalities[m].encode(x)

@@ -91,6 +91,7 @@ def contrastive_loss(
     generator: torch.Generator | None = None, eps: Tensor | None = None,
     eps_neg: Tensor | None = None, impl: Literal["fused", "loop"] = "fused",
     group: CrossRank | None = None, looser: bool = False,
+    neg_samples: Literal["fresh", "reuse"] = "fresh", neg_K: int | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Paper eq. 4 averaged over the batch -> (loss scalar, stats).
 
@@ -99,8 +100,13 @@ def contrastive_loss(
     ``iwae_looser`` (MMVAE's training bound; the same as pooled for one sample set per item).
     negatives: [M, B, N] indices (``sample_negatives``), drawn if None.
     eps / eps_neg: noise of the positives (``model.noise_shape(K, B)``) and of the negative
-    tuples (``model.negative_noise_shape(K, G*B*N)``; unused by MMVAE, which reuses the
+    tuples (``model.negative_noise_shape(neg_K, G*B*N)``; unused by MMVAE, which reuses the
     positives' samples), drawn from ``generator`` if None.
+    neg_samples: how MVAE and JMVAE estimate the negatives' log p: "fresh" (the exact path, the
+    default) draws ``neg_K`` (default K) new samples from each negative tuple's own joint
+    posterior and decodes them; "reuse" takes the members' positive samples, already decoded,
+    under the mixture of the members' joint posteriors (``reused_tuple_log_weights``: still a
+    lower bound, no decoder pass). MMVAE's negatives always reuse its experts' samples.
 
     Data parallel (``group`` given, W ranks with B items each): negatives come from the global
     batch of W*B items; ``negatives``, ``eps`` and ``eps_neg`` are then global-batch shaped and
@@ -138,24 +144,38 @@ def contrastive_loss(
     if eps is None:
         eps = standard_noise(model.family, model.noise_shape(K, GB), generator=generator,
                              device=dev, dtype=dtype)
-    neg_shape = model.negative_noise_shape(K, G * GB * N)
+    if neg_samples not in ("fresh", "reuse"):
+        raise ValueError(f"unknown neg_samples {neg_samples!r}; expected 'fresh' or 'reuse'")
+    neg_K = K if neg_K is None else check_K(neg_K)
+    reuse = neg_samples == "reuse" and model.negative_noise_shape(K, 1) is not None  # MVAE, JMVAE
+    fresh = not reuse and model.negative_noise_shape(K, 1) is not None  # MMVAE: neither, it reuses
+    if not fresh and neg_K != K:
+        raise ValueError("neg_K applies to negatives with fresh samples (MVAE, JMVAE with neg_samples "
+                         f"'fresh'); these reuse the positives' K = {K}, got neg_K {neg_K}")
+    if reuse and impl == "loop":
+        raise ValueError("impl='loop' is the reference of fresh negatives; reused ones are checked "
+                         "against tests/objectives/test_negatives.py's reference")
+    neg_shape = model.negative_noise_shape(neg_K, G * GB * N) if fresh else None
     if neg_shape is not None and eps_neg is None:
         eps_neg = standard_noise(model.family, neg_shape, generator=generator, device=dev, dtype=dtype)
     if W > 1:  # this rank's slices of the global draws
         eps = eps.narrow(-2, r * B, B)
         if eps_neg is not None:
             L = eps_neg.shape[-1]
-            eps_neg = eps_neg.reshape(K, G, GB * N, L)[:, :, r * P:(r + 1) * P].reshape(K, G * P, L)
+            eps_neg = eps_neg.reshape(neg_K, G, GB * N, L)[:, :, r * P:(r + 1) * P].reshape(neg_K, G * P, L)
 
     state = model.prepare(xs, K, eps)
     log_p = iwae(state.log_w)  # [B]
     bound = iwae_looser(state.log_w, model.samples_per_k) if looser else log_p  # [B]
-    if group is not None:
+    if reuse:
+        log_w_neg = (model.reused_tuple_log_weights(state, tuples) if group is None
+                     else model.reused_tuple_log_weights_dist(state, tuples, group))  # [M*K, G*P]
+    elif group is not None:
         log_w_neg = model.tuple_log_weights_dist(state, tuples, eps_neg, group)  # [S, G*P]
     elif impl == "fused":
         log_w_neg = model.tuple_log_weights(state, tuples, eps_neg)
     else:
-        log_w_neg = _loop_log_weights(model, state, tuples, eps_neg, K)
+        log_w_neg = _loop_log_weights(model, state, tuples, eps_neg, neg_K)
     est_neg = estimate(log_w_neg, estimator).reshape(G, B, N)
     term2 = torch.logsumexp(est_neg, dim=-1).mean(0)  # [B]: mean over the G directions
     term1 = -gamma * bound

@@ -19,7 +19,7 @@ def training_loss(
     K: int, estimator: str = "iwae", gamma: float = 2.0, N: int = 5,
     baseline_estimator: str = "iwae", dreg: bool = False, looser: bool = False,
     negatives: Tensor | None = None, generator: torch.Generator | None = None,
-    group: CrossRank | None = None, impl: str = "fused",
+    group: CrossRank | None = None, impl: str = "fused", neg_samples: str = "fresh", neg_K: int | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Scalar loss to minimise and detached stats.
 
@@ -29,7 +29,8 @@ def training_loss(
     together are the official MMVAE code's ``m_dreg_looser``.
     contrastive: eq. 4 with term 2 by ``estimator`` ("iwae" = cI, "cubo" = cC); ``looser`` makes
     term 1 the per-expert bound (DReG does not apply: the negatives reuse the positives' samples).
-    ``impl`` picks the contrastive implementation ("fused", or the reference "loop").
+    ``impl`` picks the contrastive implementation ("fused", or the reference "loop");
+    ``neg_samples`` / ``neg_K`` how MVAE and JMVAE score the negatives (``contrastive_loss``).
     Both add ``model.extra_loss`` (zero for MMVAE). With ``group`` (data parallel), the
     contrastive negatives come from the global batch and every random draw is the global
     batch's, sliced at this rank (see ``contrastive_loss``); the loss is this rank's mean.
@@ -41,7 +42,8 @@ def training_loss(
             raise ValueError("dreg applies to the baseline objective (the contrastive negatives reuse "
                              "the positives' samples, whose gradient DReG reweights)")
         loss, stats = contrastive_loss(model, xs, gamma, N, K, estimator, negatives,
-                                       generator=generator, group=group, impl=impl, looser=looser)
+                                       generator=generator, group=group, impl=impl, looser=looser,
+                                       neg_samples=neg_samples, neg_K=neg_K)
     elif objective == "baseline":
         check_estimator(baseline_estimator)
         if baseline_estimator == "cubo":

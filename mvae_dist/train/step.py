@@ -31,7 +31,7 @@ class TrainStep(nn.Module):
         return training_loss(
             self.model, xs, objective=o.name, K=o.K, estimator=o.estimator, gamma=o.gamma, N=o.N,
             baseline_estimator=o.baseline_estimator, dreg=o.dreg, looser=o.looser,
-            generator=generator, group=group,
+            generator=generator, group=group, neg_samples=o.neg_samples, neg_K=o.neg_K or None,
         )
 
 

@@ -31,10 +31,15 @@ def setup(name: str, specs: list[str], world: int):
 
 
 def objective(estimator: str) -> ObjectiveConfig:
-    """The ObjectiveConfig of a case: "baseline", or the contrastive objective with ``estimator``."""
+    """The ObjectiveConfig of a case: "baseline", or the contrastive objective with ``estimator``,
+    optionally with the negatives' sampling after a "+": "iwae+reuse" (neg_samples reuse),
+    "iwae+K1" (neg_K 1)."""
     if estimator == "baseline":
         return ObjectiveConfig(name="baseline", K=K, baseline_estimator="iwae")
-    return ObjectiveConfig(name="contrastive", estimator=estimator, K=K, N=N, gamma=GAMMA)
+    estimator, _, negatives = estimator.partition("+")
+    extra = ({"neg_samples": "reuse"} if negatives == "reuse"
+             else {"neg_K": int(negatives[1:])} if negatives else {})
+    return ObjectiveConfig(name="contrastive", estimator=estimator, K=K, N=N, gamma=GAMMA, **extra)
 
 
 def reference(name: str, specs: list[str], estimator: str, world: int):

@@ -29,6 +29,9 @@ CASES = [
     ("jmvae", ["vector:5", "vector:3"], "iwae"),
     ("mmvae", ["vector:5", "vector:3", "vector:4"], "iwae"),
     ("mvae", ["vector:5", "vector:3"], "baseline"),  # the baseline objective, same draws
+    ("mvae", ["vector:5", "vector:3"], "iwae+reuse"),  # negatives reuse the positives' samples
+    ("jmvae", ["vector:5", "vector:3", "vector:4"], "cubo+reuse"),
+    ("jmvae", ["vector:5", "vector:3"], "iwae+K1"),  # fewer fresh samples for the negatives
 ]
 
 
