@@ -33,6 +33,18 @@ def test_bench_step_times_the_negative_options_of_mvae(capsys):
     assert "'K0' is not fresh, reuse or K<n>" in capsys.readouterr().err
 
 
+def test_bench_bound_prints_the_gap_of_each_negative_option(capsys):
+    assert main(["bench", "bound", "--K", "1,10", "--reps", "8"]) == 0
+    recs = {(r["experts"], r["K"], r["negatives"]): r
+            for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert len(recs) == 8 and all(r["bench"] == "bound" and r["pairs"] == 132 for r in recs.values())
+    for K in (1, 10):  # the exact posterior's own samples: exact; the mixture of the members' is not
+        assert abs(recs[("exact", K, "fresh")]["mean_gap"]) < 1e-9
+        assert recs[("exact", K, "reuse")]["mean_gap"] > 0
+    for option in ("fresh", "reuse"):  # a bound that tightens with K
+        assert recs[("random", 1, option)]["mean_gap"] > recs[("random", 10, option)]["mean_gap"] > 0
+
+
 def test_bad_arguments_exit_nonzero_with_one_line(capsys):
     assert main(["bench", "step", "--model", "vae"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

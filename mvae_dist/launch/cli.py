@@ -209,6 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     step.add_argument("--world", type=_positive_int, default=1,
                       help="W > 1: time the contrastive step on W gloo ranks with negatives from the "
                            "global batch against local-only negatives (the cost of gathering)")
+    bound = bsub.add_parser("bound", help="how loose the negatives' estimates are (exact linear-Gaussian "
+                                           "log p)")
+    bound.add_argument("--K", type=_int_list, default=[1, 5, 30], help="samples per tuple (comma list)")
+    bound.add_argument("--reps", type=_positive_int, default=60, help="draws per estimate")
     btrain = bsub.add_parser("train", help="Ray Train throughput with 1, 2, ... workers")
     btrain.add_argument("--data", required=True, help="URL of a prepared data set")
     btrain.add_argument("--workers", type=_int_list, default=[1, 2], help="comma list (default 1,2)")
@@ -320,6 +324,11 @@ def run(args: argparse.Namespace) -> int:
         synth = manifest["synthetic"]
         synthetic = f" (synthetic modality: {', '.join(synth)})" if synth else ""
         print(f"wrote {args.out.rstrip('/')}/manifest.json: {counts}{synthetic}")
+        return 0
+    if args.command == "bench" and args.bench == "bound":
+        from .bench import bench_bound, print_json
+
+        bench_bound(Ks=args.K, reps=args.reps, emit=print_json)
         return 0
     if args.command == "bench" and args.bench == "train":
         from .bench import bench_train, print_json
