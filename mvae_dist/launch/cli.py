@@ -228,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     learn.add_argument("--eval-every", type=_positive_int, default=250)
     learn.add_argument("--n-test", type=_positive_int, default=500, help="test pairs per evaluation")
     learn.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    learn.add_argument("--until-targets", action="store_true",
+                       help="stop at the first evaluation meeting the demo's targets (street latent accuracy "
+                            ">= 0.6, cross coherences >= 0.4 / 0.5, joint >= 0.2): time to quality")
     learn.add_argument("overrides", nargs="*", metavar="section.key=value")
     loader = bsub.add_parser("loader", help="pairs/s through the shard loader")
     loader.add_argument("--data", required=True, help="URL of a prepared data set (its prefix)")
@@ -339,12 +342,13 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "bench" and args.bench == "learn":
         from ..config import absolute_local_paths, load_train_config
         from .bench import print_json
-        from .experiments.curve import learning_curve
+        from .experiments.curve import DEMO_TARGETS, learning_curve
 
         cfg = load_train_config(args.config, args.overrides)
         cfg = cfg.from_dict(absolute_local_paths(cfg.to_dict()))
         learning_curve(cfg, steps=args.steps, eval_every=args.eval_every, n_test=args.n_test,
-                       threads=args.threads, on_row=print_json)
+                       threads=args.threads, on_row=print_json,
+                       until=DEMO_TARGETS if args.until_targets else None)
         return 0
     if args.command == "bench" and args.bench == "loader":
         from ..data import bench_loader

@@ -58,3 +58,18 @@ def test_cli_prints_json_lines_and_needs_classifiers(tiny_data, tmp_path, capsys
                  "--n-test", "20", "train.num_workers=1"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert [r["step"] for r in rows] == [0, 1, 2] and all(r["bench"] == "learn" for r in rows)
+
+
+def test_until_stops_at_the_first_evaluation_meeting_the_targets(tiny_data):
+    from mvae_dist.launch.experiments.curve import targets_met
+
+    clfs = {"mnist": build_classifier("conv", (1, 28, 28)),
+            "svhn-like": build_classifier("conv", (3, 32, 32))}
+    # latent accuracy is in [0, 1]: >= 0 is met at the first evaluation, > 1 never
+    rows = learning_curve(_cfg(tiny_data), steps=6, eval_every=2, classifiers=clfs, n_test=40,
+                          n_train_latent=40, until={"latent_acc": 0.0})
+    assert [r["step"] for r in rows] == [0] and rows[0]["targets_met"] is True
+    rows = learning_curve(_cfg(tiny_data), steps=4, eval_every=2, classifiers=clfs, n_test=40,
+                          n_train_latent=40, until={"latent_acc": 1.01})
+    assert [r["step"] for r in rows] == [0, 2, 4] and not any(r["targets_met"] for r in rows)
+    assert not targets_met({"latent_acc": 0.9}, {"latent_acc": 0.5, "coherence_joint": 0.1})
