@@ -147,8 +147,9 @@ def contrastive_loss(
     if neg_samples not in ("fresh", "reuse"):
         raise ValueError(f"unknown neg_samples {neg_samples!r}; expected 'fresh' or 'reuse'")
     neg_K = K if neg_K is None else check_K(neg_K)
-    reuse = neg_samples == "reuse" and model.negative_noise_shape(K, 1) is not None  # MVAE, JMVAE
-    fresh = not reuse and model.negative_noise_shape(K, 1) is not None  # MMVAE: neither, it reuses
+    own_posterior = model.negative_noise_shape(K, 1) is not None  # MVAE, JMVAE; MMVAE always reuses
+    reuse = own_posterior and neg_samples == "reuse"
+    fresh = own_posterior and not reuse
     if not fresh and neg_K != K:
         raise ValueError("neg_K applies to negatives with fresh samples (MVAE, JMVAE with neg_samples "
                          f"'fresh'); these reuse the positives' K = {K}, got neg_K {neg_K}")
