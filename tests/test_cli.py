@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from mvae_dist.launch.cli import main
 
 
@@ -88,3 +90,17 @@ def test_bench_step_world_2_measures_the_gather(capsys):
     assert rec["world"] == 2 and rec["batch_size_per_rank"] == 4
     assert rec["s_per_step_global_negatives"] > 0 and rec["s_per_step_local_negatives"] > 0
     assert rec["gather_overhead"] > 0
+
+
+def test_bench_multivae_without_multivae_is_one_line_naming_the_fix(capsys):
+    # multivae needs torchvision, which does not import beside the CPU torch here: the side-by-side
+    # runs from its own virtualenv, and here the command must say so in one line.
+    try:
+        import multivae  # noqa: F401
+        pytest.skip("multivae is installed here")
+    except Exception:
+        pass
+    assert main(["bench", "multivae", "--K", "2", "--batch-size", "4", "--steps", "1"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs the multivae package" in err[0] and "virtualenv" in err[0]
+    assert main(["bench", "multivae", "--loss", "elbo"]) == 2

@@ -209,6 +209,16 @@ def build_parser() -> argparse.ArgumentParser:
     step.add_argument("--world", type=_positive_int, default=1,
                       help="W > 1: time the contrastive step on W gloo ranks with negatives from the "
                            "global batch against local-only negatives (the cost of gathering)")
+    mv = bsub.add_parser("multivae", help="the MMVAE baseline step against MultiVae's (needs multivae: "
+                                          "its own virtualenv, docs/benchmarks.md)")
+    mv.add_argument("--loss", type=_csv(("dreg_looser", "iwae_looser")),
+                    default=["dreg_looser", "iwae_looser"],
+                    help="comma list of dreg_looser (the official MMVAE objective), iwae_looser")
+    mv.add_argument("--K", type=_positive_int, default=30)
+    mv.add_argument("--batch-size", type=_positive_int, default=128)
+    mv.add_argument("--steps", type=_positive_int, default=5, help="timed rounds (median)")
+    mv.add_argument("--warmup", type=int, default=1)
+    mv.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     bound = bsub.add_parser("bound", help="how loose the negatives' estimates are (exact linear-Gaussian "
                                            "log p)")
     bound.add_argument("--K", type=_int_list, default=[1, 5, 30], help="samples per tuple (comma list)")
@@ -332,6 +342,13 @@ def run(args: argparse.Namespace) -> int:
         from .bench import bench_bound, print_json
 
         bench_bound(Ks=args.K, reps=args.reps, emit=print_json)
+        return 0
+    if args.command == "bench" and args.bench == "multivae":
+        from .bench import print_json
+        from .bench_multivae import bench_multivae
+
+        bench_multivae(K=args.K, batch_size=args.batch_size, losses=args.loss, steps=args.steps,
+                       warmup=args.warmup, threads=args.threads, emit=print_json)
         return 0
     if args.command == "bench" and args.bench == "train":
         from .bench import bench_train, print_json

@@ -64,3 +64,29 @@ def test_bad_modality_arguments():
         Modality("m", MLPEncoder(4, 2), MLPDecoder(2, (4,)), likelihood="poisson")
     with pytest.raises(ValueError, match="llik_scaling"):
         Modality("m", MLPEncoder(4, 2), MLPDecoder(2, (4,)), llik_scaling=0.0)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "svhn"])
+def test_decoders_in_row_chunks_equal_one_call(kind, monkeypatch):
+    # On the CPU the decoders run K·B rows in chunks of CPU_DECODE_ROWS (a speed choice): the
+    # outputs and every parameter gradient must be those of one call over all rows.
+    from mvae_dist.models import networks
+
+    torch.manual_seed(0)
+    dec = (networks.MLPDecoder(3, (1, 28, 28)) if kind == "mlp" else networks.SVHNDecoder(3)).double()
+    z = torch.randn(4, 5, 3, dtype=torch.float64)  # [K, B, L]: 20 rows
+    weights = torch.rand(4, 5, *(dec(z)[0].shape[2:]), dtype=torch.float64)
+
+    def run(rows: int):
+        monkeypatch.setattr(networks, "CPU_DECODE_ROWS", rows)
+        dec.zero_grad()
+        loc, _ = dec(z)
+        (loc * weights).sum().backward()
+        return loc.detach(), [p.grad.clone() for p in dec.parameters()]
+
+    one, g_one = run(10**6)
+    chunked, g_chunked = run(3)  # 7 chunks, the last one short
+    assert one.shape == (4, 5, *dec(z)[0].shape[2:])
+    torch.testing.assert_close(chunked, one, rtol=1e-12, atol=1e-12)
+    for a, b in zip(g_chunked, g_one):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
