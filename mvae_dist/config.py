@@ -251,13 +251,18 @@ class ObjectiveConfig(Section):
 
 
 def parse_modality_spec(spec: str) -> tuple[str, int | None]:
-    """'mnist' | 'svhn' | 'vector:D' -> (kind, D or None); ConfigError naming a bad spec."""
+    """'mnist' | 'svhn' | 'vector:D' | 'text:V' -> (kind, D or V or None); ConfigError naming a
+    bad spec. text:V is a sentence of 32 token ids over a vocabulary of V >= 4 words (the three
+    special tokens and at least one word)."""
     kind, _, arg = str(spec).partition(":")
     if kind in ("mnist", "svhn") and not arg:
         return kind, None
     if kind == "vector" and arg.isdigit() and int(arg) > 0:
         return kind, int(arg)
-    raise ConfigError(f"model.modalities: unknown modality {spec!r}; expected mnist, svhn or vector:D")
+    if kind == "text" and arg.isdigit() and int(arg) >= 4:
+        return kind, int(arg)
+    raise ConfigError(f"model.modalities: unknown modality {spec!r}; "
+                      "expected mnist, svhn, vector:D or text:V (V >= 4)")
 
 
 def _finite(value: Any, key: str) -> Any:

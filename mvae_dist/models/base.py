@@ -188,8 +188,10 @@ class MultimodalVAE(nn.Module):
         return self.modalities[m].encode(x)
 
     def decode_mean(self, m: int, z: Tensor) -> Tensor:
-        """The loc of p(x_m | z): z [B, L] -> [B, *event_m] (decoders take [K, B, L])."""
-        return self.modalities[m].decode(z.unsqueeze(0))[0][0]
+        """The typical x_m of p(x_m | z) (``Modality.mean``: the loc, or a sentence's most likely
+        tokens): z [B, L] -> [B, *event_m] (decoders take [K, B, L])."""
+        mod = self.modalities[m]
+        return mod.mean(mod.decode(z.unsqueeze(0)))[0]
 
     def joint_posterior(self, xs: list[Tensor]) -> tuple[Tensor, Tensor] | None:
         """The model's own q(z | x_1..M) as (loc [B, L], scale [B, L]), or None when it is not one

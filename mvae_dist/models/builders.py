@@ -13,10 +13,19 @@ from .jmvae import JMVAE, ConcatJointEncoder
 from .mmvae import MMVAE
 from .modality import Modality
 from .mvae import MVAE
-from .networks import MLPDecoder, MLPEncoder, SVHNDecoder, SVHNEncoder
+from .networks import (
+    SENTENCE_LENGTH,
+    MLPDecoder,
+    MLPEncoder,
+    SentenceDecoder,
+    SentenceEncoder,
+    SVHNDecoder,
+    SVHNEncoder,
+)
 
-#: event shape of each built-in modality kind
-EVENT_SHAPES: dict[str, tuple[int, ...]] = {"mnist": (1, 28, 28), "svhn": (3, 32, 32)}
+#: event shape of each built-in modality kind (text: token ids)
+EVENT_SHAPES: dict[str, tuple[int, ...]] = {"mnist": (1, 28, 28), "svhn": (3, 32, 32),
+                                            "text": (SENTENCE_LENGTH,)}
 
 
 def event_shape(spec: str) -> tuple[int, ...]:
@@ -49,6 +58,28 @@ def vector_modality(dim: int, latent_dim: int = 20, likelihood: str = "normal", 
                     likelihood, llik_scaling)
 
 
+def sentence_modality(vocab_size: int, latent_dim: int = 20, llik_scaling: float = 1.0, name: str = "text",
+                      posterior_scale: str = "softplus") -> Modality:
+    """A sentence of 32 token ids: the official MMVAE CUB sentence networks (without BatchNorm),
+    the decoder's output layer tied to the encoder's word embedding, a categorical likelihood."""
+    enc = SentenceEncoder(vocab_size, latent_dim, posterior_scale)
+    dec = SentenceDecoder(latent_dim, vocab_size)
+    dec.tie(enc.embedding)
+    return Modality(name, enc, dec, "categorical", llik_scaling)
+
+
+class _TokenFeatures(nn.Module):
+    """JMVAE's branch for a sentence: token ids [B, T] -> 32-d embeddings -> MLP -> [B, hidden]."""
+
+    def __init__(self, vocab_size: int, hidden: int) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, 32)
+        self.mlp = nn.Sequential(nn.Flatten(), nn.Linear(32 * SENTENCE_LENGTH, hidden), nn.ReLU())
+
+    def forward(self, x):
+        return self.mlp(self.embedding(x.long()))
+
+
 def _feature_net(spec: str, hidden: int) -> tuple[nn.Module, int]:
     """A modality's branch of the JMVAE joint encoder -> (module x -> [B, F], F)."""
     kind, dim = parse_modality_spec(spec)
@@ -58,6 +89,8 @@ def _feature_net(spec: str, hidden: int) -> tuple[nn.Module, int]:
             nn.Conv2d(64, 128, 4, 2, 1), nn.ReLU(), nn.Flatten(),
         )
         return body, 128 * 4 * 4
+    if kind == "text":
+        return _TokenFeatures(dim, hidden), hidden
     n_in = 784 if kind == "mnist" else dim
     return nn.Sequential(nn.Flatten(), nn.Linear(n_in, hidden), nn.ReLU()), hidden
 
@@ -81,6 +114,8 @@ def build_model(cfg: ModelConfig | Mapping[str, Any]) -> MultimodalVAE:
             mods.append(mnist_modality(L, cfg.likelihood, cfg.likelihood_scale, w, cfg.hidden, name, ps))
         elif kind == "svhn":
             mods.append(svhn_modality(L, cfg.likelihood, cfg.likelihood_scale, w, name, ps))
+        elif kind == "text":
+            mods.append(sentence_modality(dim, L, w, name, ps))
         else:
             mods.append(vector_modality(dim, L, cfg.likelihood, cfg.likelihood_scale, w,
                                         cfg.hidden, name if kind != "vector" else f"vector{i}", ps))

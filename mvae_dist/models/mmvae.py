@@ -91,7 +91,7 @@ class MMVAE(MultimodalVAE):
                 lq.append(c["lq"][e, e][:, src])
                 continue
             loc, scale = c["dec"][m]
-            per_sample = scale.numel() > 1 and scale.shape[0] == self.M * K
+            per_sample = scale is not None and scale.numel() > 1 and scale.shape[0] == self.M * K
             params = (loc[e * K:(e + 1) * K], scale[e * K:(e + 1) * K] if per_sample else scale)
             ll = ll + mod.log_lik_pairs(xs_t[m], params, src, tgt[:, m])
             lq.append(log_prob_sum(self.family, z_e, q_t[0][m][tgt[:, m]], q_t[1][m][tgt[:, m]]))

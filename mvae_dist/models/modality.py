@@ -1,7 +1,9 @@
 """A modality: encoder, decoder, likelihood family and likelihood scaling.
 
 Encoders map x [B, *event] to posterior parameters (loc, scale), each [B, L]. Decoders map
-z [..., L] to likelihood parameters (loc [..., *event], scale broadcastable to loc).
+z [..., L] to likelihood parameters: (loc [..., *event], scale broadcastable to loc) for the
+"normal" and "laplace" likelihoods; (logits [..., T, V], None) for "categorical", whose data
+are token ids x [B, T] (int) over a vocabulary of V (a sentence: models/networks.py).
 """
 
 from __future__ import annotations
@@ -9,7 +11,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .distributions import _LOG_2, _LOG_2PI, check_family
+from .distributions import _LOG_2, _LOG_2PI
+
+#: likelihood families of a modality (the posterior families are distributions.FAMILIES)
+LIKELIHOODS = ("normal", "laplace", "categorical")
+#: token id the categorical likelihood does not score (the official MMVAE CUB code's
+#: ``ignore_index=0``, its "<exc>" token for words outside the vocabulary): networks.UNK
+_UNSCORED_TOKEN = 0
 
 # Pairs scored per chunk in the mismatched-likelihood kernel: K * chunk * D floats at a time.
 _PAIR_CHUNK_ELEMENTS = 1 << 20
@@ -22,7 +30,7 @@ class Modality(nn.Module):
         name: a label used in logs and artifacts.
         encoder: module, x [B, *event] -> (loc [B, L], scale [B, L]) of q(z | x).
         decoder: module, z [..., L] -> (loc [..., *event], scale broadcastable to loc) of p(x | z).
-        likelihood: "normal" or "laplace".
+        likelihood: "normal", "laplace" or "categorical" (token ids; decoder gives logits).
         llik_scaling: multiplies log p(x | z) (MMVAE rescales the smaller modality, e.g. 3072/784).
     """
 
@@ -34,7 +42,10 @@ class Modality(nn.Module):
         self.name = name
         self.encoder = encoder
         self.decoder = decoder
-        self.likelihood = check_family(likelihood, f"likelihood of modality {name!r}")
+        if likelihood not in LIKELIHOODS:
+            raise ValueError(f"unknown likelihood of modality {name!r} {likelihood!r}; "
+                             f"expected one of {', '.join(LIKELIHOODS)}")
+        self.likelihood = likelihood
         if not llik_scaling > 0:
             raise ValueError(f"llik_scaling of modality {name!r} must be > 0, got {llik_scaling}")
         self.llik_scaling = float(llik_scaling)
@@ -47,8 +58,17 @@ class Modality(nn.Module):
         """p(x | z) parameters: z [K, B, L] -> (loc [K, B, *event], scale broadcastable)."""
         return self.decoder(z)
 
+    def mean(self, params: tuple[Tensor, Tensor | None]) -> Tensor:
+        """The typical x of p(x | z): loc [..., *event], or for "categorical" the most likely
+        token at every position, int64 [..., T] (the categorical's mode)."""
+        loc, _ = params
+        return loc.argmax(-1) if self.likelihood == "categorical" else loc
+
     def log_lik(self, x: Tensor, params: tuple[Tensor, Tensor]) -> Tensor:
         """Scaled log p(x_b | z_kb) summed over the event: x [B, *event], loc [K, B, *event] -> [K, B]."""
+        if self.likelihood == "categorical":
+            items = torch.arange(x.shape[0], device=x.device)
+            return self.log_lik_pairs(x, params, items, items)
         loc, scale = params
         K, B = loc.shape[:2]
         loc = loc.reshape(K, B, -1)
@@ -70,7 +90,11 @@ class Modality(nn.Module):
         x: [B, *event]; loc: [K, B, *event]; src, tgt: [P] long. The same numbers as
         ``log_lik(x[tgt], (loc[:, src], scale[:, src]))`` without materialising the gathered
         [K, P, D] likelihood parameters for the backward pass (they are recomputed in chunks).
+        Categorical: x [B, T] token ids, logits [K, B, T, V]; the sum over the T positions of
+        log softmax(logits)[token], positions holding the unscored token 0 left out.
         """
+        if self.likelihood == "categorical":
+            return self.llik_scaling * _categorical_pairs(x, params[0], src, tgt)
         loc, scale = params
         K, B = loc.shape[:2]
         D = loc[0, 0].numel()
@@ -92,6 +116,20 @@ class Modality(nn.Module):
             dist = _PairDistance.apply(loc, weight, x, src, tgt, power)
             ll = -dist - const[:, src]
         return self.llik_scaling * ll
+
+
+def _categorical_pairs(x: Tensor, logits: Tensor, src: Tensor, tgt: Tensor) -> Tensor:
+    """Σ_t log softmax(logits[k, src_p, t])[x[tgt_p, t]] over scored positions -> [K, P].
+
+    Gathers the K·P·T target logits and subtracts log Σ_v exp(logits) of the source rows, so no
+    [K, P, T, V] array is made (the normaliser is [K, B, T]).
+    """
+    K, _, T, _ = logits.shape
+    tokens = x[tgt].long()  # [P, T]
+    lse = torch.logsumexp(logits, -1)  # [K, B, T]
+    picked = logits[:, src.unsqueeze(1), torch.arange(T, device=logits.device), tokens]  # [K, P, T]
+    ll = picked - lse[:, src]
+    return (ll * (tokens != _UNSCORED_TOKEN).to(ll.dtype)).sum(-1)
 
 
 def _flat_scale(scale: Tensor, K: int, B: int) -> Tensor:

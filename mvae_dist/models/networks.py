@@ -172,3 +172,80 @@ class LinearGaussianDecoder(nn.Module):
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
         return self.lin(z), self.log_scale.exp()
+
+
+# ----------------------------------------------------------------------------- sentences
+#: The official MMVAE CUB sentence networks' geometry: 32 tokens x 128-d word embeddings.
+SENTENCE_LENGTH = 32
+EMBEDDING_DIM = 128
+#: Token ids of the official MMVAE CUB vocabulary's special tokens. Unknown words map to
+#: "<exc>" = 0, which is also the embedding's padding index and is not scored by the
+#: categorical likelihood (the official code's ``ignore_index=0``); sentences end with "<eos>"
+#: and are filled up to SENTENCE_LENGTH with "<pad>".
+UNK, PAD, EOS = 0, 1, 2
+SPECIAL_TOKENS = ("<exc>", "<pad>", "<eos>")
+
+
+class SentenceEncoder(nn.Module):
+    """Tokens [B, 32] (int) -> word embeddings [B, 1, 32, 128] -> 5 convs -> (loc, scale) [B, L].
+
+    The official MMVAE CUB sentence encoder (32-64-128-128-128 channels: 4x4 stride-2 convs
+    down to 4x16, then 1x4 stride-(1, 2) convs down to 4x4, 4x4 conv heads) without its
+    BatchNorm layers: batch statistics make one item's posterior depend on the rest of the
+    batch, which the per-item bounds (IWAE, the contrastive negatives) must not.
+    """
+
+    def __init__(self, vocab_size: int, latent_dim: int, scale: str = "softplus", base: int = 32) -> None:
+        super().__init__()
+        posterior_scale(torch.zeros(1, 1), scale)
+        self.scale_kind = scale
+        self.embedding = nn.Embedding(vocab_size, EMBEDDING_DIM, padding_idx=UNK)
+        self.body = nn.Sequential(
+            nn.Conv2d(1, base, 4, 2, 1), nn.ReLU(),  # 32 x 128 -> 16 x 64
+            nn.Conv2d(base, base * 2, 4, 2, 1), nn.ReLU(),  # -> 8 x 32
+            nn.Conv2d(base * 2, base * 4, 4, 2, 1), nn.ReLU(),  # -> 4 x 16
+            nn.Conv2d(base * 4, base * 4, (1, 4), (1, 2), (0, 1)), nn.ReLU(),  # -> 4 x 8
+            nn.Conv2d(base * 4, base * 4, (1, 4), (1, 2), (0, 1)), nn.ReLU(),  # -> 4 x 4
+        )
+        self.loc = nn.Conv2d(base * 4, latent_dim, 4, 1, 0)
+        self.raw_scale = nn.Conv2d(base * 4, latent_dim, 4, 1, 0)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.body(self.embedding(x.long()).unsqueeze(1))
+        return self.loc(h).flatten(1), posterior_scale(self.raw_scale(h).flatten(1), self.scale_kind)
+
+
+class SentenceDecoder(nn.Module):
+    """z [..., L] -> transposed convs to [n, 1, 32, 128] -> per-token logits [..., 32, V].
+
+    The official MMVAE CUB sentence decoder without BatchNorm (see SentenceEncoder): transposed
+    convs mirror the encoder up to 32 x 128, then a linear map from the 128-d embedding space to
+    the vocabulary whose weight ``tie`` shares with the encoder's embedding (as the official
+    ``tie_modules``). Returns (logits, None): a categorical likelihood has no scale.
+    """
+
+    def __init__(self, latent_dim: int, vocab_size: int, base: int = 32) -> None:
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.body = nn.Sequential(
+            nn.ConvTranspose2d(latent_dim, base * 4, 4, 1, 0), nn.ReLU(),  # 1 x 1 -> 4 x 4
+            nn.ConvTranspose2d(base * 4, base * 4, (1, 4), (1, 2), (0, 1)), nn.ReLU(),  # -> 4 x 8
+            nn.ConvTranspose2d(base * 4, base * 4, (1, 4), (1, 2), (0, 1)), nn.ReLU(),  # -> 4 x 16
+            nn.ConvTranspose2d(base * 4, base * 2, 4, 2, 1), nn.ReLU(),  # -> 8 x 32
+            nn.ConvTranspose2d(base * 2, base, 4, 2, 1), nn.ReLU(),  # -> 16 x 64
+            nn.ConvTranspose2d(base, 1, 4, 2, 1), nn.ReLU(),  # -> 32 x 128
+        )
+        self.to_vocab = nn.Linear(EMBEDDING_DIM, vocab_size)
+
+    def tie(self, embedding: nn.Embedding) -> None:
+        """Share the output layer's weight [V, 128] with an encoder's embedding [V, 128]."""
+        self.to_vocab.weight = embedding.weight
+
+    def _rows(self, z: Tensor) -> Tensor:
+        h = self.body(z.reshape(*z.shape, 1, 1)).reshape(z.shape[0], SENTENCE_LENGTH, EMBEDDING_DIM)
+        return self.to_vocab(h)  # [n, 32, V]
+
+    def forward(self, z: Tensor) -> tuple[Tensor, None]:
+        lead = z.shape[:-1]
+        logits = in_row_chunks(self._rows, z.reshape(-1, z.shape[-1]))
+        return logits.reshape(*lead, SENTENCE_LENGTH, self.vocab_size), None

@@ -90,3 +90,40 @@ def test_decoders_in_row_chunks_equal_one_call(kind, monkeypatch):
     torch.testing.assert_close(chunked, one, rtol=1e-12, atol=1e-12)
     for a, b in zip(g_chunked, g_one):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_categorical_log_lik_is_the_sum_of_token_log_probs_without_unknown_words():
+    # Reference: torch.distributions.Categorical per position, summed where the token is not 0
+    # (the official MMVAE CUB code's ignore_index=0: "<exc>", words outside the vocabulary).
+    from mvae_dist.models import sentence_modality
+
+    g = torch.Generator().manual_seed(0)
+    V, K, B = 9, 3, 5
+    mod = sentence_modality(V, latent_dim=4, llik_scaling=1.5).double()
+    x = torch.randint(0, V, (B, 32), generator=g)
+    x[0, :5] = 0
+    logits = torch.randn(K, B, 32, V, generator=g, dtype=torch.float64)
+    lp = torch.distributions.Categorical(logits=logits).log_prob(x.expand(K, B, 32))
+    want = 1.5 * (lp * (x != 0)).sum(-1)
+    torch.testing.assert_close(mod.log_lik(x, (logits, None)), want)
+    src = torch.tensor([0, 4, 2, 2, 1])
+    tgt = torch.tensor([3, 0, 2, 1, 1])
+    lp_pairs = torch.distributions.Categorical(logits=logits[:, src]).log_prob(x[tgt].expand(K, 5, 32))
+    torch.testing.assert_close(mod.log_lik_pairs(x, (logits, None), src, tgt),
+                               1.5 * (lp_pairs * (x[tgt] != 0)).sum(-1))
+
+
+def test_sentence_networks_shapes_and_tied_embedding():
+    from mvae_dist.models import sentence_modality
+
+    mod = sentence_modality(50, latent_dim=6)
+    x = torch.randint(0, 50, (7, 32))
+    loc, scale = mod.encode(x)
+    assert loc.shape == scale.shape == (7, 6) and bool((scale > 0).all())
+    logits, none = mod.decode(torch.randn(3, 7, 6))
+    assert logits.shape == (3, 7, 32, 50) and none is None
+    assert mod.decoder.to_vocab.weight is mod.encoder.embedding.weight  # the official tie
+    tokens = mod.mean((logits, None))
+    assert tokens.dtype == torch.int64 and tokens.shape == (3, 7, 32)
+    # no BatchNorm: an item's posterior does not depend on the rest of the batch
+    torch.testing.assert_close(mod.encode(x[:2])[0], loc[:2])

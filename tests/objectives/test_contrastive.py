@@ -20,6 +20,8 @@ def _batch(specs, B, g):
             out.append(torch.rand(B, 1, 28, 28, generator=g, dtype=torch.float64))
         elif s == "svhn":
             out.append(torch.rand(B, 3, 32, 32, generator=g, dtype=torch.float64))
+        elif s.startswith("text:"):  # token ids, some 0 (unknown words, not scored)
+            out.append(torch.randint(0, int(s.split(":")[1]), (B, 32), generator=g))
         else:
             out.append(torch.randn(B, int(s.split(":")[1]), generator=g, dtype=torch.float64))
     return out
@@ -31,6 +33,9 @@ IMAGES, VECTORS = ("mnist", "svhn"), ("vector:5", "vector:3", "vector:4")
 CASES = [
     ("mmvae", IMAGES, "iwae"), ("mvae", IMAGES, "cubo"), ("jmvae", IMAGES, "iwae"),
     *[(name, VECTORS, est) for name in ("mmvae", "mvae", "jmvae") for est in ("iwae", "cubo")],
+    # a sentence modality (categorical likelihood, its own pair kernel), M = 2 and 3
+    ("mmvae", ("vector:5", "text:12"), "iwae"), ("mvae", ("text:12", "vector:3", "vector:4"), "cubo"),
+    ("jmvae", ("vector:5", "text:12"), "iwae"),
 ]
 
 
@@ -38,7 +43,7 @@ CASES = [
 def test_fused_equals_loop_values_and_gradients(name, specs, estimator, monkeypatch):
     monkeypatch.setattr("mvae_dist.models.modality._PAIR_CHUNK_ELEMENTS", 4096)
     torch.manual_seed(0)
-    likelihood = "normal" if specs[0].startswith("vector") and name == "mvae" else "laplace"
+    likelihood = "normal" if specs[0].startswith(("vector", "text")) and name == "mvae" else "laplace"
     model = build_model({"name": name, "modalities": list(specs), "latent_dim": 4, "hidden": 16,
                          "likelihood": likelihood}).double()
     B, N, K = (4, 2, 3) if specs == IMAGES else (6, 3, 4)

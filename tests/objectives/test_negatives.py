@@ -43,12 +43,14 @@ def _reference(model, state, xs, tuples):
     ("jmvae", ["vector:5", "vector:3"]),
     ("mvae", ["vector:5", "vector:3", "vector:4"]),  # appendix C's J-tuples: members may coincide
     ("jmvae", ["vector:5", "vector:3", "vector:4"]),
+    ("mvae", ["text:9", "vector:3"]),  # a sentence: the categorical pair kernel
 ])
 def test_reused_weights_equal_a_straightforward_reference(name, specs):
     torch.manual_seed(0)
     model = build_model({"name": name, "modalities": specs, "latent_dim": 3, "hidden": 8}).double()
     g = torch.Generator().manual_seed(1)
-    xs = [torch.rand(6, int(s.split(":")[1]), generator=g, dtype=torch.float64) for s in specs]
+    xs = [torch.randint(0, int(s.split(":")[1]), (6, 32), generator=g) if s.startswith("text")
+          else torch.rand(6, int(s.split(":")[1]), generator=g, dtype=torch.float64) for s in specs]
     state = model.prepare(xs, 3)
     tuples = negative_tuples(sample_negatives(model.M, 6, 2, g))
     tuples = tuples.reshape(-1, model.M)

@@ -1,8 +1,11 @@
 """One rank of the 2-process parity test (run as a script by tests/train/test_dist.py).
 
-Usage: python dist_worker.py RANK WORLD PORT NAME SPECS ESTIMATOR OUT
+Usage: python dist_worker.py RANK WORLD STORE NAME SPECS ESTIMATOR OUT
 A fresh interpreter per rank (not fork): forking a pytest process that runs server threads
-(moto, MLflow fixtures) can deadlock.
+(moto, MLflow fixtures) can deadlock. The ranks meet through a FileStore (STORE: a path that
+does not exist yet), not a TCPStore: a TCPStore lives in rank 0, and when rank 0 exited first
+rank 1's teardown sometimes lost its store mid-call and aborted in C++ ("terminate called
+without an active exception"; about 1 run in 8-30). A file outlives both ranks.
 """
 
 import sys
@@ -50,12 +53,12 @@ def reference(name: str, specs: list[str], estimator: str, world: int):
     return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
 
 
-def main(rank: int, world: int, port: int, name: str, specs: list[str], estimator: str, out: str):
+def main(rank: int, world: int, store: str, name: str, specs: list[str], estimator: str, out: str):
     """One rank of the production step: TrainStep wrapped in DDP, driven by apply_step with the
     step's generator, as the Ray Train worker does (SGD with lr 0 keeps the gradients to compare
     and the parameters unchanged)."""
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
         model, xs = setup(name, specs, world)
         module = DDP(TrainStep(model, objective(estimator)))
@@ -77,4 +80,4 @@ def main(rank: int, world: int, port: int, name: str, specs: list[str], estimato
 
 if __name__ == "__main__":
     r, w, p, nm, sp, est, o = sys.argv[1:8]
-    main(int(r), int(w), int(p), nm, sp.split(","), est, o)
+    main(int(r), int(w), p, nm, sp.split(","), est, o)

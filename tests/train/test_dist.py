@@ -9,7 +9,6 @@ here, so the match is much tighter). The ranks run the production step (``TrainS
 """
 
 import importlib.util
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -35,18 +34,12 @@ CASES = [
 ]
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("name,specs,estimator", CASES)
 def test_two_gloo_ranks_equal_one_process(name, specs, estimator, tmp_path):
     out = tmp_path / "rank0.pt"
-    port = _free_port()
+    store = tmp_path / "store"  # the ranks' FileStore (see dist_worker.py)
     logs = [tmp_path / f"rank{r}.log" for r in range(W)]
-    procs = [subprocess.Popen([sys.executable, str(HERE / "dist_worker.py"), str(r), str(W), str(port),
+    procs = [subprocess.Popen([sys.executable, str(HERE / "dist_worker.py"), str(r), str(W), str(store),
                                name, ",".join(specs), estimator, str(out)],
                               stdout=log.open("w"), stderr=subprocess.STDOUT)
              for r, log in enumerate(logs)]
