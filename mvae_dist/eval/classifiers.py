@@ -8,6 +8,9 @@ the distinct images of the test split. Architectures (a dict registry, by input 
     "conv"  images [B, C, H, W] in [0, 1]: per-image standardisation, 3 conv blocks (conv 3x3,
             batch norm, ReLU, 2x2 max-pool; 16-32-64 channels), dropout, 64-unit MLP head.
     "mlp"   vectors [B, D]: per-item standardisation, one 256-unit hidden layer.
+    "tokens" sentences [B, T] of token ids: 32-d embeddings of every uint16 id, mean- and
+            max-pooled over the positions (a word counts wherever it stands), one 128-unit hidden
+            layer (a generated sentence is its most likely token per position).
 
 Per-image standardisation makes the classifier indifferent to the colours and contrast of the
 (synthetic) street numbers and of a VAE's generations alike. Image classifiers are trained
@@ -52,7 +55,7 @@ STORE_DIR = "classifiers"
 INDEX = "index.json"
 N_CLASSES = 10
 #: epochs per architecture: ~20 s per modality on 2 CPU cores for the embedded set's 4 000 images
-DEFAULT_EPOCHS = {"conv": 10, "mlp": 30}
+DEFAULT_EPOCHS = {"conv": 10, "mlp": 30, "tokens": 10}
 TRAIN_HINT = "mvae-dist classifiers train --data {url}"
 
 
@@ -103,15 +106,37 @@ class MLPClassifier(nn.Module):
         return self.net(x.flatten(1))
 
 
-ARCHITECTURES: dict[str, type[nn.Module]] = {"conv": ConvClassifier, "mlp": MLPClassifier}
+class TokenClassifier(nn.Module):
+    """Token ids [B, T] (int, or their float values) -> logits [B, n_classes].
+
+    The embedding covers every uint16 id (the stored token dtype), so the classifier needs no
+    vocabulary size; ids of an unused word stay at their random initial embedding.
+    """
+
+    N_IDS = 1 << 16
+
+    def __init__(self, input_shape: Sequence[int], n_classes: int = N_CLASSES, hidden: int = 128) -> None:
+        super().__init__()
+        (int(v) for v in input_shape)  # [T]: any length
+        self.embedding = nn.Embedding(self.N_IDS, 32)
+        self.net = nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Dropout(0.1),
+                                 nn.Linear(hidden, n_classes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        e = self.embedding(x.long().clamp(0, self.N_IDS - 1))  # [B, T, 32]
+        return self.net(torch.cat([e.mean(1), e.amax(1)], -1))
 
 
-def architecture_for(input_shape: Sequence[int]) -> str:
-    """"conv" for images [C, H, W], "mlp" for vectors [D]."""
+ARCHITECTURES: dict[str, type[nn.Module]] = {"conv": ConvClassifier, "mlp": MLPClassifier,
+                                             "tokens": TokenClassifier}
+
+
+def architecture_for(input_shape: Sequence[int], tokens: bool = False) -> str:
+    """"conv" for images [C, H, W], "mlp" for vectors [D], "tokens" for token ids [T]."""
     if len(input_shape) == 3:
         return "conv"
     if len(input_shape) == 1:
-        return "mlp"
+        return "tokens" if tokens else "mlp"
     raise ConfigError(f"no classifier architecture for inputs of shape {list(input_shape)}")
 
 
@@ -341,7 +366,7 @@ def train_classifier(url: str, modality: int | str, *, epochs: int | None = None
     if top >= n_classes or int(min(y_tr.min(), y_te.min())) < 0:
         raise DataError(f"{url}: labels of {name!r} must be in [0, {n_classes}), found up to {top}")
     shape = tuple(int(v) for v in x_tr.shape[1:])
-    arch = architecture_for(shape)
+    arch = architecture_for(shape, tokens=not x_tr.dtype.is_floating_point and x_tr.dtype != torch.uint8)
     epochs = DEFAULT_EPOCHS[arch] if epochs is None else int(epochs)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -5,7 +5,8 @@
 
 MLflow metrics are ``eval/<name>`` (``logged_metrics``); the artifacts ``eval/metrics_<step>.json``
 and ``eval/metrics_<step>.md`` (the table) and ``images/{reconstruction,cross_generation,
-joint_generation}_<step>.png``.
+joint_generation}_<step>.png``; with a sentence modality also ``text/captions_<step>.md``
+(generated sentences, ``captions.py``).
 """
 
 from __future__ import annotations
@@ -91,18 +92,31 @@ def evaluate_and_log(model: MultimodalVAE, cfg: RunConfig, *, tracker: Any, step
     tracker.log_metrics(logged_metrics(flat, seeds, ll_key), step=step)
     tracker.log_dict(report.to_dict(), f"eval/metrics_{step:07d}.json")
     tracker.log_text(table, f"eval/metrics_{step:07d}.md")
-    xs = _first_test_batch(cfg, storage_options, next(model.parameters()).device)
+    batch = _first_test_batch(cfg, storage_options)
+    xs = [x.to(next(model.parameters()).device) for x in batch["xs"]]
     grids = images.readable_grids(model, xs, n=min(8, xs[0].shape[0]), n_joint=32, seed=cfg.train.seed)
     for name, img in grids.items():
         tracker.log_image(img, f"images/{name}_{step:07d}.png")
+    vocabs = _vocabs(cfg.data.url, storage_options)
+    if vocabs:
+        from .captions import caption_report
+
+        text = caption_report(model, xs, vocabs, labels=batch["labels"], seed=cfg.train.seed)
+        tracker.log_text(text, f"text/captions_{step:07d}.md")
     return flat, table
 
 
-def _first_test_batch(cfg: RunConfig, storage_options: dict | None,
-                      device: str | torch.device) -> list[torch.Tensor]:
+def _vocabs(url: str, storage_options: dict | None) -> dict[int, list[str]]:
+    """{modality index: vocabulary} of the data set's sentence modalities."""
+    from ..data.manifest import open_manifest
+
+    mods = open_manifest(url, storage_options)["modalities"]
+    return {m: list(d["vocab"]) for m, d in enumerate(mods) if d.get("vocab")}
+
+
+def _first_test_batch(cfg: RunConfig, storage_options: dict | None) -> dict:
     from ..data import make_loader
 
     loader = make_loader(cfg.data.url, cfg.data.test_split, 16, shuffle=False, drop_last=False,
                          storage_options=storage_options)
-    batch = next(iter(loader))
-    return [x.to(device) for x in batch["xs"]]
+    return next(iter(loader))

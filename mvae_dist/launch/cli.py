@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="build data sets as WebDataset shards")
     dsub = data.add_subparsers(dest="data", required=True, metavar="WHAT")
     prep = dsub.add_parser("prepare", help="build a data set and write shards + manifest.json to URL")
-    prep.add_argument("--dataset", required=True, choices=("embedded", "mnist-svhn"))
+    prep.add_argument("--dataset", required=True, choices=("embedded", "embedded-text", "mnist-svhn"),
+                      help="embedded-text: the embedded set + a synthetic caption of each digit (M = 3)")
     prep.add_argument("--out", required=True, help="any fsspec URL: a path, file://, s3://, gs://")
     prep.add_argument("--fraction", type=float, default=1.0,
                       help="take this fraction of EACH unimodal training set before pairing")

