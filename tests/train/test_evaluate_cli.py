@@ -101,3 +101,42 @@ def test_evaluate_bad_checkpoint_is_one_line(tmp_path, capsys):
                  f"sqlite:///{tmp_path}/m.db"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not a checkpoint directory" in err[0]
+
+
+def test_evaluate_m3_embedded_text_logs_coherence_and_generated_captions(tmp_path, capsys, mlflow_sqlite_uri):
+    # M = 3 end to end without Ray: the embedded-text set (a synthetic caption per MNIST digit),
+    # its three classifiers (the caption's is a token classifier), the shipped M = 3 config's
+    # model, `mvae-dist evaluate --checkpoint`: coherence to and from the captions, and the
+    # generated captions as a text artifact beside the image grids.
+    from mvae_dist.data import prepare
+
+    data = str(tmp_path / "embedded-text")
+    prepare("embedded-text", data, dm=1, progress=False)
+    uri = mlflow_sqlite_uri
+    assert main(["classifiers", "train", "--data", data, "--epochs", "1", "--quiet",
+                 "--tracking-uri", uri]) == 0
+    cfg = load_train_config(str(Path(__file__).parents[2] / "configs" / "embedded-text" / "mmvae-ci.yaml"),
+                            [f"data.url={data}", "train.name=m3", f"train.storage_path={tmp_path}/runs"])
+    assert cfg.model.modalities[2] == "text:23"
+    vocab = json.loads(Path(data, "manifest.json").read_text())["modalities"][2]["vocab"]
+    assert len(vocab) == 23  # the config's text:V is the data set's vocabulary
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    d = tmp_path / "runs" / "m3" / "checkpoint_000000"
+    save_checkpoint(d, model=model, optimizer=torch.optim.Adam(model.parameters()), scheduler=None,
+                    position=Position(step=3), config=cfg.to_dict())
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(d), "--tracking-uri", uri, *FAST]) == 0
+    out = capsys.readouterr().out
+    run_id = out.split("logged to MLflow run ")[1].split(";")[0]
+    metrics = _client(uri).get_run(run_id).data.metrics
+    for k in ("eval/coherence_cross_mnist_to_text", "eval/coherence_cross_text_to_svhn",
+              "eval/coherence_joint"):
+        assert k in metrics and 0.0 <= metrics[k] <= 1.0
+    arts = [a.path for a in _client(uri).list_artifacts(run_id, "text")]
+    assert len(arts) == 1 and arts[0].startswith("text/captions_")
+    text = Path(_client(uri).download_artifacts(run_id, arts[0], str(tmp_path))).read_text()
+    assert text.startswith("## text") and "### generated from mnist (mnist -> z -> text)" in text
+    import re
+
+    assert re.search(r"^\| \d \| a [a-z ]+ \| ", text, re.M)  # an input's caption: "| 7 | a thin seven ..."
