@@ -84,6 +84,7 @@ def evaluate_and_log(model: MultimodalVAE, cfg: RunConfig, *, tracker: Any, step
             report.values.setdefault(f"test_log_joint_K{ll_K}", []).append(float(ll.mean()))
         report.not_applicable["coherences"] = ("no digit classifiers for this data set; train them with "
                                                f"mvae-dist classifiers train --data {cfg.data.url}")
+    _add_cca(report, model, cfg, storage_options, seeds)
     flat = report.metrics()
     ll_key = f"test_log_joint_K{ll_K}"
     if ll_key in flat:
@@ -104,6 +105,35 @@ def evaluate_and_log(model: MultimodalVAE, cfg: RunConfig, *, tracker: Any, step
         text = caption_report(model, xs, vocabs, labels=batch["labels"], seed=cfg.train.seed)
         tracker.log_text(text, f"text/captions_{step:07d}.md")
     return flat, table
+
+
+def _add_cca(report: Any, model: MultimodalVAE, cfg: RunConfig, storage_options: dict | None,
+             seeds: int) -> None:
+    """CCA coherences (``cca.py``) into ``report`` for a data set with a sentence modality: with
+    the data set's stored CCA scorer, on the test pairs of each seed; without one, N/A saying how
+    to fit it. Data sets without sentences are left alone."""
+    from ..data.manifest import open_manifest
+    from .cca import FIT_HINT, cca_coherence, load_cca_scorer, pick_views, text_modalities
+    from .metrics import read_pairs
+
+    manifest = open_manifest(cfg.data.url, storage_options)
+    if not text_modalities(manifest):
+        return
+    try:
+        scorer = load_cca_scorer(cfg.data.url, storage_options)
+    except DataError:
+        report.not_applicable["cca_coherence"] = ("no CCA scorer for this data set; fit one with "
+                                                  + FIT_HINT.format(url=cfg.data.url))
+        return
+    names = [d["name"] for d in manifest["modalities"]]
+    image, text = pick_views(manifest, scorer.image, scorer.text)
+    for seed in range(seeds):
+        pairs = read_pairs(cfg.data.url, cfg.data.test_split, cfg.eval.n_test, seed=seed,
+                           storage_options=storage_options)
+        for k, v in cca_coherence(model, pairs.xs, scorer, image, text, seed=seed).items():
+            report.values.setdefault(k, []).append(v)
+    report.settings["cca"] = {"image": names[image], "text": names[text],
+                              "k": int(scorer.correlations.numel())}
 
 
 def _vocabs(url: str, storage_options: dict | None) -> dict[int, list[str]]:

@@ -185,6 +185,18 @@ def build_parser() -> argparse.ArgumentParser:
     prop.add_argument("--storage-options", default=None, help="YAML file of fsspec storage options")
     prop.add_argument("--address", default=None, help="Ray cluster address (default: local / $RAY_ADDRESS)")
 
+    cca = sub.add_parser("cca", help="CCA coherence scorers of data sets with a sentence modality")
+    csub = cca.add_subparsers(dest="cca", required=True, metavar="WHAT")
+    cfit = csub.add_parser("fit", help="fit word vectors + CCA on the training pairs; store them "
+                                       "beside the data")
+    cfit.add_argument("--data", required=True, help="URL of a prepared data set with a sentence modality")
+    cfit.add_argument("--image", default=None,
+                      help="image modality (default: the one the sentences describe)")
+    cfit.add_argument("--text", default=None, help="sentence modality (default: the first)")
+    cfit.add_argument("--k", type=_positive_int, default=40, help="CCA dimensions (official: 40)")
+    cfit.add_argument("--n-fit", type=_positive_int, default=10_000, help="training pairs to fit on")
+    cfit.add_argument("--seed", type=int, default=0)
+    cfit.add_argument("--storage-options", default=None, help="YAML file of fsspec storage options")
     bench = sub.add_parser("bench", help="throughput benchmarks (JSON lines)")
     bsub = bench.add_subparsers(dest="bench", required=True, metavar="WHAT")
     step = bsub.add_parser("step", help="time one optimiser step per model x objective")
@@ -343,6 +355,14 @@ def run(args: argparse.Namespace) -> int:
         from .bench import bench_bound, print_json
 
         bench_bound(Ks=args.K, reps=args.reps, emit=print_json)
+        return 0
+    if args.command == "cca":
+        from ..eval.cca import cca_root, fit_and_store
+
+        entry = fit_and_store(args.data, image=args.image, text=args.text, k=args.k, seed=args.seed,
+                              n_fit=args.n_fit, storage_options=_storage_options(args.storage_options))
+        print(f"CCA scorer v{entry['version']} ({entry['image']} x {entry['text']}, k {entry['k']}, "
+              f"top correlation {entry['top_correlation']}) -> {cca_root(args.data)}/{entry['file']}")
         return 0
     if args.command == "bench" and args.bench == "multivae":
         from .bench import print_json

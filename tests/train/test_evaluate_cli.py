@@ -128,11 +128,20 @@ def test_evaluate_m3_embedded_text_logs_coherence_and_generated_captions(tmp_pat
     capsys.readouterr()
     assert main(["evaluate", "--checkpoint", str(d), "--tracking-uri", uri, *FAST]) == 0
     out = capsys.readouterr().out
+    assert "N/A cca_coherence: no CCA scorer for this data set; fit one with mvae-dist cca fit" in out
+    assert main(["cca", "fit", "--data", data, "--k", "10", "--n-fit", "2000"]) == 0
+    assert "CCA scorer v1 (mnist x caption, k 10" in capsys.readouterr().out
+    assert main(["evaluate", "--checkpoint", str(d), "--tracking-uri", uri, *FAST]) == 0
+    out = capsys.readouterr().out
     run_id = out.split("logged to MLflow run ")[1].split(";")[0]
     metrics = _client(uri).get_run(run_id).data.metrics
     for k in ("eval/coherence_cross_mnist_to_text", "eval/coherence_cross_text_to_svhn",
               "eval/coherence_joint"):
         assert k in metrics and 0.0 <= metrics[k] <= 1.0
+    for k in ("eval/cca_ground_truth", "eval/cca_cross_mnist_to_text", "eval/cca_cross_text_to_mnist",
+              "eval/cca_joint"):
+        assert k in metrics and -1.0 <= metrics[k] <= 1.0
+    assert metrics["eval/cca_ground_truth"] > 0.3  # real digits and their own captions correlate
     arts = [a.path for a in _client(uri).list_artifacts(run_id, "text")]
     assert len(arts) == 1 and arts[0].startswith("text/captions_")
     text = Path(_client(uri).download_artifacts(run_id, arts[0], str(tmp_path))).read_text()

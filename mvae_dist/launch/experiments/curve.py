@@ -20,9 +20,11 @@ from torch import nn
 
 from ...config import RunConfig, load_storage_options
 from ...data import make_loader
-from ...errors import ConfigError
+from ...data.manifest import open_manifest
+from ...errors import ConfigError, DataError
+from ...eval.cca import cca_coherence, load_cca_scorer, pick_views, text_modalities
 from ...eval.evaluation import load_eval_classifiers
-from ...eval.metrics import evaluate_model
+from ...eval.metrics import evaluate_model, read_pairs
 from ...models import build_model
 from ...train.step import TrainStep, apply_step, make_optimizer, make_scheduler, step_generator
 
@@ -37,6 +39,19 @@ DEMO_TARGETS = {"latent_acc_svhn": 0.6, "coherence_cross_mnist_to_svhn": 0.4,
 def targets_met(row: Mapping[str, Any], targets: Mapping[str, float]) -> bool:
     """Whether every target metric of ``row`` is at least its target (a missing one is not met)."""
     return all(row.get(k) is not None and row[k] >= v for k, v in targets.items())
+
+
+def _cca_views(url: str, storage_options: dict | None) -> tuple[Any, int, int] | None:
+    """(CCA scorer, image index, text index) of a data set with a sentence modality and a stored
+    scorer (``mvae-dist cca fit``), else None: the curve then has no cca_* columns."""
+    manifest = open_manifest(url, storage_options)
+    if not text_modalities(manifest):
+        return None
+    try:
+        scorer = load_cca_scorer(url, storage_options)
+    except DataError:
+        return None
+    return (scorer, *pick_views(manifest, scorer.image, scorer.text))
 
 
 def _row_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
@@ -80,6 +95,9 @@ def learning_curve(cfg: RunConfig, *, steps: int, eval_every: int,
     rows: list[dict[str, Any]] = []
     losses: list[float] = []
     train_s = 0.0
+    cca = _cca_views(cfg.data.url, storage_options)
+    cca_pairs = read_pairs(cfg.data.url, cfg.data.test_split, n_test, seed=0,
+                           storage_options=storage_options) if cca else None
 
     def evaluate(step: int) -> None:
         report = evaluate_model(model, cfg.data.url, classifiers, seeds=(0,), n_test=n_test,
@@ -87,6 +105,10 @@ def learning_curve(cfg: RunConfig, *, steps: int, eval_every: int,
         row = {"bench": "learn", "step": step, "train_s": round(train_s, 1),
                "loss": round(sum(losses) / len(losses), 1) if losses else None,
                **_row_metrics(report.metrics())}
+        if cca:
+            scorer, image, text = cca
+            scores = cca_coherence(model, cca_pairs.xs, scorer, image, text)
+            row.update({k: round(v, 4) for k, v in scores.items()})
         if until is not None:
             row["targets_met"] = targets_met(row, until)
         losses.clear()
