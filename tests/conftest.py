@@ -144,6 +144,17 @@ def mlflow_server(tmp_path_factory):
 
 # --------------------------------------------------------------------------------- Ray
 @pytest.fixture(scope="session")
+def embedded_text_data(tmp_path_factory) -> str:
+    """The M = 3 embedded-text set (dm 1: 4 000 train / 1 000 test tuples), built once per session;
+    tests read it, never write into it (CCA scorers go to copies)."""
+    from mvae_dist.data import prepare
+
+    out = str(tmp_path_factory.mktemp("embedded-text") / "embedded-text")
+    prepare("embedded-text", out, dm=1, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
 def ray_cluster():
     """A local Ray instance shared by the session's training and sweep tests (2 CPUs).
 

@@ -59,14 +59,8 @@ def test_captions_use_per_class_terciles_of_the_training_split():
     assert caps_test[0] == caps[0]
 
 
-@pytest.fixture(scope="module")
-def text_set(tmp_path_factory) -> str:
-    out = str(tmp_path_factory.mktemp("et") / "embedded-text")
-    prepare("embedded-text", out, dm=1, shard_size=2000, progress=False)
-    return out
-
-
-def test_embedded_text_has_three_modalities_and_each_caption_describes_its_own_digit(text_set):
+def test_embedded_text_has_three_modalities_and_each_caption_describes_its_own_digit(embedded_text_data):
+    text_set = embedded_text_data
     manifest = json.loads(open(f"{text_set}/manifest.json").read())
     cap = manifest["modalities"][2]
     assert cap["name"] == "caption" and cap["dtype"] == "uint16" and cap["shape"] == [32]

@@ -71,12 +71,13 @@ def test_word_vectors_have_the_official_special_rows():
     assert np.isfinite(emb).all() and np.abs(emb[3:]).sum() > 0
 
 
-def test_fit_store_load_and_score_the_embedded_text_set(tmp_path):
-    from mvae_dist.data import prepare
+def test_fit_store_load_and_score_the_embedded_text_set(tmp_path, embedded_text_data):
+    import shutil
+
     from mvae_dist.eval.metrics import read_pairs
 
     url = str(tmp_path / "et")
-    prepare("embedded-text", url, dm=1, progress=False)
+    shutil.copytree(embedded_text_data, url)  # the scorers are written beside the data
     entry = fit_and_store(url, k=10, n_fit=2000, dim=30, epochs=3)
     assert entry["version"] == 1 and entry["image"] == "mnist" and entry["text"] == "caption"
     index = json.loads((tmp_path / "et" / "cca" / "index.json").read_text())
@@ -94,3 +95,22 @@ def test_fit_store_load_and_score_the_embedded_text_set(tmp_path):
     with pytest.raises(DataError, match="sha256 does not match"):
         load_cca_scorer(url)
     assert load_cca_scorer(url, version=1).correlations.numel() == 10
+
+
+def test_evaluation_says_how_to_fit_a_missing_scorer_and_skips_sets_without_sentences(embedded_text_data,
+                                                                                        small_data):
+    from mvae_dist.config import RunConfig
+    from mvae_dist.eval.evaluation import _add_cca
+    from mvae_dist.eval.metrics import EvalReport
+    from mvae_dist.models import build_model
+
+    model = build_model({"name": "mmvae", "modalities": ["mnist", "svhn", "text:23"], "latent_dim": 4})
+    for url, expect in ((embedded_text_data, True), (small_data, False)):
+        report = EvalReport()
+        _add_cca(report, model, RunConfig.build({"data": {"url": url}}), None, seeds=1)
+        assert not report.values
+        if expect:
+            hint = f"no CCA scorer for this data set; fit one with mvae-dist cca fit --data {url}"
+            assert report.not_applicable == {"cca_coherence": hint}
+        else:
+            assert report.not_applicable == {}
