@@ -42,7 +42,8 @@ from torch import Tensor
 from ..data.manifest import join, manifest_location, open_manifest, read_json, url_to_fs
 from ..data.text import decode
 from ..errors import ConfigError, DataError
-from ..models.networks import EOS, PAD, UNK
+from ..models.networks import EOS, PAD
+from .classifiers import manifest_sha256
 
 FORMAT_VERSION = 1
 STORE_DIR = "cca"
@@ -198,13 +199,11 @@ def save_cca_scorer(scorer: CCAScorer, url: str, storage_options: dict | None = 
     blob = buf.getvalue()
     rel = f"v{n}/cca.pt"
     atomic_write(fs, url_to_fs(join(root, rel), storage_options)[1], blob)
-    _, murl = manifest_location(url)
     entry = {"version": n, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
              "file": rel, "sha256": hashlib.sha256(blob).hexdigest(), "image": scorer.image,
              "text": scorer.text, "k": int(scorer.correlations.numel()),
              "top_correlation": round(float(scorer.correlations[0]), 4),
-             "manifest_sha256": hashlib.sha256(url_to_fs(murl, storage_options)[0].cat_file(
-                 url_to_fs(murl, storage_options)[1])).hexdigest()}
+             "manifest_sha256": manifest_sha256(url, storage_options)}
     index["versions"].append(entry)
     atomic_write(fs, url_to_fs(join(root, INDEX), storage_options)[1], json.dumps(index, indent=1).encode())
     return entry
@@ -236,6 +235,16 @@ def load_cca_scorer(url: str, storage_options: dict | None = None, version: int 
     if hashlib.sha256(blob).hexdigest() != entry["sha256"]:
         raise DataError(f"{join(root, entry['file'])}: sha256 does not match the index (corrupt or replaced)")
     return CCAScorer(**torch.load(io.BytesIO(blob), weights_only=False))
+
+
+def scorer_for(url: str, storage_options: dict | None = None) -> tuple[CCAScorer, int, int] | None:
+    """(the stored scorer, image index, text index) of the data set at ``url``; None when it has
+    no sentence modality; DataError naming ``cca fit`` when it has one but no scorer."""
+    manifest = open_manifest(url, storage_options)
+    if not text_modalities(manifest):
+        return None
+    scorer = load_cca_scorer(url, storage_options)
+    return (scorer, *pick_views(manifest, scorer.image, scorer.text))
 
 
 def text_modalities(manifest: dict) -> list[int]:
@@ -301,4 +310,4 @@ def cca_coherence(model, xs: Sequence[Tensor], scorer: CCAScorer, image: int, te
 
 
 __all__ = ["CCAScorer", "cca", "cca_coherence", "fit_and_store", "fit_cca_scorer", "load_cca_scorer",
-           "pick_views", "sentence_vectors", "sif_weights", "text_modalities", "word_vectors", "UNK"]
+           "pick_views", "scorer_for", "sentence_vectors", "sif_weights", "text_modalities", "word_vectors"]

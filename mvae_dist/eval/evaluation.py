@@ -112,27 +112,24 @@ def _add_cca(report: Any, model: MultimodalVAE, cfg: RunConfig, storage_options:
     """CCA coherences (``cca.py``) into ``report`` for a data set with a sentence modality: with
     the data set's stored CCA scorer, on the test pairs of each seed; without one, N/A saying how
     to fit it. Data sets without sentences are left alone."""
-    from ..data.manifest import open_manifest
-    from .cca import FIT_HINT, cca_coherence, load_cca_scorer, pick_views, text_modalities
+    from .cca import FIT_HINT, cca_coherence, scorer_for
     from .metrics import read_pairs
 
-    manifest = open_manifest(cfg.data.url, storage_options)
-    if not text_modalities(manifest):
-        return
     try:
-        scorer = load_cca_scorer(cfg.data.url, storage_options)
+        found = scorer_for(cfg.data.url, storage_options)
     except DataError:
         report.not_applicable["cca_coherence"] = ("no CCA scorer for this data set; fit one with "
                                                   + FIT_HINT.format(url=cfg.data.url))
         return
-    names = [d["name"] for d in manifest["modalities"]]
-    image, text = pick_views(manifest, scorer.image, scorer.text)
+    if found is None:
+        return
+    scorer, image, text = found
     for seed in range(seeds):
         pairs = read_pairs(cfg.data.url, cfg.data.test_split, cfg.eval.n_test, seed=seed,
                            storage_options=storage_options)
         for k, v in cca_coherence(model, pairs.xs, scorer, image, text, seed=seed).items():
             report.values.setdefault(k, []).append(v)
-    report.settings["cca"] = {"image": names[image], "text": names[text],
+    report.settings["cca"] = {"image": scorer.image, "text": scorer.text,
                               "k": int(scorer.correlations.numel())}
 
 

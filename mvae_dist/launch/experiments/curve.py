@@ -20,9 +20,8 @@ from torch import nn
 
 from ...config import RunConfig, load_storage_options
 from ...data import make_loader
-from ...data.manifest import open_manifest
 from ...errors import ConfigError, DataError
-from ...eval.cca import cca_coherence, load_cca_scorer, pick_views, text_modalities
+from ...eval.cca import cca_coherence, scorer_for
 from ...eval.evaluation import load_eval_classifiers
 from ...eval.metrics import evaluate_model, read_pairs
 from ...models import build_model
@@ -44,14 +43,10 @@ def targets_met(row: Mapping[str, Any], targets: Mapping[str, float]) -> bool:
 def _cca_views(url: str, storage_options: dict | None) -> tuple[Any, int, int] | None:
     """(CCA scorer, image index, text index) of a data set with a sentence modality and a stored
     scorer (``mvae-dist cca fit``), else None: the curve then has no cca_* columns."""
-    manifest = open_manifest(url, storage_options)
-    if not text_modalities(manifest):
-        return None
     try:
-        scorer = load_cca_scorer(url, storage_options)
+        return scorer_for(url, storage_options)
     except DataError:
         return None
-    return (scorer, *pick_views(manifest, scorer.image, scorer.text))
 
 
 def _row_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
