@@ -14,24 +14,20 @@ import torch
 from torch import Tensor
 
 from ..data.text import decode
-from ..models.base import MultimodalVAE
+from ..models.base import MultimodalVAE, evaluating
 
 
 def _cell(text: str) -> str:
     return text.replace("|", "\\|") or "(empty)"
 
 
-@torch.no_grad()
 def caption_report(model: MultimodalVAE, xs: Sequence[Tensor], vocabs: Mapping[int, Sequence[str]], *,
                    labels: Tensor | None = None, n: int = 8, n_joint: int = 8, seed: int = 0) -> str:
     """Markdown tables of generated sentences for the modalities in ``vocabs`` ({index: id -> word}).
 
     xs: the M test tensors (a sentence modality: token ids [B, T]); labels: int [B, M] or None.
     """
-    was = model.training
-    model.eval()
-    try:
-        dev = next(model.parameters()).device
+    with evaluating(model) as dev:
         xs = [x[:n].to(dev) for x in xs]
         n = xs[0].shape[0]
         names = list(model.names)
@@ -62,5 +58,3 @@ def caption_report(model: MultimodalVAE, xs: Sequence[Tensor], vocabs: Mapping[i
             lines += [f"- {_cell(decode(joint[i].tolist(), vocab))}" for i in range(n_joint)]
             lines.append("")
         return "\n".join(lines)
-    finally:
-        model.train(was)

@@ -136,9 +136,10 @@ def _add_cca(report: Any, model: MultimodalVAE, cfg: RunConfig, storage_options:
 def _vocabs(url: str, storage_options: dict | None) -> dict[int, list[str]]:
     """{modality index: vocabulary} of the data set's sentence modalities."""
     from ..data.manifest import open_manifest
+    from .cca import text_modalities
 
     mods = open_manifest(url, storage_options)["modalities"]
-    return {m: list(d["vocab"]) for m, d in enumerate(mods) if d.get("vocab")}
+    return {m: list(mods[m]["vocab"]) for m in text_modalities({"modalities": mods})}
 
 
 def _first_test_batch(cfg: RunConfig, storage_options: dict | None) -> dict:

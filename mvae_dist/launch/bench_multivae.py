@@ -24,10 +24,10 @@ from torch import Tensor, nn
 
 from ..errors import MvaeDistError
 from ..models import build_model
+from ..models.builders import EVENT_SHAPES as _SHAPES
 from ..objectives import training_loss
 
 LOSSES = ("dreg_looser", "iwae_looser")
-_SHAPES = {"mnist": (1, 28, 28), "svhn": (3, 32, 32)}
 
 
 def _import_multivae():
