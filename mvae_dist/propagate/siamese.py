@@ -28,14 +28,33 @@ from mvae_dist.eval.classifiers import Standardize
 from .pools import event_shape
 from .relatedness import Scored, choose_threshold, relatedness_scores, score_batches
 
+NetKind = Literal["mlp", "cnn", "tokens"]
+
+
+class TokenEmbedding(nn.Module):
+    """Sentences: token ids [B, T] (int, or their float values) -> [B, 64], the mean and the
+    max over positions of 32-d word embeddings (a bag of words; "<pad>" included, as the
+    digit classifiers' token net does)."""
+
+    def __init__(self, vocab_size: int, dim: int = 32) -> None:
+        super().__init__()
+        self.vocab_size = int(vocab_size)
+        self.embedding = nn.Embedding(self.vocab_size, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        e = self.embedding(x.long().clamp(0, self.vocab_size - 1))  # [B, T, dim]
+        return torch.cat([e.mean(1), e.amax(1)], -1)
+
 
 def embedding_net(shape: Sequence[int], embed_dim: int = 16, width: int = 8,
-                  kind: Literal["mlp", "cnn"] | None = None) -> nn.Module:
+                  kind: NetKind | None = None, vocab_size: int | None = None) -> nn.Module:
     """x [B, *shape] -> [B, embed_dim].
 
-    kind: "cnn" (3 conv blocks of width, 2·width, 2·width channels, then 128 hidden units) or
-    "mlp" (flattened input, 256 hidden units); default as the paper's networks: an MLP for
-    grey images (MNIST) and vectors, a CNN for colour images (street numbers / SVHN).
+    kind: "cnn" (3 conv blocks of width, 2·width, 2·width channels, then 128 hidden units),
+    "mlp" (flattened input, 256 hidden units) or "tokens" (sentences of token ids [B, T]:
+    ``TokenEmbedding`` of ``vocab_size`` words, then 128 hidden units); default as the paper's
+    networks: an MLP for grey images (MNIST) and vectors, a CNN for colour images (street
+    numbers / SVHN), and "tokens" whenever a ``vocab_size`` is given.
     The output is batch-normalised without affine parameters: every embedding dimension keeps
     unit variance over the batch, so the nets cannot settle in the collapsed state where every
     input maps to one point (d_pos = d_neg = margin / 2, a saddle that Hadsell's loss leaves
@@ -45,8 +64,13 @@ def embedding_net(shape: Sequence[int], embed_dim: int = 16, width: int = 8,
     if len(shape) not in (1, 3):
         raise ConfigError(f"siamese: cannot embed inputs of shape {list(shape)}")
     if kind is None:
-        kind = "cnn" if len(shape) == 3 and shape[0] > 1 else "mlp"
-    if kind == "mlp":
+        kind = "tokens" if vocab_size else "cnn" if len(shape) == 3 and shape[0] > 1 else "mlp"
+    if kind == "tokens":
+        if not vocab_size or len(shape) != 1:
+            raise ConfigError(f"siamese: a token net needs sentences [T] and a vocabulary size, got "
+                              f"shape {list(shape)} and vocab_size {vocab_size}")
+        body = [TokenEmbedding(vocab_size), nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, embed_dim)]
+    elif kind == "mlp":
         n_in = 1
         for s in shape:
             n_in *= s
@@ -60,7 +84,8 @@ def embedding_net(shape: Sequence[int], embed_dim: int = 16, width: int = 8,
             ch = out
         body += [nn.Flatten(), nn.Linear(ch * (h // 8) * (w // 8), 128), nn.ReLU(), nn.Linear(128, embed_dim)]
     else:
-        raise ConfigError(f"siamese: unknown net {kind!r} for inputs of shape {list(shape)}; use mlp or cnn")
+        raise ConfigError(f"siamese: unknown net {kind!r} for inputs of shape {list(shape)}; "
+                          "use mlp, cnn or tokens")
     return nn.Sequential(*body, nn.BatchNorm1d(embed_dim, affine=False))
 
 
@@ -78,11 +103,13 @@ class SiameseModel(nn.Module):
 
     Embeddings are L2-normalised, so distances lie in [0, 2] and ``margin`` is on that scale.
     For M > 2 modalities every member is compared with the anchor (modality 0):
-    score = -mean_m ||f_0(x_0) - f_m(x_m)||.
+    score = -mean_m ||f_0(x_0) - f_m(x_m)||. vocab_sizes: per modality, the vocabulary of a
+    sentence modality (token ids [T]; a "tokens" net) or None.
     """
 
     def __init__(self, shapes: Sequence[Sequence[int]], embed_dim: int = 16, width: int = 8,
-                 nets: Sequence[Literal["mlp", "cnn"] | None] | None = None) -> None:
+                 nets: Sequence[NetKind | None] | None = None,
+                 vocab_sizes: Sequence[int | None] | None = None) -> None:
         super().__init__()
         if len(shapes) < 2:
             raise ConfigError(f"siamese needs at least 2 modalities, got {len(shapes)}")
@@ -90,7 +117,13 @@ class SiameseModel(nn.Module):
         kinds = list(nets) if nets is not None else [None] * len(self.shapes)
         if len(kinds) != len(self.shapes):
             raise ConfigError(f"siamese: {len(kinds)} nets given for {len(self.shapes)} modalities")
-        self.nets = nn.ModuleList(embedding_net(s, embed_dim, width, k) for s, k in zip(self.shapes, kinds))
+        vocabs = list(vocab_sizes) if vocab_sizes is not None else [None] * len(self.shapes)
+        if len(vocabs) != len(self.shapes):
+            raise ConfigError(f"siamese: {len(vocabs)} vocabulary sizes given for {len(self.shapes)} "
+                              "modalities")
+        self.vocab_sizes = vocabs
+        self.nets = nn.ModuleList(embedding_net(s, embed_dim, width, k, v)
+                                  for s, k, v in zip(self.shapes, kinds, vocabs))
         self.threshold: float | None = None  # set by siamese_baseline (chosen on S_m)
 
     def embed(self, xs: list[Tensor]) -> list[Tensor]:
@@ -121,26 +154,31 @@ def rematch(xs: list[Tensor], generator: torch.Generator) -> list[Tensor]:
     return out
 
 
-def _manifest_shapes(url: str, split: str, storage_options: dict | None) -> tuple[dict, list[tuple]]:
+def _manifest_shapes(url: str, split: str, storage_options: dict | None
+                     ) -> tuple[dict, list[tuple], list[int | None]]:
+    """(manifest, the loader's event shape per modality, vocabulary size per modality or None)."""
     from mvae_dist.data import open_manifest
 
     manifest = open_manifest(url, storage_options)
     if split not in manifest["splits"]:
         raise ConfigError(f"split {split!r} not in data set {url} (has {sorted(manifest['splits'])})")
-    return manifest, [event_shape(m["shape"]) for m in manifest["modalities"]]
+    mods = manifest["modalities"]
+    return (manifest, [event_shape(m["shape"]) for m in mods],
+            [len(m["vocab"]) if m.get("vocab") else None for m in mods])
 
 
 def train_siamese(url: str, split: str = "sr", *, epochs: int = 10, batch_size: int = 64, lr: float = 2e-3,
                   margin: float = 1.0, embed_dim: int = 16, width: int = 8, shift: int = 2, seed: int = 0,
-                  nets: Sequence[Literal["mlp", "cnn"] | None] | None = None,
+                  nets: Sequence[NetKind | None] | None = None,
                   storage_options: dict | None = None, progress: bool = False,
                   device: str | torch.device = "cpu") -> SiameseModel:
     """Train the Siamese baseline on the related pairs of ``split`` (S_r) -> model in eval mode.
 
     Each epoch streams the split shuffled (seeded by ``seed`` and the epoch) in batches of
     ``batch_size``; every batch gives B positives and B re-matched negatives; images are
-    jittered by up to ``shift`` pixels. ``nets``: "mlp" / "cnn" per modality (default: MLP for
-    grey images, CNN for colour ones). Deterministic in ``seed`` on one device and thread count.
+    jittered by up to ``shift`` pixels. ``nets``: "mlp" / "cnn" / "tokens" per modality
+    (default: MLP for grey images, CNN for colour ones, "tokens" for sentence modalities, those
+    with a vocabulary in the manifest). Deterministic in ``seed`` on one device and thread count.
     """
     from tqdm.auto import tqdm
 
@@ -151,14 +189,14 @@ def train_siamese(url: str, split: str = "sr", *, epochs: int = 10, batch_size: 
     if batch_size < 2:
         raise ConfigError(f"siamese batch_size must be >= 2 (negatives come from the batch), "
                           f"got {batch_size}")
-    manifest, shapes = _manifest_shapes(url, split, storage_options)
+    manifest, shapes, vocabs = _manifest_shapes(url, split, storage_options)
     count = manifest["splits"][split]["count"]
     if count < 2:
         raise ConfigError(f"split {split!r} of {url} has {count} pairs; the Siamese baseline needs >= 2")
     dev = torch.device(device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = SiameseModel(shapes, embed_dim, width, nets).to(dev)
+        model = SiameseModel(shapes, embed_dim, width, nets, vocabs).to(dev)
     gen = torch.Generator().manual_seed(seed + 1)
     loader = make_loader(url, split, min(batch_size, count), shuffle=True, drop_last=True, seed=seed,
                          storage_options=storage_options, shuffle_buffer=min(count, 20000))
@@ -184,13 +222,14 @@ def train_siamese(url: str, split: str = "sr", *, epochs: int = 10, batch_size: 
 def siamese_scores(model: SiameseModel, url: str, split: str, *, batch_size: int = 256,
                    storage_options: dict | None = None, progress: bool = False,
                    device: str | torch.device = "cpu") -> Scored:
-    """Relatedness scores -||f_0(x_0) - f_1(x_1)|| of every pair of ``split``, in shard order ->
+    """Relatedness scores -mean_m ||f_0(x_0) - f_m(x_m)|| of every pair of ``split``, in shard order ->
     Scored: (scores [P], related [P], ids [P, M], labels [P, M]) and ``.keys``."""
     from mvae_dist.data import make_loader
 
-    _, shapes = _manifest_shapes(url, split, storage_options)
-    if [tuple(s) for s in shapes] != model.shapes:
-        raise ConfigError(f"siamese model expects inputs {model.shapes}, data set {url} has {shapes}")
+    _, shapes, vocabs = _manifest_shapes(url, split, storage_options)
+    if [tuple(s) for s in shapes] != model.shapes or vocabs != model.vocab_sizes:
+        raise ConfigError(f"siamese model expects inputs {model.shapes} (vocabularies {model.vocab_sizes}), "
+                          f"data set {url} has {shapes} ({vocabs})")
     loader = make_loader(url, split, batch_size, shuffle=False, drop_last=False,
                          storage_options=storage_options)
     dev = torch.device(device)
@@ -250,5 +289,5 @@ def siamese_baseline(url: str, *, train_split: str = "sr", calibrate: str = "sm"
                          {"train": t1 - t0, "score": t2 - t1}, scored)
 
 
-__all__ = ["SiameseModel", "SiameseResult", "contrastive_pair_loss", "embedding_net", "event_shape",
-           "jitter", "rematch", "siamese_baseline", "siamese_scores", "train_siamese"]
+__all__ = ["SiameseModel", "SiameseResult", "TokenEmbedding", "contrastive_pair_loss", "embedding_net",
+           "event_shape", "jitter", "rematch", "siamese_baseline", "siamese_scores", "train_siamese"]

@@ -6,6 +6,7 @@ test 100; 25 pairs per shard): quick to score by PMI on Ray workers.
 ``siamese_pools``: the dm=1 embedded set (4000 training pairs; a small test split) with
 sr_fraction=0.5 (sr, fm, sm of 2000 pairs): enough related pairs for the Siamese baseline to
 learn (with sr_fraction=0.1, S_r = 400 pairs, it stays at chance).
+``text_pools``: the same on the M = 3 embedded-text set (MNIST, street numbers, captions).
 The Ray cluster is ``ray_cluster`` from tests/conftest.py.
 """
 
@@ -31,6 +32,18 @@ def siamese_pools(tmp_path_factory) -> str:
 
     out = str(tmp_path_factory.mktemp("propagate") / "half")
     prepare("embedded", out, dm=1, sr_fraction=0.5, street_per_class=(400, 10), shard_size=500,
+            progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def text_pools(tmp_path_factory) -> str:
+    """The M = 3 embedded-text set (MNIST, street numbers, captions) with siamese_pools' sizes:
+    sr, fm, sm of 2000 triples each."""
+    from mvae_dist.data import prepare
+
+    out = str(tmp_path_factory.mktemp("propagate") / "text-half")
+    prepare("embedded-text", out, dm=1, sr_fraction=0.5, street_per_class=(400, 10), shard_size=500,
             progress=False)
     return out
 

@@ -150,6 +150,33 @@ def test_score_pmi_is_eval_pmi_with_per_pair_noise(name):
         assert scored.scores[b] == pytest.approx(pmi(model, batch["xs"], K).item(), abs=1e-5)
 
 
+@pytest.mark.parametrize("name", ["mmvae", "mvae", "jmvae"])
+def test_score_pmi_of_triples_with_a_sentence(name):
+    """M = 3 with a sentence modality (token ids [B, 32]): PMI = log p(x, y, s) - Σ log p(.),
+    each pair's estimate that of eval.pmi with its own noise, whatever the batching."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name=name, modalities=("vector:5", "vector:3", "text:11"), latent_dim=2,
+                                    hidden=16))
+    g = torch.Generator().manual_seed(1)
+    xs = [torch.randn(6, 5, generator=g), torch.randn(6, 3, generator=g),
+          torch.randint(0, 11, (6, 32), generator=g)]
+    keys = [f"t-{i}" for i in range(6)]
+
+    def batches(size):
+        for s in range(0, 6, size):
+            yield {"xs": [x[s:s + size] for x in xs], "key": keys[s:s + size]}
+
+    K, seed = 3, 5
+    scored = score_pmi(model, batches(4), K, seed=seed)
+    assert scored.scores.shape == (6,) and np.isfinite(scored.scores).all()
+    np.testing.assert_allclose(score_pmi(model, batches(1), K, seed=seed).scores, scored.scores, rtol=1e-5,
+                               atol=1e-4)
+    for i in range(6):
+        torch.manual_seed(key_seed(seed, keys[i]))
+        want = pmi(model, [x[i:i + 1] for x in xs], K).item()
+        assert scored.scores[i] == pytest.approx(want, abs=1e-4)
+
+
 def test_score_pmi_does_not_depend_on_batching_or_order():
     model = small_model("mmvae")
     a = score_pmi(model, vector_batches(23, 5), 3, seed=0)

@@ -41,6 +41,24 @@ def test_model_scores_are_negative_distances():
     assert torch.allclose(m(xs), want, atol=1e-5)
 
 
+def test_sentences_get_a_token_net_of_their_vocabulary():
+    """A sentence modality (token ids [T] with a vocabulary): a bag of word embeddings, so ids
+    given as floats score the same, and the score depends on which words, not their order."""
+    torch.manual_seed(0)
+    m = SiameseModel([(1, 28, 28), (32,)], vocab_sizes=[None, 23]).eval()
+    assert m.nets[1][0].embedding.num_embeddings == 23
+    tokens = torch.randint(0, 23, (5, 32))
+    x0 = torch.rand(5, 1, 28, 28)
+    s = m([x0, tokens])
+    assert torch.allclose(m([x0, tokens.float()]), s)
+    assert torch.allclose(m([x0, tokens.flip(1)]), s, atol=1e-6)
+    assert not torch.allclose(m([x0, (tokens + 1) % 23]), s)
+    with pytest.raises(ConfigError, match="vocabulary sizes given for 2 modalities"):
+        SiameseModel([(1, 28, 28), (32,)], vocab_sizes=[23])
+    with pytest.raises(ConfigError, match="token net needs sentences"):
+        SiameseModel([(1, 28, 28), (1, 28, 28)], nets=["mlp", "tokens"])
+
+
 def test_bad_input(tiny_pools):
     with pytest.raises(ConfigError, match="split 'nope' not in data set"):
         train_siamese(tiny_pools, "nope")
@@ -70,3 +88,14 @@ def test_siamese_predicts_relatedness_clearly_above_chance(siamese_pools, one_th
     assert res.pool["f1"] > 0.72  # chance: 0.667
     assert res.pool["precision"] > 0.6 and res.pool["accuracy"] > 0.65
     assert res.calibration["f1"] > 0.72 and res.model.threshold == res.threshold
+
+
+def test_siamese_on_three_modalities_with_captions(text_pools, one_thread):
+    """M = 3 (MNIST, street numbers, SYNTHETIC captions): one net per modality, the caption's a
+    token net; trained on S_r, F1 on F_m. Measured with 8 epochs: F1 0.806 / 0.812 (seeds 0 / 1;
+    precision 0.77-0.78); chance 0.667."""
+    res = siamese_baseline(text_pools, epochs=8, seed=0)
+    print("\n".join(res.lines()), res.seconds)
+    assert [type(n[0]).__name__ for n in res.model.nets] == ["Flatten", "Standardize", "TokenEmbedding"]
+    assert res.pool["n"] == 2000 and res.pool["n_related"] == 1000
+    assert res.pool["f1"] > 0.74 and res.pool["precision"] > 0.65
