@@ -363,7 +363,8 @@ class EvalConfig(Section):
     classifiers: where the digit classifiers come from: "auto" = the latest version stored with
     the data set (``{data.url}/classifiers``; without one, training skips the coherence metrics
     and says so once, while ``mvae-dist evaluate`` stops with an error naming the command that
-    trains them), a URL of another store, or "none". n_test: test pairs for the coherences;
+    trains them), a URL of another store (a data set's prefix; its CCA scorer, for data sets with
+    a sentence modality, is used too), or "none". n_test: test pairs for the coherences;
     n_latent_train: training pairs the latent classifier is fit on (scored on the n_test pairs);
     ll_K / ll_n: importance samples and test pairs of the marginal log-likelihood in
     ``mvae-dist evaluate`` (during training: train.eval_K on train.eval_batches batches);

@@ -110,16 +110,19 @@ def evaluate_and_log(model: MultimodalVAE, cfg: RunConfig, *, tracker: Any, step
 def _add_cca(report: Any, model: MultimodalVAE, cfg: RunConfig, storage_options: dict | None,
              seeds: int) -> None:
     """CCA coherences (``cca.py``) into ``report`` for a data set with a sentence modality: with
-    the data set's stored CCA scorer, on the test pairs of each seed; without one, N/A saying how
-    to fit it. Data sets without sentences are left alone."""
+    the stored CCA scorer of the store ``eval.classifiers`` names (another data set's prefix, as
+    for the digit classifiers; else ``data.url``'s own), on the test pairs of each seed; without
+    one, N/A saying how to fit it. Data sets without sentences are left alone."""
     from .cca import FIT_HINT, cca_coherence, scorer_for
     from .metrics import read_pairs
 
+    where = cfg.eval.classifiers
+    store = cfg.data.url if where in ("auto", "none") else where
     try:
-        found = scorer_for(cfg.data.url, storage_options)
+        found = scorer_for(store, storage_options)
     except DataError:
         report.not_applicable["cca_coherence"] = ("no CCA scorer for this data set; fit one with "
-                                                  + FIT_HINT.format(url=cfg.data.url))
+                                                  + FIT_HINT.format(url=store))
         return
     if found is None:
         return

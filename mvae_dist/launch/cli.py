@@ -142,7 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
         x.add_argument("--pmi-k", type=_positive_int, default=30,
                        help="IWAE samples per log-likelihood in the PMI estimate (default 30)")
     for x in (xde, xg, xlp):
-        x.add_argument("--config", default=None, help="base config (default configs/embedded/demo.yaml)")
+        x.add_argument("--dataset", choices=("embedded", "embedded-text"), default="embedded",
+                       help="embedded (M = 2) or embedded-text (M = 3: + SYNTHETIC captions)")
+        x.add_argument("--config", default=None, help="base config (default configs/embedded/demo.yaml; "
+                       "with --dataset embedded-text configs/embedded-text/study.yaml)")
         x.add_argument("--root", default="experiments", help="working folder for data, runs and results")
         x.add_argument("--dm", type=_positive_int, default=5, help="pairs per instance")
         x.add_argument("--seeds", type=_positive_int, default=1, help="evaluation seeds per trained model")
@@ -434,7 +437,7 @@ def _experiment(args: argparse.Namespace) -> int:
     from .experiments import studies
 
     common = {"root": args.root, "dm": args.dm, "seeds": args.seeds, "tracking_uri": args.tracking_uri,
-              "ray_address": args.address, "train_seeds": args.train_seeds}
+              "ray_address": args.address, "train_seeds": args.train_seeds, "dataset": args.dataset}
     if args.experiment == "data-efficiency":
         studies.data_efficiency(args.config, args.overrides, fractions=_floats(args.fractions, "--fractions"),
                                 arms=args.arms, **common)

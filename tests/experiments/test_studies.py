@@ -58,31 +58,43 @@ def test_demo_trains_both_and_prints_the_table(ray_cluster, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_label_propagation_study(ray_cluster, tmp_path, capsys):
+def test_label_propagation_study_on_three_modalities(ray_cluster, tmp_path, capsys):
+    """Section 4.5 end to end on M = 3 (embedded-text: MNIST, street numbers, SYNTHETIC captions):
+    the Siamese baseline with a token net, cI-MMVAE on S_r, PMI of triples on Ray workers, the
+    retrained model on S_r + found; every run scored by the source set's classifiers and CCA
+    scorer. (The M = 2 path: the gamma study below and tests/propagate.)"""
     from mvae_dist.launch.experiments import label_propagation
     from mvae_dist.launch.experiments.studies import ensure_data
 
     root = str(tmp_path / "lp")
     opts = SMALL
-    url = ensure_data(root, dm=1, sr_fraction=0.5, data_options=opts, progress=False)
-    assert url.endswith(f"embedded-{street.RENDERER}-dm1-f1-sr0.5")
+    url = ensure_data(root, dataset="embedded-text", dm=1, sr_fraction=0.5, data_options=opts, progress=False)
+    name = f"embedded-text-{street.RENDERER}-dm1-f1-sr0.5"
+    assert url.endswith(name)
     _classifiers_for(url)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
     out = label_propagation(None, QUICK, sr_fraction=0.5, arms=["cI"], dm=1, root=root, K=2,
-                            tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", data_options=opts)
+                            tracking_uri=uri, data_options=opts, dataset="embedded-text")
     text = capsys.readouterr().out
-    assert "Siamese" in text and "cI-MMVAE PMI" in text
+    assert "Siamese" in text and "cI-MMVAE PMI" in text and "fitting the CCA scorer" in text
+    assert "| CCA mnist->text | CCA text->mnist | CCA joint |" in text, text
     results = json.loads((out / "results.json").read_text())
     assert [r["arm"] for r in results["rows"]] == ["MMVAE on F_r", "cI on S_r", "cI on S_r + found"]
+    assert all(-1.0 <= r["cca_joint"] <= 1.0 and 0.0 <= r["coherence_cross"] <= 1.0 for r in results["rows"])
     preds = {r["predictor"]: r for r in results["relatedness"]}
     assert set(preds) == {"Siamese", "cI-MMVAE PMI"}
     assert all(0.0 <= p["f1"] <= 1.0 for p in preds.values())
     found = list(Path(root).glob("propagated/cI-*/manifest.json"))
     assert len(found) == 1
     manifest = json.loads(found[0].read_text())
-    name = f"embedded-{street.RENDERER}-dm1-f1-sr0.5"
     source = json.loads((Path(root) / "data" / name / "manifest.json").read_text())
+    assert manifest["modalities"] == source["modalities"]  # the caption's vocabulary travels along
     n_sr = source["splits"]["sr"]["count"]
     assert manifest["splits"]["train"]["count"] == n_sr + preds["cI-MMVAE PMI"]["n_pred_related"]
+    client = _client(uri)
+    retrained = client.get_run(results["rows"][2]["run_id"])
+    assert json.loads(retrained.data.params["model.modalities"]) == ["mnist", "svhn", "text:23"]
+    assert retrained.data.params["eval.classifiers"] == url and "eval/cca_joint" in retrained.data.metrics
 
 
 @pytest.mark.parametrize("args, message", [

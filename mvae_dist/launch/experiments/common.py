@@ -195,8 +195,15 @@ def _cell(row: Mapping[str, Any], key: str) -> str:
 
 
 def metric_columns(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
-    """The summary COLUMNS that some row has."""
-    return [(k, h) for k, h in COLUMNS if any(k in r for r in rows)]
+    """The summary COLUMNS that some row has, then the CCA coherences of data sets with sentences
+    (``cca_cross_<a>_to_<b>`` as "CCA a->b", ``cca_joint``)."""
+    cols = [(k, h) for k, h in COLUMNS if any(k in r for r in rows)]
+    keys = {k for r in rows for k in r}
+    cross = sorted(k for k in keys if k.startswith("cca_cross_") and not k.endswith("_std"))
+    cols += [(k, "CCA " + k[len("cca_cross_"):].replace("_to_", "->")) for k in cross]
+    if "cca_joint" in keys:
+        cols.append(("cca_joint", "CCA joint"))
+    return cols
 
 
 def line_plot(rows: Sequence[Mapping[str, Any]], x: str, y: str, by: str, *, title: str,

@@ -1,10 +1,13 @@
-"""The paper's studies on the embedded set: data efficiency (Fig. 6), the gamma ablation (App. E),
+"""The paper's studies on the embedded sets: data efficiency (Fig. 6), the gamma ablation (App. E),
 label propagation (section 4.5), and the demo that ``make demo`` runs.
 
-Each study builds the data sets it needs (``data prepare`` is idempotent: an existing build with
-the same config is reused), makes sure digit classifiers exist for the full data set (the
-coherence metrics need them; they are trained once and stored beside the data), trains its arms
-on Ray Train as child MLflow runs of one parent run, evaluates them, and logs a table and plots.
+Each study runs on ``embedded`` (M = 2: MNIST, street numbers) or ``embedded-text`` (M = 3: the
+same plus a SYNTHETIC caption of each MNIST digit; appendix C's objective, PMI of triples, the
+Siamese baseline with a token net, CCA coherence). It builds the data sets it needs (``data
+prepare`` is idempotent: an existing build with the same config is reused), makes sure the
+scorers exist for the full data set (digit classifiers, and for a data set with sentences the
+CCA scorer; trained once and stored beside the data), trains its arms on Ray Train as child
+MLflow runs of one parent run, evaluates them, and logs a table and plots.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ from typing import Any
 
 from ...config import shipped_config
 from ...data import make_loader, prepare
+from ...data.manifest import open_manifest
 from ...data.sources.street import RENDERER as STREET_RENDERER
-from ...errors import ConfigError
+from ...errors import ConfigError, DataError
+from ...eval.cca import fit_and_store, load_cca_scorer, text_modalities
 from ...eval.classifiers import list_classifier_versions, load_classifier_records, train_classifiers
 from ...propagate import siamese_baseline
 from ...propagate.relatedness import choose_threshold, relatedness_scores, score_pmi
@@ -40,25 +45,38 @@ from .common import (
 RELATEDNESS_K = 30
 #: relatedness prediction by PMI (threshold on S_m, scored on F_m), as study table columns
 PMI_COLUMNS = (("pmi_precision", "PMI precision"), ("pmi_recall", "PMI recall"), ("pmi_f1", "PMI F1"))
-DEFAULT_CONFIG = shipped_config("embedded/demo.yaml")
+#: the data sets the studies run on -> their default base config
+STUDY_CONFIGS = {"embedded": "embedded/demo.yaml", "embedded-text": "embedded-text/study.yaml"}
+DEFAULT_CONFIG = shipped_config(STUDY_CONFIGS["embedded"])
 
 
-def ensure_data(root: str, *, fraction: float = 1.0, dm: int = 5, sr_fraction: float | None = None,
-                progress: bool = True, data_options: dict | None = None) -> str:
-    """Build (or reuse) the embedded set at ``<root>/data/...`` -> its URL. data_options: more
-    ``prepare`` options (e.g. ``street_per_class`` for small test builds)."""
+def study_config(dataset: str) -> str:
+    """The shipped base config of the studies on ``dataset`` (a path)."""
+    if dataset not in STUDY_CONFIGS:
+        raise ConfigError(f"the studies run on {' or '.join(STUDY_CONFIGS)}, not {dataset!r}")
+    return shipped_config(STUDY_CONFIGS[dataset])
 
-    name = f"embedded-{STREET_RENDERER}-dm{dm}-f{fraction:g}" + (f"-sr{sr_fraction:g}" if sr_fraction else "")
+
+def ensure_data(root: str, *, dataset: str = "embedded", fraction: float = 1.0, dm: int = 5,
+                sr_fraction: float | None = None, progress: bool = True,
+                data_options: dict | None = None) -> str:
+    """Build (or reuse) ``dataset`` (embedded or embedded-text) at ``<root>/data/...`` -> its URL.
+    data_options: more ``prepare`` options (e.g. ``street_per_class`` for small test builds)."""
+
+    study_config(dataset)  # a known data set
+    name = f"{dataset}-{STREET_RENDERER}-dm{dm}-f{fraction:g}" + (f"-sr{sr_fraction:g}" if sr_fraction
+                                                                   else "")
     url = str(Path(root).resolve() / "data" / name)
     opts: dict[str, Any] = {"dm": dm, "shard_size": 500, **(data_options or {})}
     if sr_fraction:
         opts["sr_fraction"] = sr_fraction
-    prepare("embedded", url, fraction=fraction, progress=progress, **opts)
+    prepare(dataset, url, fraction=fraction, progress=progress, **opts)
     return url
 
 
 def ensure_classifiers(url: str, progress: bool = True) -> dict:
-    """The latest classifiers stored with the data set at ``url``, trained first if there are none."""
+    """The latest classifiers stored with the data set at ``url``, trained first if there are none;
+    for a data set with a sentence modality also its CCA scorer, fit first if there is none."""
 
     if not list_classifier_versions(url):
         print(f"== training digit classifiers on {url}", flush=True)
@@ -66,6 +84,15 @@ def ensure_classifiers(url: str, progress: bool = True) -> dict:
     records = load_classifier_records(url)
     for name, r in records.items():
         print(f"   classifier {name}: test accuracy {r.test_accuracy:.4f} (v{r.version})", flush=True)
+    if text_modalities(open_manifest(url)):
+        try:
+            scorer = load_cca_scorer(url)
+        except DataError:
+            print(f"== fitting the CCA scorer on {url}", flush=True)
+            fit_and_store(url)
+            scorer = load_cca_scorer(url)
+        print(f"   CCA scorer {scorer.image} / {scorer.text}: top correlation "
+              f"{float(scorer.correlations[0]):.3f}", flush=True)
     return {name: r.model for name, r in records.items()}
 
 
@@ -93,22 +120,26 @@ def data_efficiency(config: str | None = None, overrides: Sequence[str] = (), *,
                     fractions: Sequence[float] = (0.1, 0.2, 0.5, 1.0),
                     arms: Sequence[str] = ("baseline", "cI", "cC"), dm: int = 5, root: str = "experiments",
                     tracking_uri: str | None = None, seeds: int = 1, ray_address: str | None = None,
-                    data_options: dict | None = None, train_seeds: int = 1) -> Path:
+                    data_options: dict | None = None, train_seeds: int = 1,
+                    dataset: str = "embedded") -> Path:
     """MMVAE vs cI-MMVAE vs cC-MMVAE at n% of the data (each unimodal set cut before pairing),
     each arm trained ``train_seeds`` times (the table: mean ± std over them)."""
     _check_fractions(fractions)
     unknown = [a for a in arms if a not in OBJECTIVES]
     if unknown:
         raise ConfigError(f"unknown arm {unknown[0]!r}; choose from {', '.join(OBJECTIVES)}")
-    study = open_study("data-efficiency", config or DEFAULT_CONFIG, overrides, root=root,
+    default = study_config(dataset)  # a known data set, before anything starts
+    study = open_study("data-efficiency", config or default, overrides, root=root,
                        tracking_uri=tracking_uri, seeds=seeds, ray_address=ray_address,
                        train_seeds=train_seeds,
-                       params={"fractions": list(fractions), "arms": list(arms), "dm": dm})
+                       params={"fractions": list(fractions), "arms": list(arms), "dm": dm,
+                               "dataset": dataset})
     failed = True
     try:
-        full = ensure_data(root, dm=dm, data_options=data_options)
+        full = ensure_data(root, dataset=dataset, dm=dm, data_options=data_options)
         clfs = ensure_classifiers(full)
-        urls = {f: ensure_data(root, fraction=f, dm=dm, data_options=data_options) for f in fractions}
+        urls = {f: ensure_data(root, dataset=dataset, fraction=f, dm=dm, data_options=data_options)
+                for f in fractions}
         for seed in range(train_seeds):  # seeds outermost: an interrupted study has whole tables
             for f, url in urls.items():
                 for arm in arms:
@@ -157,21 +188,24 @@ def gamma_ablation(config: str | None = None, overrides: Sequence[str] = (), *,
                    root: str = "experiments", tracking_uri: str | None = None, seeds: int = 1,
                    relatedness_pairs: int = 2000, ray_address: str | None = None,
                    data_options: dict | None = None, train_seeds: int = 1,
-                   pmi_K: int = RELATEDNESS_K) -> Path:
+                   pmi_K: int = RELATEDNESS_K, dataset: str = "embedded") -> Path:
     """cI-MMVAE at each gamma, with the baseline as a reference line: generation quality and PMI F1.
     fraction: train on this share of each modality (cut before pairing), as data-efficiency does;
     pmi_K: IWAE samples per log-likelihood in the PMI estimate."""
     _check_gammas(gammas)
     _check_fractions([fraction])
-    study = open_study("gamma", config or DEFAULT_CONFIG, overrides, root=root, tracking_uri=tracking_uri,
-                       seeds=seeds, ray_address=ray_address, train_seeds=train_seeds,
+    default = study_config(dataset)  # a known data set, before anything starts
+    study = open_study("gamma", config or default, overrides, root=root,
+                       tracking_uri=tracking_uri, seeds=seeds, ray_address=ray_address,
+                       train_seeds=train_seeds,
                        params={"gammas": list(gammas), "dm": dm, "sr_fraction": sr_fraction,
-                               "fraction": fraction, "pmi_K": pmi_K})
+                               "fraction": fraction, "pmi_K": pmi_K, "dataset": dataset})
     failed = True
     try:
-        url = ensure_data(root, fraction=fraction, dm=dm, sr_fraction=sr_fraction, data_options=data_options)
+        url = ensure_data(root, dataset=dataset, fraction=fraction, dm=dm, sr_fraction=sr_fraction,
+                          data_options=data_options)
         # the coherences are scored by classifiers of the whole training set (as data-efficiency's)
-        full = url if fraction == 1 else ensure_data(root, dm=dm, data_options=data_options)
+        full = url if fraction == 1 else ensure_data(root, dataset=dataset, dm=dm, data_options=data_options)
         clfs = ensure_classifiers(full)
         arms = [("baseline", None), *(("cI", g) for g in gammas)]
         for seed in range(train_seeds):
@@ -219,10 +253,10 @@ def _propagation_round(study: Study, url: str, clfs: Any, arms: Sequence[str], p
     sia = siamese_baseline(url, seed=study.base.train.seed + seed)
     relatedness.append({"arm": "Siamese", "predictor": "Siamese", **(sia.pool or {}),
                         "threshold": sia.threshold})
-    run_arm(study, "MMVAE on F_r", {**OBJECTIVES["baseline"], "data.url": url},
+    run_arm(study, "MMVAE on F_r", {**OBJECTIVES["baseline"], "data.url": url, "eval.classifiers": url},
             settings={"objective": "baseline", "stage": "F_r (all related)"}, classifiers=clfs, seed=seed)
     for arm in arms:
-        on_sr = {**OBJECTIVES[arm], "data.url": url, "data.train_split": "sr"}
+        on_sr = {**OBJECTIVES[arm], "data.url": url, "data.train_split": "sr", "eval.classifiers": url}
         row = run_arm(study, f"{arm} on S_r", on_sr,
                       settings={"objective": arm, "stage": f"S_r ({pct})"}, classifiers=clfs, seed=seed)
         out = str(Path(study.out_dir.parent) / "propagated" / f"{arm}-s{seed}-{study.stamp}")
@@ -237,7 +271,8 @@ def _propagation_round(study: Study, url: str, clfs: Any, arms: Sequence[str], p
         relatedness.append({"arm": predictor, "predictor": predictor, **prop.scores,
                             "threshold": prop.threshold})
         row.update({f"pmi_{k}": prop.scores[k] for k in ("precision", "recall", "f1")})
-        run_arm(study, f"{arm} on S_r + found", {**OBJECTIVES[arm], "data.url": out},
+        # scored by the source set's stored scorers (classifiers, CCA): the propagated set has none
+        run_arm(study, f"{arm} on S_r + found", {**OBJECTIVES[arm], "data.url": out, "eval.classifiers": url},
                 settings={"objective": arm, "stage": f"S_r ({pct}) + propagated"}, classifiers=clfs,
                 seed=seed)
 
@@ -247,7 +282,8 @@ def label_propagation(config: str | None = None, overrides: Sequence[str] = (), 
                       arms: Sequence[str] = ("baseline", "cI", "cC"), dm: int = 5, root: str = "experiments",
                       tracking_uri: str | None = None, seeds: int = 1, workers: int = 2,
                       K: int = RELATEDNESS_K, ray_address: str | None = None,
-                      data_options: dict | None = None, train_seeds: int = 1) -> Path:
+                      data_options: dict | None = None, train_seeds: int = 1,
+                      dataset: str = "embedded") -> Path:
     """Section 4.5: train on S_r, choose the PMI threshold on S_m, classify F_m, add the pairs
     found related to S_r, retrain; the Siamese baseline on the same S_r; MMVAE on all of F_r as
     the reference. Reports relatedness precision / recall / F1 and the metrics before and after,
@@ -257,14 +293,16 @@ def label_propagation(config: str | None = None, overrides: Sequence[str] = (), 
     unknown = [a for a in arms if a not in OBJECTIVES]
     if unknown:
         raise ConfigError(f"unknown arm {unknown[0]!r}; choose from {', '.join(OBJECTIVES)}")
-    study = open_study("label-propagation", config or DEFAULT_CONFIG, overrides, root=root,
+    default = study_config(dataset)  # a known data set, before anything starts
+    study = open_study("label-propagation", config or default, overrides, root=root,
                        tracking_uri=tracking_uri, seeds=seeds, ray_address=ray_address,
                        train_seeds=train_seeds,
-                       params={"sr_fraction": sr_fraction, "arms": list(arms), "dm": dm, "K": K})
+                       params={"sr_fraction": sr_fraction, "arms": list(arms), "dm": dm, "K": K,
+                               "dataset": dataset})
     relatedness: list[dict[str, Any]] = []
     failed = True
     try:
-        url = ensure_data(root, dm=dm, sr_fraction=sr_fraction, data_options=data_options)
+        url = ensure_data(root, dataset=dataset, dm=dm, sr_fraction=sr_fraction, data_options=data_options)
         clfs = ensure_classifiers(url)
         pct = f"{sr_fraction * 100:g}%"
         for seed in range(train_seeds):
