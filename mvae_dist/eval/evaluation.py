@@ -95,10 +95,11 @@ def evaluate_and_log(model: MultimodalVAE, cfg: RunConfig, *, tracker: Any, step
     tracker.log_text(table, f"eval/metrics_{step:07d}.md")
     batch = _first_test_batch(cfg, storage_options)
     xs = [x.to(next(model.parameters()).device) for x in batch["xs"]]
-    grids = images.readable_grids(model, xs, n=min(8, xs[0].shape[0]), n_joint=32, seed=cfg.train.seed)
+    vocabs = _vocabs(cfg.data.url, storage_options)
+    grids = images.readable_grids(model, xs, n=min(8, xs[0].shape[0]), n_joint=32, seed=cfg.train.seed,
+                                  vocabs=vocabs)
     for name, img in grids.items():
         tracker.log_image(img, f"images/{name}_{step:07d}.png")
-    vocabs = _vocabs(cfg.data.url, storage_options)
     if vocabs:
         from .captions import caption_report
 

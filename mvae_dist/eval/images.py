@@ -7,8 +7,11 @@ restores its training flag afterwards; randomness comes only from the ``generato
 (model, inputs, seed).
 
 Cells are shown at their native size (no resampling): grey 1-channel images become grey RGB,
-3-channel images are shown as they are, and a vector modality [B, D] becomes a small bar plot
-(bars above / below a zero line, one range per modality and grid so inputs and outputs compare).
+3-channel images are shown as they are, a vector modality [B, D] becomes a small bar plot
+(bars above / below a zero line, one range per modality and grid so inputs and outputs compare),
+and a sentence modality (token ids [B, T], given with its vocabulary in ``vocabs``) becomes its
+words, wrapped over up to TEXT_LINES lines of a TEXT_CELL_W-pixel cell (cut with "..." when
+longer; the full sentences are in the captions report, ``captions.py``).
 Cells of different sizes are centred on a black cell of the grid's largest size, and cells are
 separated by light-grey lines, so ``cell(grid, row, col)`` crops any cell back out exactly.
 """
@@ -18,7 +21,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -35,17 +38,23 @@ GAP = 6
 SEPARATOR = 200
 #: height of a vector modality's bar-plot cell; its width is clamp(D, 32, 128)
 VECTOR_CELL_H = 32
+#: a sentence's cell: TEXT_LINES lines of TEXT_LINE_H pixels, TEXT_CELL_W wide (PIL's default
+#: font at TEXT_FONT_SIZE px; ~24 characters a line)
+TEXT_CELL_W, TEXT_LINES, TEXT_LINE_H, TEXT_FONT_SIZE = 128, 3, 11, 10
+#: {modality index: vocabulary (id -> word)} of the sentence modalities shown
+Vocabs = Mapping[int, Sequence[str]]
 
 
 # ----------------------------------------------------------------------------- public grids
 def reconstruction_grid(model: nn.Module, xs: Sequence[Tensor], n: int = 8, *, sample: bool = False,
-                        generator: torch.Generator | None = None) -> np.ndarray:
+                        generator: torch.Generator | None = None, vocabs: Vocabs | None = None) -> np.ndarray:
     """Self-reconstructions x_m -> z ~ q(z | x_m) -> loc of p(x_m | z), one panel per modality.
 
     Each panel has 2 rows of ``n`` cells: the inputs x_m[:n] on top, their reconstructions below;
     panels sit side by side in the model's modality order. q(z | x_m) is the model's own unimodal
     posterior (``model.unimodal_posterior``; for MVAE the product with the prior expert); z is its
-    loc, or a sample when ``sample`` is True. xs: M tensors [B, *event_m] -> uint8 [H, W, 3].
+    loc, or a sample when ``sample`` is True. xs: M tensors [B, *event_m] -> uint8 [H, W, 3];
+    vocabs: the sentence modalities' vocabularies (their cells show words).
     """
     with evaluating(model) as dev:
         xs = _take(xs, n, model, dev)
@@ -54,18 +63,20 @@ def reconstruction_grid(model: nn.Module, xs: Sequence[Tensor], n: int = 8, *, s
         for m, x in enumerate(xs):
             z = _posterior_z(model, x, m, sample, gen)
             rec = model.decode_mean(m, z).float().cpu()
-            panels.append(_rows_image([x, rec], [m, m], _vector_ranges([x, rec], [m, m])))
+            panels.append(_rows_image([x, rec], [m, m], _vector_ranges([x, rec], [m, m]), vocabs=vocabs))
         return _hstack(panels)
 
 
 def cross_generation_grid(model: nn.Module, xs: Sequence[Tensor], n: int = 8, *, sample: bool = False,
-                          generator: torch.Generator | None = None) -> np.ndarray:
+                          generator: torch.Generator | None = None, vocabs: Vocabs | None = None
+                          ) -> np.ndarray:
     """Cross-generations x_m -> z ~ q(z | x_m) -> loc of p(x_m' | z) for every m' != m.
 
     One block per source modality m, blocks stacked top to bottom in modality order; a block
     has the inputs x_m[:n] as its top row (as in the paper's figures) and then one row per other
     modality m' in order, column j generated from input j. z is the loc of the model's unimodal
-    posterior (a sample when ``sample`` is True). xs: M tensors [B, *event_m] -> uint8 [H, W, 3].
+    posterior (a sample when ``sample`` is True). xs: M tensors [B, *event_m] -> uint8 [H, W, 3];
+    vocabs: as ``reconstruction_grid``'s.
     """
     with evaluating(model) as dev:
         xs = _take(xs, n, model, dev)
@@ -84,17 +95,19 @@ def cross_generation_grid(model: nn.Module, xs: Sequence[Tensor], n: int = 8, *,
         all_rows = [r for rows, _ in blocks_rows for r in rows]
         all_mods = [k for _, mods in blocks_rows for k in mods]
         ranges = _vector_ranges(all_rows, all_mods)
-        cell = _cell_size([_render(r, ranges.get(k)) for r, k in zip(all_rows, all_mods)])
-        blocks = [_rows_image(rows, mods, ranges, cell) for rows, mods in blocks_rows]
+        cell = _cell_size([_render(r, ranges.get(k), _vocab(vocabs, k)) for r, k in zip(all_rows, all_mods)])
+        blocks = [_rows_image(rows, mods, ranges, cell, vocabs) for rows, mods in blocks_rows]
         return _vstack(blocks)
 
 
 def joint_generation_grid(model: nn.Module, n: int = 64,
-                          generator: torch.Generator | None = None) -> np.ndarray:
+                          generator: torch.Generator | None = None, vocabs: Vocabs | None = None
+                          ) -> np.ndarray:
     """Joint generations: z ~ p(z) (the model's prior), decoded (loc) in every modality.
 
     ``n`` prior samples [n, L]; one panel per modality, side by side, each a ceil(sqrt(n))-column
-    grid in which cell j of every panel comes from the same z_j. -> uint8 [H, W, 3].
+    grid in which cell j of every panel comes from the same z_j. -> uint8 [H, W, 3]. vocabs: as
+    ``reconstruction_grid``'s.
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -107,19 +120,21 @@ def joint_generation_grid(model: nn.Module, n: int = 64,
         ncol = math.ceil(math.sqrt(n))
         panels = []
         for m, out in enumerate(outs):
-            cells = _render(out, ranges.get(m))
+            cells = _render(out, ranges.get(m), _vocab(vocabs, m))
             panels.append(_grid(cells, ncol, _cell_size([cells])))
         return _hstack(panels)
 
 
 def standard_grids(model: nn.Module, xs: Sequence[Tensor], n: int = 8, n_joint: int = 64,
-                   seed: int = 0) -> dict[str, np.ndarray]:
+                   seed: int = 0, vocabs: Vocabs | None = None) -> dict[str, np.ndarray]:
     """The three grids a training run logs: {"reconstruction", "cross_generation",
-    "joint_generation"} -> uint8 [H, W, 3] each, all from one seed."""
+    "joint_generation"} -> uint8 [H, W, 3] each, all from one seed; vocabs: the sentence
+    modalities' vocabularies (their cells show words)."""
     return {
-        "reconstruction": reconstruction_grid(model, xs, n),
-        "cross_generation": cross_generation_grid(model, xs, n),
-        "joint_generation": joint_generation_grid(model, n_joint, torch.Generator().manual_seed(seed)),
+        "reconstruction": reconstruction_grid(model, xs, n, vocabs=vocabs),
+        "cross_generation": cross_generation_grid(model, xs, n, vocabs=vocabs),
+        "joint_generation": joint_generation_grid(model, n_joint, torch.Generator().manual_seed(seed),
+                                                  vocabs=vocabs),
     }
 
 
@@ -170,8 +185,10 @@ def labelled_origin(rows: Sequence[tuple[float, str]], columns: Sequence[tuple[f
     return 28 + (22 if columns else 0), left
 
 
-def _cell_hw(x: Tensor) -> tuple[int, int]:
+def _cell_hw(x: Tensor, vocab: Sequence[str] | None = None) -> tuple[int, int]:
     """One cell's (h, w) as ``_render`` draws a batch like ``x`` [B, ...]."""
+    if vocab is not None:
+        return TEXT_LINES * TEXT_LINE_H, TEXT_CELL_W
     if x.dim() == 2:
         return VECTOR_CELL_H, _vector_width(int(x.shape[1]))
     return int(x.shape[-2]), int(x.shape[-1])
@@ -187,13 +204,13 @@ def _panel_centres(widths: Sequence[int]) -> list[float]:
 
 
 def readable_grids(model: nn.Module, xs: Sequence[Tensor], n: int = 8, n_joint: int = 64,
-                   seed: int = 0, scale: int = SCALE) -> dict[str, np.ndarray]:
+                   seed: int = 0, scale: int = SCALE, vocabs: Vocabs | None = None) -> dict[str, np.ndarray]:
     """``standard_grids`` as labelled figures (``labelled``): scaled, titled, with a label per
     row ("mnist input", "svhn from mnist", ...) and the modality above each panel."""
-    raw = standard_grids(model, xs, n, n_joint, seed)
+    raw = standard_grids(model, xs, n, n_joint, seed, vocabs)
     names = list(getattr(model, "names", None) or [f"modality {m}" for m in range(len(xs))])
     n = min(n, xs[0].shape[0])
-    hw = [_cell_hw(x) for x in xs]
+    hw = [_cell_hw(x, _vocab(vocabs, m)) for m, x in enumerate(xs)]
     M = len(xs)
     out = {}
     # reconstruction: one panel per modality, rows input / reconstruction (at panel 0's cell height)
@@ -299,8 +316,16 @@ def _vector_ranges(tensors: Sequence[Tensor], mods: Sequence[int]) -> dict[int, 
     return out
 
 
-def _render(x: Tensor, vrange: tuple[float, float] | None = None) -> np.ndarray:
-    """A batch as uint8 cells [B, h, w, 3]: images [B, C, H, W] (C = 1 or 3) or vectors [B, D]."""
+def _vocab(vocabs: Vocabs | None, m: int) -> Sequence[str] | None:
+    return None if vocabs is None else vocabs.get(m)
+
+
+def _render(x: Tensor, vrange: tuple[float, float] | None = None, vocab: Sequence[str] | None = None
+            ) -> np.ndarray:
+    """A batch as uint8 cells [B, h, w, 3]: images [B, C, H, W] (C = 1 or 3), vectors [B, D], or
+    with a ``vocab`` sentences of token ids [B, T]."""
+    if vocab is not None:
+        return _sentences(x, vocab)
     x = x.detach().float().cpu()
     if x.dim() == 2:
         return _bars(x, vrange or (float(x.min()), float(x.max())))
@@ -312,6 +337,54 @@ def _render(x: Tensor, vrange: tuple[float, float] | None = None) -> np.ndarray:
     if img.shape[1] == 1:
         img = img.expand(-1, 3, -1, -1)
     return img.permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def _wrap(words: Sequence[str], fits: Callable[[str], bool], lines: int) -> list[str]:
+    """Greedy word wrap into lines that ``fits`` (a word too long for a line is cut); past
+    ``lines`` lines the last one kept ends in "..."."""
+    out: list[str] = []
+    current = ""
+    for w in words:
+        trial = f"{current} {w}" if current else w
+        if fits(trial):
+            current = trial
+            continue
+        if current:
+            out.append(current)
+        current = w
+        while not fits(current) and len(current) > 1:
+            current = current[:-1]
+    if current:
+        out.append(current)
+    if len(out) <= lines:
+        return out
+    last = out[lines - 1]
+    while last and not fits(last + "..."):
+        last = last.rsplit(" ", 1)[0] if " " in last else last[:-1]
+    return [*out[:lines - 1], last + "..."]
+
+
+def _sentences(x: Tensor, vocab: Sequence[str]) -> np.ndarray:
+    """Token ids [B, T] as their words, white on black -> [B, TEXT_LINES * TEXT_LINE_H, TEXT_CELL_W, 3]."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    from ..data.text import decode
+
+    font = ImageFont.load_default(size=TEXT_FONT_SIZE)
+    H, W = TEXT_LINES * TEXT_LINE_H, TEXT_CELL_W
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+
+    def fits(text: str) -> bool:
+        return measure.textlength(text, font=font) <= W - 4
+
+    cells = np.zeros((x.shape[0], H, W, 3), np.uint8)
+    for b, row in enumerate(x.detach().cpu().round().long().tolist()):
+        img = Image.new("RGB", (W, H))
+        draw = ImageDraw.Draw(img)
+        for i, line in enumerate(_wrap(decode(row, vocab).split() or ["(empty)"], fits, TEXT_LINES)):
+            draw.text((2, i * TEXT_LINE_H), line, fill=(255, 255, 255), font=font)
+        cells[b] = np.asarray(img)
+    return cells
 
 
 def _vector_width(D: int) -> int:
@@ -363,9 +436,9 @@ def _grid(cells: np.ndarray, ncol: int, cell_hw: tuple[int, int]) -> np.ndarray:
 
 
 def _rows_image(rows: Sequence[Tensor], mods: Sequence[int], ranges: dict[int, tuple[float, float]],
-                cell_hw: tuple[int, int] | None = None) -> np.ndarray:
+                cell_hw: tuple[int, int] | None = None, vocabs: Vocabs | None = None) -> np.ndarray:
     """Rows of n cells each (row i shows modality mods[i]) on one cell size -> [H, W, 3]."""
-    rendered = [_render(r, ranges.get(m)) for r, m in zip(rows, mods)]
+    rendered = [_render(r, ranges.get(m), _vocab(vocabs, m)) for r, m in zip(rows, mods)]
     cell_hw = cell_hw or _cell_size(rendered)
     return np.concatenate(
         [_grid(c, c.shape[0], cell_hw)[: (None if i == len(rendered) - 1 else -PAD)]

@@ -181,3 +181,49 @@ def test_readable_grids_keep_every_pixel_and_label_each_row():
         for i in range(2):
             y = top + (b * (block_h + GAP) + PAD + i * 34 + 16) * SCALE
             assert fig[y - 6:y + 6, 4:left - 8].min() < 128, (b, i)
+
+
+VOCAB = ["<exc>", "<pad>", "<eos>", "a", "thick", "seven", "slanting", "right", "small", "two"]
+
+
+def test_wrap_fills_lines_greedily_and_marks_what_is_cut():
+    from mvae_dist.eval.images import _wrap
+
+    def fits(t):
+        return len(t) <= 10
+
+    assert _wrap("a thick seven".split(), fits, 3) == ["a thick", "seven"]
+    assert _wrap("abcdefghijklmno".split(), fits, 3) == ["abcdefghij"]  # a too-long word is cut
+    assert _wrap("aa bb cc dd ee ff gg hh ii".split(), fits, 2) == ["aa bb cc", "dd ee..."]
+    assert _wrap([], fits, 2) == []
+
+
+def test_sentence_cells_show_the_words_of_the_tokens():
+    """A sentence modality given with its vocabulary is drawn as text: the same words give the
+    same cell whatever follows "<eos>", other words another cell; cells are TEXT_LINES lines of
+    TEXT_CELL_W pixels, and in a grid the input row shows exactly those cells."""
+    from mvae_dist.eval.images import TEXT_CELL_W, TEXT_LINE_H, TEXT_LINES, _sentences
+
+    seven = [3, 4, 5, 6, 7, 2] + [1] * 26  # "a thick seven slanting right" <eos> <pad>...
+    tail = [3, 4, 5, 6, 7, 2, 9, 9] + [1] * 24
+    two = [3, 8, 9, 2] + [1] * 28
+    cells = _sentences(torch.tensor([seven, tail, two]), VOCAB)
+    h = TEXT_LINES * TEXT_LINE_H
+    assert cells.shape == (3, h, TEXT_CELL_W, 3) and cells.dtype == np.uint8
+    np.testing.assert_array_equal(cells[0], cells[1])
+    assert not np.array_equal(cells[0], cells[2])
+    assert cells[0].max() > 200 and (cells[0] == 0).mean() > 0.5  # white (antialiased) text on black
+
+    mods = ("mnist", "text:10")
+    torch.manual_seed(0)
+    model = build_model({"name": "mmvae", "modalities": list(mods), "latent_dim": 4})
+    g = torch.Generator().manual_seed(1)
+    xs = [torch.rand(N, 1, 28, 28, generator=g), torch.tensor([seven, two, tail, two])]
+    rec = reconstruction_grid(model, xs, n=N, vocabs={1: VOCAB})
+    text_x = span(N, 28) + GAP
+    assert rec.shape == (span(2, h), text_x + span(N, TEXT_CELL_W), 3)
+    for j in range(N):
+        np.testing.assert_array_equal(cell(rec, 0, j, (h, TEXT_CELL_W), origin=(0, text_x)),
+                                      _sentences(xs[1][j:j + 1], VOCAB)[0])
+    # without the vocabulary the ids are bars, as any vector
+    assert reconstruction_grid(model, xs, n=N).shape[0] == span(2, VECTOR_CELL_H)
