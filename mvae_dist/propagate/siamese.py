@@ -9,7 +9,9 @@ y = 1 for the pairs of S_r and y = 0 for negatives made by re-matching within th
 partners are rolled by a random offset in [1, B) (seeded), so no pair meets its own partner.
 Like the generative model's contrastive negatives they are random matches, about 1/10 of which
 happen to share the digit; labels are never used. The relatedness score of a pair is -d; the
-threshold is chosen on S_m with ``choose_threshold``, as for PMI.
+threshold is chosen on S_m with ``choose_threshold``, as for PMI. With M > 2 modalities every
+member is compared with the anchor (modality 0); a sentence modality (one with a vocabulary in
+the manifest: the SYNTHETIC captions of embedded-text, CUB's) gets a bag-of-words token net.
 """
 
 from __future__ import annotations
