@@ -163,6 +163,8 @@ def ray_cluster():
     """
     ray = pytest.importorskip("ray")
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")  # faster report round trips
+    # one node that is never preempted: no PreemptionWatcher actor (a process start) per fit
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False,
                  configure_logging=False)

@@ -12,9 +12,11 @@ from mvae_dist.launch.cli import main
 
 #: a small embedded build: real MNIST, 50 / 10 synthetic street images per digit, 1 pair per instance
 SMALL = {"street_per_class": (50, 10), "shard_size": 25}
-#: a few steps and small evaluations: plumbing, not quality
+#: a few steps and small evaluations: plumbing, not quality; one Train worker per arm (DDP over
+#: two is tested in tests/train; a second worker costs ~4 s of process starts per arm here)
 QUICK = ["train.max_steps=2", "train.epochs=1", "eval.n_test=50", "eval.n_latent_train=100", "eval.ll_n=8",
-         "eval.ll_K=3", "data.batch_size=16", "objective.K=2", "objective.N=2", "train.log_every=1"]
+         "eval.ll_K=3", "data.batch_size=16", "objective.K=2", "objective.N=2", "train.log_every=1",
+         "train.num_workers=1"]
 
 
 def _classifiers_for(url: str) -> None:

@@ -24,7 +24,7 @@ def test_checkpoints_to_s3_and_resume_from_them(ray_cluster, tiny_data, tmp_path
     opts.write_text(yaml.safe_dump(s3_storage_options))
     base = [f"data.url={tiny_data}", f"train.storage_path=s3://{s3_bucket}/runs",
             f"train.storage_options_file={opts}", f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
-            "train.name=on-s3", "train.eval_every=0", "train.checkpoint_every=2"]
+            "train.name=on-s3", "train.eval_every=0", "train.checkpoint_every=2", "train.num_workers=1"]
     res = fit(load_train_config(TINY, [*base, "train.max_steps=4"]))
     assert res.metrics["step"] == 4
     assert res.checkpoint.startswith(f"s3://{s3_bucket}/runs/on-s3/") and res.run_path == \
