@@ -85,6 +85,34 @@ def mlflow_sqlite_uri(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def migrated_mlflow_db(tmp_path_factory):
+    """An empty MLflow sqlite store with every migration applied, made once per session."""
+    import mlflow
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    mlflow.MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _premigrated_store(request):
+    """A test whose own code names ``.../mlflow.db`` (e.g. ``f"sqlite:///{tmp_path}/mlflow.db"``)
+    finds that store already created: a copy of ``migrated_mlflow_db`` at ``tmp_path/mlflow.db``.
+    Creating a fresh sqlite store runs MLflow's ~50 migrations, 1.6 s a time on this machine;
+    the code under test sees the same real store either way (the creation itself is exercised
+    by the tests that build their URI elsewhere, e.g. ``mlflow_sqlite_uri``)."""
+    fn = getattr(request, "function", None)
+    if fn is None or "tmp_path" not in request.fixturenames:
+        return
+    if not any(isinstance(c, str) and c.endswith("/mlflow.db") for c in fn.__code__.co_consts):
+        return
+    import shutil
+
+    shutil.copyfile(request.getfixturevalue("migrated_mlflow_db"),
+                    request.getfixturevalue("tmp_path") / "mlflow.db")
+
+
+@pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     """URL (``http://127.0.0.1:PORT``) of a real ``mlflow server`` process for the session.
 
