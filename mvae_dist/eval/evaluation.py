@@ -29,13 +29,20 @@ def load_eval_classifiers(cfg: RunConfig, storage_options: dict | None, *, requi
     where = cfg.eval.classifiers
     if where == "none":
         return None
-    url = cfg.data.url if where == "auto" else where
+    url = scorer_store(cfg)
     try:
         return load_classifiers(url, storage_options=storage_options, device=device)
     except DataError:
         if required or where != "auto":
             raise
         return None
+
+
+def scorer_store(cfg: RunConfig) -> str:
+    """Where the stored scorers (digit classifiers, CCA scorer) are read from: the store
+    ``eval.classifiers`` names, else (``auto`` / ``none``) the data set's own prefix."""
+    where = cfg.eval.classifiers
+    return cfg.data.url if where in ("auto", "none") else where
 
 
 def metric_name(name: str) -> str:
@@ -117,8 +124,7 @@ def _add_cca(report: Any, model: MultimodalVAE, cfg: RunConfig, storage_options:
     from .cca import FIT_HINT, cca_coherence, scorer_for
     from .metrics import read_pairs
 
-    where = cfg.eval.classifiers
-    store = cfg.data.url if where in ("auto", "none") else where
+    store = scorer_store(cfg)
     try:
         found = scorer_for(store, storage_options)
     except DataError:
