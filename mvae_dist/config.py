@@ -315,6 +315,10 @@ class TrainSection(Section):
     max_failures: worker-group restarts (-1: no limit); ray_log_level: the level of Ray Train's
     own per-report worker lines ("Reporting training result ...", "Checkpoint successfully
     created ...", one per report and rank): WARNING hides them, INFO shows them.
+    precision, channels_last, compile: how the encoders and decoders compute (for GPUs; see
+    models/compute.py): "bf16" autocasts them to bfloat16 (distributions, likelihoods and the
+    objective stay float32), channels_last stores convolutions channels-last, compile runs
+    each network through torch.compile. Evaluation runs the model as it trains.
     """
 
     key_prefix: ClassVar[str] = "train"
@@ -337,6 +341,9 @@ class TrainSection(Section):
     max_failures: Annotated[int, _not_bool("int"), Field(ge=-1)] = 2
     max_nonfinite: NonNegativeInt = 10
     threads_per_worker: NonNegativeInt = 0
+    precision: Literal["fp32", "bf16"] = "fp32"
+    channels_last: bool = False
+    compile: bool = False
     ray_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
 
     @field_validator("name")

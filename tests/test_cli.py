@@ -35,6 +35,32 @@ def test_bench_step_times_the_negative_options_of_mvae(capsys):
     assert "'K0' is not fresh, reuse or K<n>" in capsys.readouterr().err
 
 
+def test_bench_step_compute_options_each_get_a_record_and_a_ratio_to_fp32(capsys):
+    rc = main(["bench", "step", "--model", "mmvae", "--objective", "baseline", "--K", "1", "--N", "2",
+               "--batch-size", "4", "--steps", "1", "--warmup", "0", "--precision", "fp32,bf16",
+               "--memory-format", "contiguous,channels_last"])
+    assert rc == 0
+    recs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["label"] for r in recs] == ["mmvae/baseline", "mmvae/baseline [channels_last]",
+                                         "mmvae/baseline [bf16]", "mmvae/baseline [bf16+channels_last]"]
+    assert [(r["precision"], r["channels_last"], r["compile"]) for r in recs] == [
+        ("fp32", False, False), ("fp32", True, False), ("bf16", False, False), ("bf16", True, False)]
+    assert "ratio_to_fp32" not in recs[0]
+    for r in recs[1:]:  # each against the plain fp32 step of the same case
+        expected = r["s_per_step"] / recs[0]["s_per_step"]
+        assert abs(r["ratio_to_fp32"] - expected) < 0.01 * expected + 1e-3
+    assert main(["bench", "step", "--precision", "fp16"]) == 2
+    assert "invalid choice 'fp16'" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+@pytest.mark.parametrize("what", [["step"], ["learn", "--config", "x.yaml"]])
+def test_a_cuda_device_without_cuda_is_one_line(what, capsys):
+    assert main(["bench", *what, "--device", "cuda"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--device cuda: this machine has no CUDA device" in err[0], err
+
+
 def test_bench_bound_prints_the_gap_of_each_negative_option(capsys):
     assert main(["bench", "bound", "--K", "1,10", "--reps", "8"]) == 0
     recs = {(r["experts"], r["K"], r["negatives"]): r

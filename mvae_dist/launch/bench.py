@@ -13,13 +13,36 @@ import json
 import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
 from ..models import build_model
+from ..models.compute import configure_compute
 from ..objectives import training_loss
+
+
+@dataclass(frozen=True)
+class Compute:
+    """How the networks compute (models.compute.configure_compute): one axis value each."""
+
+    precision: str = "fp32"  # "fp32" | "bf16"
+    channels_last: bool = False
+    compile: bool = False
+
+    @property
+    def label(self) -> str:
+        parts = [p for p, on in ((self.precision, self.precision != "fp32"),
+                                 ("channels_last", self.channels_last), ("compile", self.compile)) if on]
+        return "+".join(parts)
+
+
+def compute_cases(precisions: Iterable[str] = ("fp32",), memory_formats: Iterable[str] = ("contiguous",),
+                  compiles: Iterable[str] = ("off",)) -> list[Compute]:
+    """Every combination of the three axes (the CLI's --precision, --memory-format, --compile)."""
+    return [Compute(p, m == "channels_last", c == "on")
+            for p, m, c in itertools.product(precisions, memory_formats, compiles)]
 
 
 @dataclass(frozen=True)
@@ -29,14 +52,16 @@ class StepCase:
     estimator: str
     impl: str  # "fused" | "loop" (contrastive only)
     negatives: str = "fresh"  # "fresh" | "reuse" | "K<n>" (n fresh samples): MVAE / JMVAE only
+    compute: Compute = Compute()
 
     @property
     def label(self) -> str:
+        on = f" [{self.compute.label}]" if self.compute.label else ""
         if self.objective == "baseline":
-            return f"{self.model}/baseline"
+            return f"{self.model}/baseline{on}"
         prefix = {"iwae": "cI", "cubo": "cC"}.get(self.estimator, "c" + self.estimator)
         suffix = "" if self.negatives == "fresh" else f"+{self.negatives}"
-        return f"{prefix}-{self.model}/{self.impl}{suffix}"
+        return f"{prefix}-{self.model}/{self.impl}{suffix}{on}"
 
     def negative_options(self) -> dict[str, Any]:
         """The training_loss keywords of ``negatives``."""
@@ -48,25 +73,28 @@ class StepCase:
 
 
 def step_cases(models: Iterable[str], objectives: Iterable[str], estimators: Iterable[str],
-               impls: Iterable[str], negatives: Iterable[str] = ("fresh",)) -> list[StepCase]:
-    """Every combination; the baseline once per model (estimator, impl and negatives do not
-    apply), MMVAE's negatives only "fresh" (it always reuses its experts' samples), the loop
-    reference only with fresh negatives."""
+               impls: Iterable[str], negatives: Iterable[str] = ("fresh",),
+               computes: Sequence[Compute] = (Compute(),)) -> list[StepCase]:
+    """Every combination; the baseline once per model and compute (estimator, impl and negatives
+    do not apply), MMVAE's negatives only "fresh" (it always reuses its experts' samples), the
+    loop reference only with fresh negatives."""
     cases: list[StepCase] = []
-    for m, o in itertools.product(models, objectives):
+    for m, o, c in itertools.product(models, objectives, computes):
         if o == "baseline":
-            cases.append(StepCase(m, "baseline", "iwae", "-"))
+            cases.append(StepCase(m, "baseline", "iwae", "-", compute=c))
             continue
         for e, i, n in itertools.product(estimators, impls, negatives):
             if n == "fresh" or (m != "mmvae" and i == "fused"):
-                cases.append(StepCase(m, o, e, i, n))
+                cases.append(StepCase(m, o, e, i, n, compute=c))
     return cases
 
 
 def _make_step(case: StepCase, K: int, N: int, B: int, gamma: float, device: str,
                modalities: tuple[str, ...], seed: int) -> Callable[[], None]:
     torch.manual_seed(seed)
-    model = build_model({"name": case.model, "modalities": list(modalities)}).to(device)
+    c = case.compute
+    model = configure_compute(build_model({"name": case.model, "modalities": list(modalities)}).to(device),
+                              precision=c.precision, channels_last=c.channels_last, compile=c.compile)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     shapes = {"mnist": (1, 28, 28), "svhn": (3, 32, 32)}
     xs = [torch.rand(B, *shapes[s], device=device) for s in modalities]
@@ -90,11 +118,15 @@ def bench_step(*, models: list[str], objectives: list[str], estimators: list[str
                gamma: float = 2.0, steps: int = 3,
                warmup: int = 1, device: str = "cpu", threads: int | None = None,
                modalities: tuple[str, ...] = ("mnist", "svhn"), seed: int = 0,
+               computes: Sequence[Compute] = (Compute(),),
                emit: Callable[[dict], None] | None = None) -> list[dict]:
-    """Time each case; return (and emit) one record per case with its ratio to its model's baseline."""
+    """Time each case; return (and emit) one record per case with its ratio to its model's
+    baseline under the same compute (``ratio_to_baseline``) and, for a case under other compute
+    options than the default, its ratio to the same case in plain fp32 (``ratio_to_fp32``, when
+    that was timed too). Warm-up steps absorb torch.compile's compilation."""
     if threads:
         torch.set_num_threads(threads)
-    cases = step_cases(models, objectives, estimators, impls, negatives)
+    cases = step_cases(models, objectives, estimators, impls, negatives, computes)
     fns = {c: _make_step(c, K, N, batch_size, gamma, device, modalities, seed) for c in cases}
     for c in cases:
         for _ in range(warmup):
@@ -107,20 +139,26 @@ def bench_step(*, models: list[str], objectives: list[str], estimators: list[str
             t0 = time.perf_counter()
             fns[c]()
             times[c].append(time.perf_counter() - t0)
-    base = {c.model: statistics.median(times[c]) for c in cases if c.objective == "baseline"}
+    median = {c: statistics.median(times[c]) for c in cases}
+    base = {(c.model, c.compute): median[c] for c in cases if c.objective == "baseline"}
     records = []
     for c in cases:
-        s = statistics.median(times[c])
+        s = median[c]
         rec = {
             "bench": "step", "model": c.model, "objective": c.objective,
             "estimator": c.estimator if c.objective != "baseline" else "iwae",
             "impl": c.impl, "negatives": c.negatives, "label": c.label, "K": K, "N": N,
             "batch_size": batch_size,
             "device": device, "threads": torch.get_num_threads(), "steps": steps,
+            "precision": c.compute.precision, "channels_last": c.compute.channels_last,
+            "compile": c.compute.compile,
             "s_per_step": round(s, 5), "pairs_per_s": round(batch_size / s, 2),
         }
-        if c.model in base:
-            rec["ratio_to_baseline"] = round(s / base[c.model], 3)
+        if (c.model, c.compute) in base:
+            rec["ratio_to_baseline"] = round(s / base[(c.model, c.compute)], 3)
+        plain = replace(c, compute=Compute())
+        if c.compute != Compute() and plain in median:
+            rec["ratio_to_fp32"] = round(s / median[plain], 3)
         records.append(rec)
         if emit:
             emit(rec)

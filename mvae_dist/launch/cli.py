@@ -223,7 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
     step.add_argument("--steps", type=_positive_int, default=3, help="timed rounds (median)")
     step.add_argument("--warmup", type=int, default=1)
     step.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-    step.add_argument("--device", default="cpu")
+    step.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
+    step.add_argument("--precision", type=_csv(("fp32", "bf16")), default=["fp32"],
+                      help="comma list: fp32 (default), bf16 (the networks autocast to bfloat16)")
+    step.add_argument("--memory-format", type=_csv(("contiguous", "channels_last")), default=["contiguous"],
+                      help="comma list: contiguous (default), channels_last (convolutions)")
+    step.add_argument("--compile", type=_csv(("off", "on")), default=["off"],
+                      help="comma list: off (default), on (torch.compile each encoder and decoder)")
     step.add_argument("--world", type=_positive_int, default=1,
                       help="W > 1: time the contrastive step on W gloo ranks with negatives from the "
                            "global batch against local-only negatives (the cost of gathering)")
@@ -256,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     learn.add_argument("--eval-every", type=_positive_int, default=250)
     learn.add_argument("--n-test", type=_positive_int, default=500, help="test pairs per evaluation")
     learn.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    learn.add_argument("--device", default="cpu", help="where to train: cpu (default), cuda, cuda:1, ...")
     learn.add_argument("--until-targets", action="store_true",
                        help="stop at the first evaluation meeting the demo's targets (street latent accuracy "
                             ">= 0.6, cross coherences >= 0.4 / 0.5, joint >= 0.2): time to quality")
@@ -387,10 +394,11 @@ def run(args: argparse.Namespace) -> int:
         from .bench import print_json
         from .experiments.curve import DEMO_TARGETS, learning_curve
 
+        device = _device(args.device)  # before anything is read
         cfg = load_train_config(args.config, args.overrides)
         cfg = cfg.from_dict(absolute_local_paths(cfg.to_dict()))
         learning_curve(cfg, steps=args.steps, eval_every=args.eval_every, n_test=args.n_test,
-                       threads=args.threads, on_row=print_json,
+                       threads=args.threads, device=device, on_row=print_json,
                        until=DEMO_TARGETS if args.until_targets else None)
         return 0
     if args.command == "bench" and args.bench == "loader":
@@ -403,7 +411,7 @@ def run(args: argparse.Namespace) -> int:
                                 storage_options=_storage_options(args.storage_options)))
         return 0
     if args.command == "bench" and args.bench == "step":
-        from .bench import bench_step, print_json
+        from .bench import bench_step, compute_cases, print_json
 
         if args.N >= args.batch_size:
             raise MvaeDistError(f"--N must be < --batch-size {args.batch_size}, got {args.N}")
@@ -417,10 +425,23 @@ def run(args: argparse.Namespace) -> int:
             return 0
         bench_step(models=args.model, objectives=args.objective, estimators=args.estimator,
                    impls=args.impl, negatives=args.negatives, K=args.K, N=args.N, batch_size=args.batch_size,
-                   steps=args.steps, warmup=args.warmup, device=args.device, threads=args.threads,
-                   emit=print_json)
+                   steps=args.steps, warmup=args.warmup, device=_device(args.device), threads=args.threads,
+                   computes=compute_cases(args.precision, args.memory_format, args.compile), emit=print_json)
         return 0
     raise MvaeDistError(f"unknown command {args.command!r}")
+
+
+def _device(name: str) -> str:
+    """A torch device name this machine has, else a one-line error naming it."""
+    import torch
+
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise MvaeDistError(f"--device: unknown device {name!r} (expected cpu, cuda, cuda:N, ...)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise MvaeDistError(f"--device {name}: this machine has no CUDA device (torch {torch.__version__})")
+    return name
 
 
 def _floats(text: str, what: str) -> list[float]:

@@ -8,6 +8,8 @@ are token ids x [B, T] (int) over a vocabulary of V (a sentence: models/networks
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor, nn
 
@@ -21,6 +23,22 @@ _UNSCORED_TOKEN = 0
 
 # Pairs scored per chunk in the mismatched-likelihood kernel: K * chunk * D floats at a time.
 _PAIR_CHUNK_ELEMENTS = 1 << 20
+
+
+def _autocast(x: Tensor, dtype: torch.dtype | None):
+    """``torch.autocast`` to ``dtype`` on x's device type, or a no-op context when dtype is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=x.device.type, dtype=dtype)
+
+
+def _full(t: Tensor | None) -> Tensor | None:
+    """A network output in reduced precision (bf16/fp16) as float32; anything else as it is
+    (float64 stays float64): distributions, likelihoods and the contrastive kernels never run
+    in reduced precision."""
+    if t is not None and t.dtype in (torch.bfloat16, torch.float16):
+        return t.float()
+    return t
 
 
 class Modality(nn.Module):
@@ -49,14 +67,24 @@ class Modality(nn.Module):
         if not llik_scaling > 0:
             raise ValueError(f"llik_scaling of modality {name!r} must be > 0, got {llik_scaling}")
         self.llik_scaling = float(llik_scaling)
+        #: set by models.compute.configure_compute: the networks' autocast dtype (None: none)
+        #: and whether image inputs go to the encoder channels-last
+        self.compute_dtype: torch.dtype | None = None
+        self.channels_last = False
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """q(z | x) parameters: x [B, *event] -> (loc [B, L], scale [B, L])."""
-        return self.encoder(x)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(x, self.compute_dtype):
+            loc, scale = self.encoder(x)
+        return _full(loc), _full(scale)
 
     def decode(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """p(x | z) parameters: z [K, B, L] -> (loc [K, B, *event], scale broadcastable)."""
-        return self.decoder(z)
+        with _autocast(z, self.compute_dtype):
+            loc, scale = self.decoder(z)
+        return _full(loc), _full(scale)
 
     def mean(self, params: tuple[Tensor, Tensor | None]) -> Tensor:
         """The typical x of p(x | z): loc [..., *event], or for "categorical" the most likely

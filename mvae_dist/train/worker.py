@@ -24,6 +24,7 @@ from ..config import RunConfig, load_storage_options
 from ..data import make_loader
 from ..eval.evaluation import evaluate_and_log, load_eval_classifiers
 from ..models import build_model
+from ..models.compute import configure_compute
 from ..tracking import FAILURE_TAG, Tracker
 from .checkpoint import Position, load_checkpoint, save_checkpoint
 from .dist import TorchCrossRank
@@ -134,7 +135,8 @@ class _Worker:
                 f.write(f"{rank} {os.getpid()}\n")
 
         torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
-        model = build_model(cfg.model).to(device)
+        model = configure_compute(build_model(cfg.model).to(device), precision=cfg.train.precision,
+                                  channels_last=cfg.train.channels_last, compile=cfg.train.compile)
         module: torch.nn.Module = TrainStep(model, cfg.objective)
         group = None
         if world > 1:

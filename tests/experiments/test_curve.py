@@ -54,8 +54,10 @@ def test_cli_prints_json_lines_and_needs_classifiers(tiny_data, tmp_path, capsys
     assert main(["bench", "learn", "--config", str(cfg), "--steps", "1", "--eval-every", "1"]) == 1
     assert "classifiers" in capsys.readouterr().err
     train_classifiers(tiny_data, epochs=1, progress=False)
+    # the accelerator options as a GPU run would set them (bf16 autocast, channels-last convolutions)
     assert main(["bench", "learn", "--config", str(cfg), "--steps", "2", "--eval-every", "1",
-                 "--n-test", "20", "train.num_workers=1"]) == 0
+                 "--n-test", "20", "--device", "cpu", "train.num_workers=1", "train.precision=bf16",
+                 "train.channels_last=true"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert [r["step"] for r in rows] == [0, 1, 2] and all(r["bench"] == "learn" for r in rows)
 

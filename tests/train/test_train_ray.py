@@ -101,7 +101,8 @@ def test_killed_worker_resumes_from_checkpoint(ray_cluster, tiny_data, tmp_path,
 def test_cli_resume_continues_a_stopped_run(ray_cluster, tiny_data, tmp_path, capsys):
     args = ["--config", TINY, f"data.url={tiny_data}", f"train.storage_path={tmp_path}/runs",
             f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db", "train.name=resumable",
-            "train.eval_every=0", "train.num_workers=1"]  # resuming on 2 ranks: the killed-worker test
+            "train.eval_every=0", "train.num_workers=1",  # resuming on 2 ranks: the killed-worker test
+            "train.precision=bf16", "train.channels_last=true"]  # a channels-last checkpoint resumes
     assert main(["train", *args, "train.max_steps=3"]) == 0
     out = capsys.readouterr().out
     assert "'step': 3" in out and "mlflow ui" in out
@@ -111,6 +112,8 @@ def test_cli_resume_continues_a_stopped_run(ray_cluster, tiny_data, tmp_path, ca
     run_id = out.split("MLflow run ", 1)[1].split()[0]
     tags = _client(f"sqlite:///{tmp_path}/mlflow.db").get_run(run_id).data.tags
     assert tags["resume_count"] == "1"  # one --resume; the worker groups' reopening is not counted
+    params = _client(f"sqlite:///{tmp_path}/mlflow.db").get_run(run_id).data.params
+    assert (params["train.precision"], params["train.channels_last"]) == ("bf16", "True")
 
 
 def test_nonfinite_losses_stop_the_run_with_a_clear_error(ray_cluster, tiny_data, tmp_path, capsys):

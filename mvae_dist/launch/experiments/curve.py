@@ -25,6 +25,7 @@ from ...eval.cca import cca_coherence, scorer_for
 from ...eval.evaluation import load_eval_classifiers
 from ...eval.metrics import evaluate_model, read_pairs
 from ...models import build_model
+from ...models.compute import configure_compute
 from ...train.step import TrainStep, apply_step, make_optimizer, make_scheduler, step_generator
 
 #: the metrics a curve row keeps (the rest of the evaluation report is dropped)
@@ -57,7 +58,7 @@ def _row_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
 
 def learning_curve(cfg: RunConfig, *, steps: int, eval_every: int,
                    classifiers: Mapping[str, nn.Module] | None = None, n_test: int = 500,
-                   n_train_latent: int = 1000, threads: int | None = None,
+                   n_train_latent: int = 1000, threads: int | None = None, device: str = "cpu",
                    on_row: Callable[[dict[str, Any]], None] | None = None,
                    until: Mapping[str, float] | None = None) -> list[dict[str, Any]]:
     """Train ``cfg`` for ``steps`` steps on one process -> one row per evaluation (and at step 0).
@@ -66,6 +67,8 @@ def learning_curve(cfg: RunConfig, *, steps: int, eval_every: int,
     training and ``mvae-dist evaluate`` resolve them; required). until: target values of row
     metrics (e.g. ``DEMO_TARGETS``): every row then says ``targets_met``, and training stops at
     the first evaluation that meets them all (its ``train_s`` is the time to quality).
+    device: where the model trains ("cuda" on a GPU); ``train.precision``, ``train.channels_last``
+    and ``train.compile`` apply as in training.
     """
 
     if steps < 1 or eval_every < 1:
@@ -79,7 +82,8 @@ def learning_curve(cfg: RunConfig, *, steps: int, eval_every: int,
             raise ConfigError("bench learn scores coherence with digit classifiers: "
                               "eval.classifiers must not be 'none'")
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model)
+    model = configure_compute(build_model(cfg.model).to(device), precision=cfg.train.precision,
+                              channels_last=cfg.train.channels_last, compile=cfg.train.compile)
     module = TrainStep(model, cfg.objective)
     opt = make_optimizer(model.parameters(), cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.amsgrad)
     sched = make_scheduler(opt, cfg.optim.schedule, steps)
@@ -120,8 +124,9 @@ def learning_curve(cfg: RunConfig, *, steps: int, eval_every: int,
         loader.set_epoch(epoch)
         for b in loader:
             t0 = time.perf_counter()
-            g = step_generator(cfg.train.seed, step)
-            stats, stepped = apply_step(module, opt, sched, b["xs"], g, None, cfg.optim.grad_clip)
+            xs = [x.to(device, non_blocking=True) for x in b["xs"]]
+            g = step_generator(cfg.train.seed, step, device)
+            stats, stepped = apply_step(module, opt, sched, xs, g, None, cfg.optim.grad_clip)
             train_s += time.perf_counter() - t0
             step += 1
             if stepped:
