@@ -24,6 +24,31 @@ def test_core_imports_without_distributed_stack():
     assert out.stdout.strip() == "ok"
 
 
+#: what deploy/device/bench.sh runs on a GPU machine that has PyTorch but neither Ray nor MLflow
+#: (its benchmarks, data preparation, classifiers, learning curves)
+DEVICE_BLOCK = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in {'ray', 'mlflow', 's3fs', 'boto3', 'gensim'}:
+            raise ImportError('blocked: ' + name)
+sys.meta_path.insert(0, Block())
+from mvae_dist.launch.cli import main
+from mvae_dist.launch import bench
+from mvae_dist.launch.experiments import curve
+from mvae_dist.data import prepare, bench_loader
+from mvae_dist.eval.classifiers import train_classifiers
+sys.exit(main(['bench', 'step', '--K', '1', '--N', '2', '--batch-size', '4', '--steps', '1', '--warmup', '0',
+               '--objective', 'baseline', '--precision', 'bf16']))
+"""
+
+
+def test_the_device_benchmarks_need_neither_ray_nor_mlflow():
+    out = subprocess.run([sys.executable, "-c", DEVICE_BLOCK], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert '"precision": "bf16"' in out.stdout
+
+
 #: the launchers (commands, sweeps, studies, benchmarks) all live in this package
 LAUNCHERS = "mvae_dist.launch"
 
