@@ -32,8 +32,11 @@ from .errors import ConfigError
 ModelName = Literal["mmvae", "mvae", "jmvae"]
 #: how encoders turn their unconstrained scale output into a posterior scale (models/networks.py)
 PosteriorScale = Literal["softplus", "softmax"]
+#: how the networks compute (models/compute.py): no autocast, or autocast to bfloat16
+Precision = Literal["fp32", "bf16"]
 MODEL_NAMES: tuple[str, ...] = typing.get_args(ModelName)
 POSTERIOR_SCALES: tuple[str, ...] = typing.get_args(PosteriorScale)
+PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
 
 
 # ----------------------------------------------------------------- the mechanism
@@ -341,7 +344,7 @@ class TrainSection(Section):
     max_failures: Annotated[int, _not_bool("int"), Field(ge=-1)] = 2
     max_nonfinite: NonNegativeInt = 10
     threads_per_worker: NonNegativeInt = 0
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Precision = "fp32"
     channels_last: bool = False
     compile: bool = False
     ray_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"

@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import torch
 
+from ..config import PRECISIONS  # the one list of values; config checks train.precision too
 from .base import MultimodalVAE
-
-#: values of ``train.precision``: "fp32" (no autocast) or "bf16" (the networks autocast)
-PRECISIONS = ("fp32", "bf16")
 
 
 def configure_compute(model: MultimodalVAE, *, precision: str = "fp32", channels_last: bool = False,
