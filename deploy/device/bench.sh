@@ -2,7 +2,7 @@
 # Issue 16's GPU figures in one run (docs/benchmarks.md, "On a GPU"): run from the repository
 # root on a machine with a CUDA GPU and PyTorch, e.g. through the workplace's device tool:
 #
-#     deploy/device/wheels.sh                       # here, once: .whl/ (pydantic, webdataset)
+#     deploy/device/wheels.sh                       # here, once: .whl/ (pydantic, webdataset, mlxtend)
 #     run(command="deploy/device/bench.sh steps", carry=[".whl"], timeout_s=600)
 #     run(command="deploy/device/bench.sh learn", carry=[".whl"], timeout_s=600)
 #

