@@ -282,7 +282,14 @@ def _finite(value: Any, key: str) -> Any:
 
 
 class DataConfig(Section):
-    """Where the shards are and how each worker reads them. batch_size is per worker."""
+    """Where the shards are and how each worker reads them. batch_size is per worker.
+
+    read_retries, read_retry_s: how a shard or manifest read that fails with a transient storage
+    error (throttling, HTTP 5xx, a refused or dropped connection) is retried: at most
+    read_retries more tries, 0.5, 1, 2, 4, 8, 8, ... s apart, sleeping at most read_retry_s
+    seconds in all (``data/retry.py``); then the worker fails with StorageUnavailable and Ray
+    Train restarts the group (``train.max_failures``). 0 retries: fail at the first error.
+    """
 
     key_prefix: ClassVar[str] = "data"
 
@@ -293,6 +300,8 @@ class DataConfig(Section):
     loader_workers: NonNegativeInt = 0
     shuffle_buffer: NonNegativeInt = 2000
     storage_options_file: str | None = None
+    read_retries: NonNegativeInt = 5
+    read_retry_s: NonNegativeFloat = 60.0
 
 
 class OptimConfig(Section):
@@ -322,6 +331,11 @@ class TrainSection(Section):
     models/compute.py): "bf16" autocasts them to bfloat16 (distributions, likelihoods and the
     objective stay float32), channels_last stores convolutions channels-last, compile runs
     each network through torch.compile. Evaluation runs the model as it trains.
+    storage_retries, storage_retry_s: how a checkpoint read or write on train.storage_path that
+    fails with a transient error is retried (as data.read_retries / data.read_retry_s).
+    node_wait_s: how long a run waits for the cluster to have room for its workers again after a
+    node is lost before it fails (0: Ray's default, wait forever); address_timeout_s: how long
+    ``--address`` may take to answer.
     """
 
     key_prefix: ClassVar[str] = "train"
@@ -348,6 +362,10 @@ class TrainSection(Section):
     channels_last: bool = False
     compile: bool = False
     ray_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+    storage_retries: NonNegativeInt = 5
+    storage_retry_s: NonNegativeFloat = 60.0
+    node_wait_s: NonNegativeFloat = 180.0
+    address_timeout_s: PositiveFloat = 30.0
 
     @field_validator("name")
     @classmethod

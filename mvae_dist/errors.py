@@ -13,6 +13,12 @@ class DataError(MvaeDistError):
     """A data set, shard, manifest or storage location is missing, corrupt or inconsistent."""
 
 
+class StorageUnavailable(MvaeDistError):
+    """The object store kept failing with transient errors (throttling, 5xx, refused or dropped
+    connections) through every retry. Not a DataError: the data may be fine, so Ray Train restarts
+    the worker group on it (``train.max_failures``) instead of stopping the run."""
+
+
 def one_line(exc: BaseException, *, last: bool = False) -> str:
     """An exception's message as one line: its first non-empty line (``last``: its last, e.g. the
     ``Error: ...`` line closing a traceback that Ray put into the message); the type's name if

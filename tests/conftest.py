@@ -64,6 +64,39 @@ def s3_bucket(s3_storage_options) -> str:
     return name
 
 
+@pytest.fixture
+def flaky_s3(moto_server, monkeypatch):
+    """(proxy, storage_options): a ``faults.FaultyProxy`` in front of the moto server, fresh for
+    the test, and fsspec options that reach moto through it with the client's own retries off, so
+    that what a test counts is the project's retries (``mvae_dist/data/retry.py``).
+
+    Left alone, each request is retried below us twice over:
+    - botocore 1.43 (legacy retry mode, its default): 5 attempts per request on HTTP 500/502/503/
+      504, throttling codes and connection errors, random exponential backoff (up to 1, 2, 4, 8 s).
+      ``retries={"max_attempts": N}`` counts RETRIES (N=1: 2 attempts); ``total_max_attempts``
+      counts attempts, so 1 means a single try.
+    - s3fs 2026.9: ``S3FileSystem.retries = 5`` tries of errors whose text says SlowDown and of
+      botocore's HTTPClientError family (0.1·1.7^i s apart); a class attribute, not an option.
+    Measured through this proxy with the defaults: a HEAD answered 503 for good costs 5 requests
+    and 10 s before s3fs raises, a PUT answered SlowDown 25 requests and 41 s.
+    """
+    import s3fs
+
+    from .faults import FaultyProxy
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "retries", 1)
+    proxy = FaultyProxy(moto_server)
+    options = {"client_kwargs": {"endpoint_url": proxy.endpoint}, "key": "testing", "secret": "testing",
+               "config_kwargs": {"retries": {"total_max_attempts": 1}}}
+    try:
+        yield proxy, options
+    finally:
+        proxy.close()
+        # s3fs caches a filesystem per options: none may outlive its proxy (a later proxy can get
+        # the same port, and a cached instance would hold the old one's dead connections)
+        s3fs.S3FileSystem.clear_instance_cache()
+
+
 # ------------------------------------------------------------------------------ MLflow
 def _free_port() -> int:
     import socket

@@ -31,6 +31,11 @@ count); a missing, truncated or corrupt shard raises a DataError naming it, or, 
 ``skip_corrupt=True``, is skipped and recorded in ``loader.skipped_shards``. Under that
 policy a worker that ends short of its quota re-reads its good shards to fill it, so ranks
 stay in step (the only case where a sample can repeat in an epoch).
+
+Unavailable storage: a read that fails with a transient error (throttling, HTTP 5xx, a refused
+or dropped connection; ``retry.is_transient``) is tried again under the loader's ``retry``
+policy, one line on stderr per retry; when the retries are spent it raises StorageUnavailable
+(not a DataError: it is never skipped as corrupt, and Ray Train restarts the worker group).
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ from webdataset.gopen import gopen_schemes
 from mvae_dist.errors import ConfigError, DataError
 
 from .manifest import check_shard_bytes, join, open_manifest
+from .retry import RetryPolicy, call_with_retry
 
 # ---- webdataset <- fsspec -------------------------------------------------------------------
 
@@ -202,11 +208,17 @@ def decode_npy(buf: bytes) -> np.ndarray:
     return np.frombuffer(buf, dtype, offset=offset).reshape(shape)
 
 
-def shard_bytes(url: str, entry: dict, storage_options: dict | None = None, verify: bool = True) -> bytes:
+def shard_bytes(url: str, entry: dict, storage_options: dict | None = None, verify: bool = True,
+                retry: RetryPolicy | None = None) -> bytes:
     """A shard's bytes, checked against its manifest entry (size, sha256) unless not ``verify``;
-    DataError naming the shard if it is missing, unreadable or not what the manifest says."""
+    DataError naming the shard if it is missing, unreadable or not what the manifest says.
+
+    Transient storage errors are retried under ``retry`` (None: ``RetryPolicy()``); when they
+    last through every retry, StorageUnavailable. Only the read is retried: bytes that arrived
+    and differ from the manifest are corrupt, not unlucky."""
     try:
-        data = _open_bytes(url, storage_options)
+        data = call_with_retry(lambda: _open_bytes(url, storage_options), f"reading shard {url}",
+                               retry or RetryPolicy())
     except FileNotFoundError:
         raise DataError(f"shard missing: {url}") from None
     except OSError as exc:
@@ -217,10 +229,11 @@ def shard_bytes(url: str, entry: dict, storage_options: dict | None = None, veri
 
 
 def raw_shard_samples(url: str, entry: dict, storage_options: dict | None = None,
-                      verify: bool = True) -> list[dict]:
+                      verify: bool = True, retry: RetryPolicy | None = None) -> list[dict]:
     """The undecoded samples of one shard, in order: dicts of ``__key__`` and one bytes value per
-    member (``m0.npy``, ..., ``json``); DataError naming the shard if it is missing or bad."""
-    data = shard_bytes(url, entry, storage_options, verify)
+    member (``m0.npy``, ..., ``json``); DataError naming the shard if it is missing or bad
+    (``retry``: see ``shard_bytes``)."""
+    data = shard_bytes(url, entry, storage_options, verify, retry)
     try:
         samples = list(tar_samples(data))
     except (tarfile.TarError, KeyError, ValueError, EOFError, OSError) as exc:
@@ -233,10 +246,12 @@ def raw_shard_samples(url: str, entry: dict, storage_options: dict | None = None
 
 
 def shard_samples(
-    url: str, entry: dict, n_modalities: int, storage_options: dict | None = None, verify: bool = True
+    url: str, entry: dict, n_modalities: int, storage_options: dict | None = None, verify: bool = True,
+    retry: RetryPolicy | None = None,
 ) -> list[dict]:
-    """All decoded samples of one shard; DataError naming the shard if it is missing or bad."""
-    raw = raw_shard_samples(url, entry, storage_options, verify)
+    """All decoded samples of one shard; DataError naming the shard if it is missing or bad
+    (``retry``: see ``shard_bytes``)."""
+    raw = raw_shard_samples(url, entry, storage_options, verify, retry)
     try:
         return [decode_sample(s, n_modalities) for s in raw]
     except (KeyError, ValueError, OSError) as exc:
@@ -334,19 +349,21 @@ class EpochStream(torch.utils.data.IterableDataset):
         skip_corrupt: bool,
         verify: bool,
         storage_options: dict | None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         super().__init__()
         self.urls, self.entries, self.assignment, self.quotas = urls, entries, assignment, quotas
         self.n_modalities, self.batch_size, self.rank = n_modalities, batch_size, rank
         self.seed, self.epoch, self.shuffle, self.shuffle_buffer = seed, epoch, shuffle, shuffle_buffer
         self.unpaired, self.skip_corrupt, self.verify = unpaired, skip_corrupt, verify
-        self.storage_options = storage_options
+        self.storage_options, self.retry = storage_options, retry
 
     def _samples(self, shards: list[int], skipped: _SkipRecord) -> Iterator[dict]:
         for i in shards:
             try:
                 yield from shard_samples(
-                    self.urls[i], self.entries[i], self.n_modalities, self.storage_options, self.verify
+                    self.urls[i], self.entries[i], self.n_modalities, self.storage_options, self.verify,
+                    self.retry,
                 )
             except DataError:
                 if not self.skip_corrupt:
@@ -410,6 +427,7 @@ class Loader:
         drop_last: bool,
         shuffle_buffer: int,
         verify: bool,
+        retry: RetryPolicy | None = None,
     ) -> None:
         if split not in manifest["splits"]:
             raise ConfigError(
@@ -426,6 +444,7 @@ class Loader:
         self.epoch, self.seed, self.shuffle, self.unpaired = epoch, seed, shuffle, unpaired
         self.skip_corrupt, self.storage_options, self.drop_last = skip_corrupt, storage_options, drop_last
         self.shuffle_buffer, self.verify = max(1, shuffle_buffer), verify
+        self.retry = retry or RetryPolicy()
         self.entries = manifest["splits"][split]["shards"]
         self.urls = [join(manifest["prefix"], e["path"]) for e in self.entries]
         if len(self.entries) < world_size:
@@ -489,6 +508,7 @@ class Loader:
             skip_corrupt=self.skip_corrupt,
             verify=self.verify,
             storage_options=self.storage_options,
+            retry=self.retry,
         )
 
     def __iter__(self) -> Iterator[dict]:
@@ -523,14 +543,19 @@ def make_loader(
     drop_last: bool = True,
     shuffle_buffer: int = 2000,
     verify: bool = True,
+    retry: RetryPolicy | None = None,
 ) -> Loader:
     """Batches of ``split`` of the data set at ``url`` for one rank (see the module docstring).
 
     rank / world_size are arguments (never read from the environment). ``len(loader)`` is the
     number of batches this rank yields per epoch (equal on all ranks with drop_last=True);
-    call ``loader.set_epoch(e)`` before each epoch for a new, reproducible order.
+    call ``loader.set_epoch(e)`` before each epoch for a new, reproducible order. retry: how
+    transient storage errors of the manifest and shard reads are retried (None: ``RetryPolicy()``;
+    from a run config, ``retry.read_policy(cfg.data)``).
     """
-    manifest = open_manifest(url, storage_options)
+    retry = retry or RetryPolicy()
+    manifest = call_with_retry(lambda: open_manifest(url, storage_options), f"reading the manifest of {url}",
+                               retry)
     return Loader(
         manifest,
         split,
@@ -547,4 +572,5 @@ def make_loader(
         drop_last=drop_last,
         shuffle_buffer=shuffle_buffer,
         verify=verify,
+        retry=retry,
     )
