@@ -36,10 +36,10 @@ import shlex
 import tempfile
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlparse
 
 import mlflow
@@ -54,6 +54,8 @@ from .config import JOB_OUTPUT_ROOT, ray_job_working_dir
 from .errors import ConfigError
 from .eval.images import save_png
 from .models import build_model
+
+T = TypeVar("T")
 
 DEFAULT_EXPERIMENT = "mvae-dist"
 #: artifact file listing every checkpoint URI the run reported
@@ -251,8 +253,10 @@ def find_runs(experiment: str = DEFAULT_EXPERIMENT, filter_string: str = "",
               max_results: int = 1000) -> list[RunRecord]:
     """Runs of ``experiment`` (by name) matching an MLflow ``filter_string`` (e.g.
     ``"tags.mlflow.parentRunId = '<id>'"`` or ``"params.model.name = 'mmvae'"``), newest first.
-    An unknown experiment gives []."""
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri or default_tracking_uri())
+    An unknown experiment gives []; a tracking server that does not answer, one ConfigError."""
+    uri = tracking_uri or default_tracking_uri()
+    check_reachable(uri)
+    client = mlflow.MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return []
@@ -260,6 +264,24 @@ def find_runs(experiment: str = DEFAULT_EXPERIMENT, filter_string: str = "",
                               run_view_type=ViewType.ACTIVE_ONLY, max_results=max_results,
                               order_by=order_by or ["attributes.start_time DESC"])
     return [_record(r) for r in runs]
+
+
+def serialized(tracking_uri: str, fn: Callable[[], T]) -> T:
+    """``fn()`` (a first use of a tracking store) holding an exclusive lock on a sqlite store's
+    directory: two processes creating the same fresh sqlite store at once run MLflow's schema
+    migrations over each other ("table _alembic_tmp_... already exists", "duplicate column name"),
+    which fails one of them and can leave the store half-migrated. Other stores: just ``fn()``."""
+    path = _sqlite_path(tracking_uri)
+    if path is None or not path.parent.is_dir():
+        return fn()
+    import fcntl
+
+    fd = os.open(path.parent, os.O_RDONLY)  # a lock on the directory leaves no file behind
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return fn()
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def get_run(run_id: str, tracking_uri: str | None = None) -> RunRecord:
@@ -402,6 +424,12 @@ class Tracker:
             return
         self.client.set_terminated(self.run_id, status=status)
         self.run_id = None
+
+    def logged_since(self, key: str, since: float) -> bool:
+        """True when the open run has a value of metric ``key`` logged at or after ``since``
+        (``time.time()`` seconds)."""
+        history = self.client.get_metric_history(self._need_run(), key)
+        return any(m.timestamp >= since * 1000 for m in history)
 
     def __enter__(self) -> Tracker:
         return self

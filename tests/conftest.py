@@ -227,7 +227,9 @@ def ray_cluster():
     # one node that is never preempted: no PreemptionWatcher actor (a process start) per fit
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False,
+        # address="local": a new instance even where a `ray start` or the multi-node test bed
+        # left /tmp/ray/ray_current_cluster behind (ray.init() would join that cluster)
+        ray.init(address="local", num_cpus=2, include_dashboard=True, log_to_driver=False,
                  configure_logging=False)
     yield ray
     ray.shutdown()

@@ -137,9 +137,11 @@ class FaultyProxy:
         self.upstream_host, self.upstream_port = parts.hostname or "127.0.0.1", parts.port or 80
         self._lock = threading.Lock()
         self._failures: list[tuple[int, str, str] | None] = []  # per coming request; None: pass
+        self._only: tuple[str | None, str | None] = (None, None)  # (method, path part) that counts
         self._connections: set[socket.socket] = set()
         self.requests = 0
         self.log: list[tuple[str, str]] = []
+        self.failed: list[tuple[str, str]] = []  # the requests answered with a failure
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self.port = 0
@@ -156,11 +158,13 @@ class FaultyProxy:
             self._failures.clear()
 
     def fail(self, n: int, status: int = 503, code: str = SLOWDOWN[0], message: str = SLOWDOWN[1],
-             *, after: int = 0) -> None:
+             *, after: int = 0, method: str | None = None, match: str | None = None) -> None:
         """Let ``after`` requests pass, then answer ``n`` with ``status`` and an S3 error (``code``,
-        ``message``); replaces any failures still pending."""
+        ``message``); replaces any failures still pending. ``method`` / ``match``: only requests
+        with that HTTP method / whose path contains ``match`` count (others pass untouched)."""
         with self._lock:
             self._failures = [None] * after + [(status, code, message)] * n
+            self._only = (method, match)
 
     def refuse(self) -> None:
         """Close the listening socket and every open connection: new connections are refused."""
@@ -207,7 +211,13 @@ class FaultyProxy:
         with self._lock:
             self.requests += 1
             self.log.append((method, path))
-            return self._failures.pop(0) if self._failures else None
+            only_method, only_path = self._only
+            if (only_method and method != only_method) or (only_path and only_path not in path):
+                return None
+            failure = self._failures.pop(0) if self._failures else None
+            if failure is not None:
+                self.failed.append((method, path))
+            return failure
 
     def _track(self, conn: socket.socket, *, add: bool) -> None:
         with self._lock:

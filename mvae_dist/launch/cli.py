@@ -525,14 +525,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         _stop_ray()  # its shutdown lines come before ours: the reason is the last line on stderr
         print(f"mvae-dist: error: {e}", file=sys.stderr)
         return EXIT_ERROR
-    except Terminated:
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM as Terminated
         _stop_ray()
-        print("mvae-dist: terminated (SIGTERM)", file=sys.stderr)
-        return 143
-    except KeyboardInterrupt:
-        _stop_ray()
-        print("mvae-dist: interrupted", file=sys.stderr)
-        return 130
+        what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        if hasattr(e, "last_checkpoint"):  # set by train.driver.fit once its MLflow run was created
+            what += f"; run ended KILLED, last checkpoint: {e.last_checkpoint or 'none'} (--resume continues)"
+        print(f"mvae-dist: {what}", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
 
 
 class Terminated(KeyboardInterrupt):
@@ -559,4 +558,12 @@ def main_entry() -> None:
     import signal
 
     signal.signal(signal.SIGTERM, _on_sigterm)
-    sys.exit(main())
+    code = main()
+    driver = sys.modules.get("mvae_dist.train.driver")
+    if getattr(driver, "ABANDONED_RAY_THREAD", False):  # Ray's client still retrying: no clean exit
+        import os
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

@@ -3,10 +3,17 @@
 A checkpoint holds model, optimiser and scheduler state, the step / epoch / position in the
 epoch, the RNG states and the resolved config, so a restarted worker continues exactly where
 the checkpoint was taken. Files are written under a temporary name and renamed.
+
+``checkpoint.json`` is written LAST: the step, epoch and the size and sha256 of every other file.
+A directory without it was never finished (a write cut short, an upload that failed); one whose
+files do not match it is corrupt. ``verify_checkpoint`` tells which, so a resume can skip either
+and take the previous good checkpoint (``run_store.newest_good_checkpoint``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
 from dataclasses import dataclass
@@ -19,6 +26,7 @@ import yaml
 
 STATE_FILE = "state.pt"
 CONFIG_FILE = "config.yaml"
+MANIFEST_FILE = "checkpoint.json"
 FORMAT_VERSION = 1
 
 
@@ -73,7 +81,48 @@ def save_checkpoint(directory: str | os.PathLike, *, model: torch.nn.Module,
     }
     _atomic_save(state, d / STATE_FILE)
     _atomic_save(None, d / CONFIG_FILE, text=yaml.safe_dump(config, sort_keys=False))
+    manifest = {"format_version": FORMAT_VERSION, "step": position.step, "epoch": position.epoch,
+                "files": {name: _file_entry(d / name) for name in (STATE_FILE, CONFIG_FILE)}}
+    _atomic_save(None, d / MANIFEST_FILE, text=json.dumps(manifest, indent=1))  # last: the seal
     return d
+
+
+def _file_entry(path: Path) -> dict[str, Any]:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return {"size": path.stat().st_size, "sha256": h.hexdigest()}
+
+
+def read_manifest(directory: str | os.PathLike) -> dict[str, Any] | None:
+    """The checkpoint's ``checkpoint.json``, or None when it has none (never finished) or it does
+    not parse."""
+    try:
+        m = json.loads((Path(directory) / MANIFEST_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return m if isinstance(m, dict) and isinstance(m.get("files"), dict) else None
+
+
+def verify_checkpoint(directory: str | os.PathLike) -> str | None:
+    """None when ``directory`` is a complete checkpoint whose files match its ``checkpoint.json``;
+    else why not, in a few words (``"incomplete: no checkpoint.json"``,
+    ``"corrupt: state.pt has 1000 bytes, checkpoint.json says 12345"``, ...)."""
+    d = Path(directory)
+    manifest = read_manifest(d)
+    if manifest is None:
+        return f"incomplete: no {MANIFEST_FILE} (its write never finished)"
+    for name, want in manifest["files"].items():
+        path = d / name
+        if not path.is_file():
+            return f"corrupt: {name} is missing"
+        got = _file_entry(path)
+        if got["size"] != want.get("size"):
+            return f"corrupt: {name} has {got['size']} bytes, {MANIFEST_FILE} says {want.get('size')}"
+        if got["sha256"] != want.get("sha256"):
+            return f"corrupt: {name} does not match its sha256 in {MANIFEST_FILE}"
+    return None
 
 
 def load_checkpoint(directory: str | os.PathLike, *, model: torch.nn.Module,

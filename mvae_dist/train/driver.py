@@ -6,11 +6,18 @@ worker group logs into the same run; rank 0 logs metrics, images and the final m
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import math
 import os
+import re
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-
-import fsspec
 
 from ..config import (
     RunConfig,
@@ -23,8 +30,23 @@ from ..config import (
 )
 from ..data import open_manifest
 from ..data.manifest import check_present, verify
+from ..data.retry import call_with_retry, read_policy, storage_policy
 from ..errors import ConfigError, DataError, MvaeDistError, one_line
-from ..tracking import FAILURE_TAG, Tracker, default_tracking_uri, find_runs, get_run
+from ..tracking import FAILURE_TAG, Tracker, default_tracking_uri, find_runs, get_run, serialized
+from .run_store import (
+    LOCK_FILE,
+    FoundCheckpoint,
+    RunStorage,
+    lock_is_stale,
+    lock_record,
+    newest_good_checkpoint,
+    prune_orphans,
+    read_lock,
+    release_lock,
+    repair_ray_snapshot,
+    run_storage,
+    write_lock,
+)
 
 
 class TrainingError(MvaeDistError):
@@ -40,41 +62,6 @@ class TrainResult:
     run_path: str
 
 
-@dataclass(frozen=True)
-class RunStorage:
-    """Where Ray Train keeps a run: ``url`` is the run directory (an absolute local path or a URL).
-
-    ``ray_path`` / ``ray_filesystem`` go to ``RunConfig(storage_path=, storage_filesystem=)``:
-    with storage options (a remote URL and an options file) the filesystem is the fsspec one
-    wrapped for pyarrow, so Ray's workers reach the same endpoint with the same credentials
-    as the driver; without, Ray resolves the URL from the standard environment.
-    """
-
-    url: str
-    ray_path: str
-    ray_filesystem: Any
-    protocol: str | None
-    options: dict | None
-
-    def exists(self) -> bool:
-        """True when the run directory exists and is not empty."""
-        fs, root = fsspec.core.url_to_fs(self.url, **(self.options or {}))
-        return fs.exists(root) and bool(fs.ls(root))
-
-    def has_checkpoint(self) -> bool:
-        """True when the run directory holds a Ray Train checkpoint (``checkpoint_*``); a run that
-        failed before its first checkpoint leaves only Ray's own files."""
-        fs, root = fsspec.core.url_to_fs(self.url, **(self.options or {}))
-        if not fs.exists(root):
-            return False
-        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)]
-        return any(n.startswith("checkpoint_") for n in names)
-
-    def checkpoint_url(self, path: str) -> str:
-        """A Ray checkpoint's path on the storage filesystem -> a URL others can open."""
-        return f"{self.protocol}://{path.lstrip('/')}" if self.protocol and "://" not in path else path
-
-
 def failure_reason(exc: BaseException) -> str:
     """One line saying why a Ray Train run failed: the lowest rank's own error (its last line, e.g.
     ``DataError: manifest.json not found: ...``) rather than Ray's "Training failed due to worker
@@ -88,24 +75,12 @@ def failure_reason(exc: BaseException) -> str:
     inner = getattr(inner, "cause", None) or inner  # a RayTaskError wraps the worker's exception
     if not str(inner).strip():
         return type(inner).__name__
+    created = re.match(r"The actor died because of an error raised in its creation task, "
+                       r"(?:\x1b\[[0-9;]*m)?ray::(\w+)\.__init__", str(inner))  # Ray may colour the name
+    if created:  # e.g. Ray Train's controller refusing a run directory: the cause is the last line
+        return f"{created.group(1)} could not start: {one_line(inner, last=True)}"
     line = one_line(inner, last=inner is not exc)
     return line if ":" in line or inner is exc else f"{type(inner).__name__}: {line}"
-
-
-def run_storage(storage_path: str, name: str, options: dict | None = None) -> RunStorage:
-    """Resolve ``train.storage_path`` (+ its fsspec options) for the run called ``name``."""
-    if "://" not in storage_path or storage_path.startswith("file://"):
-        root = os.path.abspath(storage_path.removeprefix("file://"))
-        return RunStorage(f"{root}/{name}", root, None, None, None)
-    protocol = storage_path.split("://", 1)[0]
-    url = f"{storage_path.rstrip('/')}/{name}"
-    if not options:
-        return RunStorage(url, storage_path, None, protocol, None)
-    import pyarrow.fs
-
-    fs = fsspec.filesystem(protocol, **options)
-    wrapped = pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
-    return RunStorage(url, fs._strip_protocol(storage_path), wrapped, protocol, options)
 
 
 def build_trainer(cfg: RunConfig, *, run_id: str, tracking_uri: str, storage: RunStorage,
@@ -121,6 +96,10 @@ def build_trainer(cfg: RunConfig, *, run_id: str, tracking_uri: str, storage: Ru
 
     from .worker import train_loop_per_worker
 
+    start_timeout, controller_limit = node_wait(cfg.train.node_wait_s)
+    # Ray Train reads its start-up timeout from the driver's environment and hands it on to the
+    # controller (ray.train.v2._internal.constants.ENV_VARS_TO_PROPAGATE)
+    os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = f"{start_timeout:g}"
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": cfg.to_dict(), "run_id": run_id, "tracking_uri": tracking_uri,
@@ -131,7 +110,8 @@ def build_trainer(cfg: RunConfig, *, run_id: str, tracking_uri: str, storage: Ru
         run_config=RunConfig(
             name=cfg.train.name, storage_path=storage.ray_path,
             storage_filesystem=storage.ray_filesystem,
-            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures,
+                                         controller_failure_limit=controller_limit),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
             callbacks=[_no_retry_on_data_error(), *(callbacks or [])],
         ),
@@ -170,10 +150,14 @@ def preflight_data(cfg: RunConfig, *, verify_sha256: bool = False) -> dict:
     is read and hashed too. -> the manifest. A DataError names the first bad shard."""
 
     options = load_storage_options(cfg.data.storage_options_file, "data.storage_options_file")
-    m = open_manifest(cfg.data.url, options)
+    policy = read_policy(cfg.data)  # a throttled or briefly unreachable store is waited for
+    m = call_with_retry(lambda: open_manifest(cfg.data.url, options),
+                        f"reading the manifest of {cfg.data.url}", policy)
     splits = [cfg.data.train_split] + (["test"] if "test" in m["splits"] and cfg.data.train_split != "test"
                                         else [])
-    (verify if verify_sha256 else check_present)(cfg.data.url, options, splits=splits, manifest=m)
+    check = verify if verify_sha256 else check_present
+    call_with_retry(lambda: check(cfg.data.url, options, splits=splits, manifest=m),
+                    f"checking the shards of {cfg.data.url}", policy)
     return m
 
 
@@ -183,86 +167,282 @@ def fit(cfg: RunConfig, *, resume: bool = False, debug_dir: str | None = None,
     """Train ``cfg`` on Ray Train and return where its results are.
 
     resume: continue the run named ``cfg.train.name`` under ``cfg.train.storage_path`` from its
-    latest checkpoint (its MLflow run continues too); without it an existing run of that name
-    with a checkpoint is an error, so nothing is overwritten. A run directory without a
-    checkpoint (an attempt that failed before its first) is reused, with a line saying so.
+    newest good checkpoint (its MLflow run continues too); without it an existing run of that
+    name with a checkpoint is an error, so nothing is overwritten. A run directory without a
+    checkpoint (an attempt that failed before its first) is reused, with a line saying so. A name
+    another driver is running (its lock in the run directory, or its MLflow run RUNNING) is refused.
     parent_run_id / tags: make the MLflow run a child of an experiment's run, with extra tags.
     verify_data: hash every shard before Ray starts (by default: presence and size only).
 
-    Every way out after the MLflow run is created ends it: FAILED on an error, KILLED on
-    Ctrl-C / SIGTERM (KeyboardInterrupt).
+    The order is the contract of docs/failures.md: data and name checked, Ray reached (bounded by
+    ``train.address_timeout_s``), and only then the MLflow run created. Every way out after that
+    ends it: FAILED on an error, KILLED on Ctrl-C / SIGTERM (KeyboardInterrupt, carrying the last
+    checkpoint's URL as ``last_checkpoint``), both tagged with the newest good checkpoint.
     """
 
     job_dir = ray_job_working_dir()
     given_url = cfg.data.url
     moved, notes = durable_output_paths(cfg.to_dict(), job_dir)
     for note in notes:
-        print(f"mvae-dist: {note}", flush=True)
+        say(note)
     cfg = RunConfig.from_dict(absolute_local_paths(moved))  # workers run elsewhere
     try:
         preflight_data(cfg, verify_sha256=verify_data)  # fail fast, here
     except DataError as e:
         raise DataError(f"{e}{relative_input_hint(given_url, job_dir)}") from None
     options = load_storage_options(cfg.train.storage_options_file, "train.storage_options_file")
-    storage = run_storage(cfg.train.storage_path, cfg.train.name, options)
-    run_path = storage.url
-    where = cfg.train.storage_path
-    if storage.has_checkpoint():
-        if not resume:
-            raise ConfigError(f"a run named {cfg.train.name!r} already exists in {where}; "
-                              "pass --resume to continue it or choose another train.name")
-    elif storage.exists():
-        print(f"mvae-dist: run {cfg.train.name!r} in {where} has no checkpoint (an earlier attempt "
-              f"failed before its first): {'resuming it from step 0' if resume else 'starting it afresh'}",
-              flush=True)
-    elif resume:
-        raise ConfigError(f"--resume: no run named {cfg.train.name!r} in {where}")
-
+    storage = run_storage(cfg.train.storage_path, cfg.train.name, options, storage_policy(cfg.train))
     uri = cfg.tracking.tracking_uri or default_tracking_uri()
+    previous = _claim_name(cfg, storage, uri, resume=resume)
+    token, taken = _lock(storage), time.monotonic()
+    try:
+        _init_ray(ray_address, cfg.train.address_timeout_s)
+        _confirm_lock(cfg, storage, token, taken)
+    except BaseException:
+        release_lock(storage, token)
+        raise
     tracker = Tracker(uri, cfg.tracking.experiment)
-    run_id = None
-    if resume:
-        runs = find_runs(cfg.tracking.experiment, f"tags.ray_run_path = '{run_path}'", tracking_uri=uri)
-        run_id = runs[0].run_id if runs else None
+    started = time.time()
     try:  # from the run's creation on: a signal while its params are logged still ends it
         run_id = tracker.start(cfg.tracking.run_name or cfg.train.name, params=applicable(cfg.to_dict()),
-                               tags={**(tags or {}), "ray_run_path": run_path, "model": cfg.model.name,
-                                     "objective": cfg.objective.name}, run_id=run_id,
-                               parent_run_id=None if run_id else parent_run_id)
-        _init_ray(ray_address)
+                               tags={**(tags or {}), "ray_run_path": storage.url, "model": cfg.model.name,
+                                     "objective": cfg.objective.name},
+                               run_id=previous.run_id if previous else None,
+                               parent_run_id=None if previous else parent_run_id)
         trainer = build_trainer(cfg, run_id=run_id, tracking_uri=uri, storage=storage, debug_dir=debug_dir)
         try:
-            result = trainer.fit()
+            result = _fit_keeping_signals(trainer)
         except Exception as e:
-            raise TrainingError(f"training run {cfg.train.name!r} failed: {failure_reason(e)}") from e
+            raise TrainingError(f"training run {cfg.train.name!r} failed: "
+                                f"{_why_failed(e, cfg)}") from e
         ckpt, metrics = finish_fit(cfg, result, tracker, storage)
-    except KeyboardInterrupt:
-        tracker.end("KILLED")
+    except KeyboardInterrupt as e:
+        e.last_checkpoint = _end_with_checkpoint(tracker, storage, "KILLED")  # type: ignore[attr-defined]
+        with contextlib.suppress(Exception):
+            release_lock(storage, token)
         raise
-    except BaseException:
-        tracker.end("FAILED")
+    except BaseException as e:
+        last = _end_with_checkpoint(tracker, storage, "FAILED", previous=previous, since=started)
+        with contextlib.suppress(Exception):  # never hides the error being raised
+            release_lock(storage, token)
+            prune_orphans(storage, say)
+        if isinstance(e, TrainingError) and "last good checkpoint" not in str(e):
+            raise TrainingError(f"{e}; last checkpoint: {last or 'none'}") from e.__cause__
         raise
-    return TrainResult(run_id, uri, ckpt, metrics, run_path)
+    release_lock(storage, token)
+    prune_orphans(storage, say)
+    return TrainResult(run_id, uri, ckpt, metrics, storage.url)
 
+
+def say(line: str) -> None:
+    """One ``mvae-dist:`` line to the console (stdout, flushed)."""
+    print(f"mvae-dist: {line}", flush=True)
+
+
+@dataclass(frozen=True)
+class PreviousRun:
+    """The run a ``--resume`` continues: its MLflow run (None when there is none), that run's status
+    before this attempt, and the checkpoint it resumes from."""
+
+    run_id: str | None
+    status: str | None
+    checkpoint: FoundCheckpoint | None
+
+
+def _claim_name(cfg: RunConfig, storage: RunStorage, uri: str, *, resume: bool) -> PreviousRun | None:
+    """Before Ray starts: refuse a name another driver holds, a name already used (without
+    ``resume``); with ``resume``, choose the newest good checkpoint (naming each skipped one) and
+    repair Ray's index to match. -> the run a resume continues, else None."""
+    name, where = cfg.train.name, cfg.train.storage_path
+    held = read_lock(storage)
+    stale = held is not None and lock_is_stale(held)
+    if held is not None and not stale:
+        raise ConfigError(f"run {name!r} in {where} is being run by another driver "
+                          f"({held.get('host')}, pid {held.get('pid')}); wait for it or stop it "
+                          f"(its lock: {storage.child_url(LOCK_FILE)})")
+    if stale:
+        say(f"run {name!r}: the driver that held it (pid {held.get('pid')}) is gone; taking it over")
+    runs = serialized(uri, lambda: find_runs(cfg.tracking.experiment, f"tags.ray_run_path = '{storage.url}'",
+                                             tracking_uri=uri))
+    running = [r.run_id for r in runs if r.status == "RUNNING"]
+    if running and held is None:
+        raise ConfigError(f"run {name!r} in {where} is RUNNING in MLflow ({running[0]}) with no driver's "
+                          "lock; if no driver runs it, end that MLflow run (e.g. MlflowClient()"
+                          f".set_terminated('{running[0]}', 'FAILED')) and start again")
+    if storage.has_checkpoint():
+        if not resume:
+            raise ConfigError(f"a run named {name!r} already exists in {where}; "
+                              "pass --resume to continue it or choose another train.name")
+        found = newest_good_checkpoint(storage, say)
+        repair_ray_snapshot(storage, found, say)
+        prune_orphans(storage, say)  # the skipped ones: nothing would ever resume them
+        say(f"resuming run {name!r} from step {found.step} ({found.url})" if found else
+            f"run {name!r} in {where} has no good checkpoint: resuming it from step 0")
+    elif storage.exists():
+        found = None
+        say(f"run {name!r} in {where} has no checkpoint (an earlier attempt failed before its first): "
+            f"{'resuming it from step 0' if resume else 'starting it afresh'}")
+    elif resume:
+        raise ConfigError(f"--resume: no run named {name!r} in {where}")
+    else:
+        return None
+    if not resume:
+        return None
+    return PreviousRun(runs[0].run_id if runs else None, runs[0].status if runs else None, found)
+
+
+def _lock(storage: RunStorage) -> str:
+    """Take the run's lock -> its token (unique to this attempt)."""
+    record = lock_record(uuid.uuid4().hex)
+    write_lock(storage, record)
+    return record["token"]
+
+
+#: seconds between writing the lock and reading it back: two drivers that passed the check at
+#: once both write it, the later write wins, and the earlier writer sees the other's token
+LOCK_SETTLE_S = 1.0
+
+
+def _confirm_lock(cfg: RunConfig, storage: RunStorage, token: str, taken: float) -> None:
+    """The lock still ours ``LOCK_SETTLE_S`` after ``taken`` (time.monotonic()), else another
+    driver started this name at the same moment: refused."""
+    time.sleep(max(0.0, LOCK_SETTLE_S - (time.monotonic() - taken)))
+    held = read_lock(storage)
+    if held is None or held.get("token") != token:
+        who = f"{held.get('host')}, pid {held.get('pid')}" if held else "unknown"
+        raise ConfigError(f"run {cfg.train.name!r} in {cfg.train.storage_path} was started by another "
+                          f"driver at the same time ({who}); this one stops")
+
+
+#: True once a call into Ray was given up on while its thread still runs (``ray.init`` retrying an
+#: absent cluster): the CLI then leaves the process at once, as that thread would block and print
+#: past the error line at exit
+ABANDONED_RAY_THREAD = False
 
 #: True once ``fit`` called ``ray.init`` in this process (the CLI then shuts Ray down before its
 #: last error line; a Ray instance someone else started, e.g. a test session's, is left alone)
 RAY_STARTED_HERE = False
 
 
-def _init_ray(address: str | None) -> None:
-    """``ray.init`` unless Ray is up; a failure to start or reach it is one TrainingError line."""
+def _init_ray(address: str | None, timeout_s: float = 30.0) -> None:
+    """``ray.init`` unless Ray is up; a failure to start or reach it is one TrainingError line.
+
+    Joining a cluster (an address given or in ``$RAY_ADDRESS``) is bounded by ``timeout_s``: Ray's
+    own client retries an absent GCS for minutes, deaf to SIGTERM, so it runs in a thread this
+    one waits for (signals still reach this one). Our SIGTERM handler is put back afterwards:
+    ``ray.init`` replaces it with its own.
+    """
     import ray
 
     if ray.is_initialized():
         return
     global RAY_STARTED_HERE
+    target = address or os.environ.get("RAY_ADDRESS")
+    where = f"the Ray cluster at {target}" if target else "a local Ray instance"
+    handler = signal.getsignal(signal.SIGTERM) if _main_thread() else None
     try:
-        ray.init(address=address, log_to_driver=True)
+        if target:
+            logging.getLogger("ray._private.worker").addFilter(_no_sigterm_warning)
+            _bounded(lambda: ray.init(address=address, log_to_driver=True), timeout_s,
+                     f"cannot reach {where}: no answer within {timeout_s:g} s (train.address_timeout_s)")
+        else:
+            ray.init(address=address, log_to_driver=True)
         RAY_STARTED_HERE = True
+    except TrainingError:
+        raise
     except Exception as e:
-        where = f"the Ray cluster at {address}" if address else "a local Ray instance"
         raise TrainingError(f"cannot start or reach {where}: {one_line(e)}") from e
+    finally:
+        if handler is not None:
+            signal.signal(signal.SIGTERM, handler)
+
+
+def _no_sigterm_warning(record: logging.LogRecord) -> bool:
+    """Drops Ray's "SIGTERM handler is not set because current thread is not the main thread"
+    (``ray.init`` from ``_bounded``'s thread): keeping our handler is the point."""
+    return not str(record.msg).startswith("SIGTERM handler is not set")
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def _bounded(fn: Callable[[], Any], timeout_s: float | None, timeout_message: str) -> Any:
+    """``fn()`` in a daemon thread while this thread waits in short joins (so that its signal
+    handlers run) -> fn's result, or its exception re-raised here; TrainingError
+    (``timeout_message``) when ``timeout_s`` passes first (the thread is abandoned)."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # handed to the waiting thread
+            box["error"] = e
+
+    t = threading.Thread(target=run, name="mvae-dist-ray", daemon=True)
+    t.start()
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while t.is_alive():
+        t.join(0.25)
+        if deadline is not None and time.monotonic() > deadline and t.is_alive():
+            global ABANDONED_RAY_THREAD
+            ABANDONED_RAY_THREAD = True
+            raise TrainingError(timeout_message)
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+def _fit_keeping_signals(trainer: Any) -> Any:
+    """``trainer.fit()``, in a thread when this is the main thread: Ray Train then installs no
+    SIGINT handler of its own, so Ctrl-C and SIGTERM reach ours (KeyboardInterrupt here)."""
+    if not _main_thread():
+        return trainer.fit()
+    return _bounded(trainer.fit, None, "")
+
+
+def _why_failed(exc: BaseException, cfg: RunConfig) -> str:
+    """``failure_reason``, except for the cluster lacking room for the workers past
+    ``train.node_wait_s`` (Ray's start-up timeouts), which is said as such."""
+    controller = getattr(exc, "controller_failure", None)
+    if type(controller).__name__ in ("WorkerGroupStartupTimeoutError", "WorkerGroupStartupFailedError"):
+        t = cfg.train
+        return (f"the cluster had no room for {t.num_workers} workers ({t.cpus_per_worker:g} CPU"
+                f"{', 1 GPU' if t.use_gpu else ''} each) for {t.node_wait_s:g} s (train.node_wait_s): "
+                "a node was lost and none came back")
+    return failure_reason(exc)
+
+
+def node_wait(node_wait_s: float, start_timeout_s: float = 60.0) -> tuple[float, int]:
+    """``train.node_wait_s`` -> (Ray Train's worker-group start-up timeout, its controller failure
+    limit): after a node is lost Ray retries starting the group, each try bounded by the timeout,
+    and gives up after limit + 1 tries; 0 keeps Ray's default (retry forever). Pure."""
+    if node_wait_s <= 0:
+        return start_timeout_s, -1
+    timeout = min(start_timeout_s, node_wait_s)
+    return timeout, max(0, math.ceil(node_wait_s / timeout) - 1)
+
+
+def _end_with_checkpoint(tracker: Tracker, storage: RunStorage, status: str, *,
+                         previous: PreviousRun | None = None, since: float | None = None) -> str | None:
+    """End the MLflow run ``status``, tagged with the newest complete checkpoint -> its URL.
+
+    A resume that failed before it logged a step or wrote a checkpoint leaves the earlier run's
+    status as it was (a FINISHED run stays FINISHED)."""
+    try:  # on the way out of a failure: a store that is down too must not hide the first error
+        last = newest_good_checkpoint(storage, verify=False)
+    except Exception:
+        last = None
+    if tracker.run_id is None:
+        return last.url if last else None
+    if last is not None:
+        tracker.log_checkpoint_uri(last.url, last.step)
+    resumed_from = previous.checkpoint.name if previous and previous.checkpoint else None
+    untouched = (previous is not None and previous.status not in (None, "RUNNING") and since is not None
+                 and (last.name if last else None) == resumed_from
+                 and not tracker.logged_since("loss", since))
+    tracker.end(previous.status if untouched else status)  # type: ignore[union-attr,arg-type]
+    return last.url if last else None
 
 
 def finish_fit(cfg: RunConfig, result: Any, tracker: Any, storage: RunStorage) -> tuple[str | None, dict]:

@@ -22,12 +22,14 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..config import RunConfig, load_storage_options
 from ..data import make_loader
+from ..data.retry import read_policy
 from ..eval.evaluation import evaluate_and_log, load_eval_classifiers
 from ..models import build_model
 from ..models.compute import configure_compute
 from ..tracking import FAILURE_TAG, Tracker
 from .checkpoint import Position, load_checkpoint, save_checkpoint
 from .dist import TorchCrossRank
+from .run_store import local_checkpoint, newest_good_checkpoint, run_storage
 from .step import TrainStep, apply_step, make_optimizer, make_scheduler, step_generator
 
 
@@ -40,6 +42,10 @@ def _debug(cfg_debug_dir: str | None, rank: int, **info: Any) -> None:
     tmp = d / f".rank{rank}.json.tmp"
     tmp.write_text(json.dumps({"rank": rank, "pid": os.getpid(), **info}))
     os.replace(tmp, d / f"rank{rank}.json")
+
+
+def _quiet(line: str) -> None:
+    pass
 
 
 def _say(line: str) -> None:
@@ -146,7 +152,8 @@ class _Worker:
         options = load_storage_options(cfg.data.storage_options_file, "data.storage_options_file")
         loader = make_loader(cfg.data.url, cfg.data.train_split, cfg.data.batch_size, rank=rank,
                              world_size=world, num_workers=cfg.data.loader_workers, seed=cfg.train.seed,
-                             shuffle_buffer=cfg.data.shuffle_buffer, storage_options=options)
+                             shuffle_buffer=cfg.data.shuffle_buffer, storage_options=options,
+                             retry=read_policy(cfg.data))
         total = cfg.train.epochs * len(loader)
         if cfg.train.max_steps:
             total = min(total, cfg.train.max_steps)
@@ -162,13 +169,22 @@ class _Worker:
         return w
 
     def restore(self) -> None:
-        """Model, optimiser, scheduler and position from Ray Train's latest checkpoint, if any."""
-        ckpt = ray.train.get_checkpoint()
-        if ckpt is None:
+        """Model, optimiser, scheduler and position from the run's newest good checkpoint, if any.
+
+        Not Ray's ``get_checkpoint()``: Ray hands back only checkpoints it committed, and commits
+        one only when every rank's report for it arrived, so a node lost just after rank 0 wrote
+        a complete checkpoint would cost everything since the one before (run_store.py)."""
+        cfg = self.cfg
+        options = load_storage_options(cfg.train.storage_options_file, "train.storage_options_file")
+        store = run_storage(cfg.train.storage_path, cfg.train.name, options)
+        found = newest_good_checkpoint(store, _say if self.rank == 0 else _quiet)
+        if found is None:
             return
-        with ckpt.as_directory() as d:
+        with local_checkpoint(store, found.name) as d:
             meta = load_checkpoint(d, model=self.model, optimizer=self.opt, scheduler=self.sched,
                                    map_location=self.device)
+        if self.rank == 0:
+            _say(f"[{cfg.train.name}] restored step {found.step} from {found.url}")
         self.pos = meta["position"]
         self.nonfinite = int(meta["extra"].get("nonfinite_steps", 0))
         self.resumed_from = self.pos.step

@@ -98,14 +98,14 @@ def test_verify_data_hashes_every_shard_before_ray_starts(tiny_data, tmp_path, c
     assert len(errors) == 1 and f"checksum mismatch in shard {shard}" in errors[0], errors
 
 
-@pytest.mark.parametrize("raised, code, status, line", [
-    (RuntimeError("The current node timed out during startup."), 1, "FAILED",
+@pytest.mark.parametrize("raised, code, line", [
+    (RuntimeError("The current node timed out during startup."), 1,
      "mvae-dist: error: cannot start or reach a local Ray instance: "
      "The current node timed out during startup."),
-    (KeyboardInterrupt(), 130, "KILLED", "mvae-dist: interrupted"),
+    (KeyboardInterrupt(), 130, "mvae-dist: interrupted"),
 ])
-def test_every_way_out_of_the_driver_ends_the_mlflow_run(raised, code, status, line, tiny_data, tmp_path,
-                                                         capsys, monkeypatch):
+def test_no_mlflow_run_is_created_before_ray_answers(raised, code, line, tiny_data, tmp_path, capsys,
+                                                     monkeypatch):
     import ray
 
     def fail(*args, **kwargs):
@@ -115,8 +115,8 @@ def test_every_way_out_of_the_driver_ends_the_mlflow_run(raised, code, status, l
     monkeypatch.setattr(ray, "init", fail)
     assert main(_args(tiny_data, tmp_path)) == code
     assert _errors(capsys) == [line]
-    runs = _runs(f"sqlite:///{tmp_path}/mlflow.db")
-    assert [r.info.status for r in runs] == [status]
+    assert _runs(f"sqlite:///{tmp_path}/mlflow.db") == []
+    assert not list((tmp_path / "runs").glob("*/.mvae-dist-lock.json"))  # the name is free again
 
 
 def test_evaluate_of_an_unknown_run_creates_no_tracking_store(tmp_path, capsys):
@@ -172,30 +172,95 @@ def _run_statuses_read_only(db) -> list[str] | None:
         return None
 
 
-def test_sigterm_ends_the_run_killed_with_one_line(tiny_data, tmp_path):
-    """The real entry point in a subprocess, stopped by SIGTERM while "Ray starts" (a stub that
-    sleeps): exit 143, the MLflow run KILLED, the last stderr line says why."""
+def _cli(args: list[str], **kwargs):
     import os
-    import signal
     import subprocess
     import sys
 
-    code = ("import sys, time, ray\n"
-            "ray.is_initialized = lambda: False\n"
-            "ray.init = lambda *a, **k: time.sleep(120)\n"
-            "from mvae_dist.launch.cli import main_entry\n"
-            f"sys.argv = ['mvae-dist', *{_args(tiny_data, tmp_path)!r}]\n"
-            "main_entry()\n")
-    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and proc.poll() is None:
-        if _run_statuses_read_only(tmp_path / "mlflow.db") == ["RUNNING"]:
+    exe = Path(sys.executable).with_name("mvae-dist")  # the real entry point, its signal handlers
+    return subprocess.Popen([str(exe), *args], stderr=subprocess.STDOUT, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, **kwargs)
+
+
+def test_an_unreachable_address_is_one_line_within_its_bound_and_creates_no_run(tiny_data, tmp_path):
+    """Ray's client retries an absent GCS for minutes; train.address_timeout_s bounds it."""
+    t0 = time.monotonic()
+    proc = _cli([*_args(tiny_data, tmp_path, "train.address_timeout_s=4", "--address",
+                        f"127.0.0.1:{_dead_port()}")])
+    out, _ = proc.communicate(timeout=90)
+    assert proc.returncode == 1 and time.monotonic() - t0 < 45, out
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("mvae-dist: error: cannot reach the Ray cluster at 127.0.0.1:") or \
+        last.startswith("mvae-dist: error: cannot start or reach the Ray cluster at 127.0.0.1:"), out
+    assert not _run_statuses_read_only(tmp_path / "mlflow.db")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, code, said", [("SIGTERM", 143, "terminated (SIGTERM)"),
+                                             ("SIGINT", 130, "interrupted")])
+def test_a_signal_during_real_training_ends_the_run_killed_naming_its_checkpoint(sig, code, said, tiny_data,
+                                                                                 tmp_path):
+    """The real entry point on a local Ray instance of its own, stopped mid-training: Ray's
+    handlers (``ray.init`` installs one for SIGTERM, ``fit`` one for SIGINT) do not take over."""
+    import signal
+
+    proc = _cli([*_args(tiny_data, tmp_path, "train.num_workers=1", "train.max_steps=5000",
+                                 "train.checkpoint_every=10", "train.eval_every=0", "train.log_every=10")])
+    lines = []
+    for line in proc.stdout:  # until training is under way and has checkpointed
+        lines.append(line)
+        if "step 30/" in line:
             break
-        time.sleep(0.5)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 143, err
-    assert err.strip().splitlines()[-1] == "mvae-dist: terminated (SIGTERM)", err
-    assert [r.info.status for r in _runs(uri)] == ["KILLED"]
+    proc.send_signal(getattr(signal, sig))
+    out, _ = proc.communicate(timeout=60)
+    out = "".join(lines) + out
+    assert proc.returncode == code, out[-3000:]
+    last = out.strip().splitlines()[-1]
+    assert last.startswith(f"mvae-dist: {said}; run ended KILLED, last checkpoint: {tmp_path}/runs/tiny/"
+                           "checkpoint_"), out[-3000:]
+    assert Path(last.split("last checkpoint: ", 1)[1].split(" ")[0], "checkpoint.json").exists()
+    assert _run_statuses_read_only(tmp_path / "mlflow.db") == ["KILLED"]
+
+
+def test_a_name_running_in_mlflow_without_a_lock_is_refused(tiny_data, tmp_path, capsys, no_ray):
+    """A run of this name that MLflow says is RUNNING and that holds no lock (a driver from before
+    the lock, or one whose lock was removed) is refused before Ray starts, saying how to end it."""
+    from mvae_dist.tracking import Tracker
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    t = Tracker(uri, "mvae-dist-tests")
+    run_id = t.start("tiny", tags={"ray_run_path": f"{tmp_path}/runs/tiny"})
+    assert main(_args(tiny_data, tmp_path)) == 1
+    [line] = _errors(capsys)
+    assert line == (f"mvae-dist: error: run 'tiny' in {tmp_path}/runs is RUNNING in MLflow ({run_id}) "
+                    "with no driver's lock; if no driver runs it, end that MLflow run (e.g. MlflowClient()"
+                    f".set_terminated('{run_id}', 'FAILED')) and start again")
+
+
+def test_the_lock_of_a_driver_that_is_gone_is_taken_over(tiny_data, tmp_path, capsys, monkeypatch):
+    """A SIGKILLed driver leaves its lock and a RUNNING MLflow run: on the same host the next start
+    sees its process is gone and goes on (here as far as Ray, stubbed)."""
+    import json
+    import subprocess
+    import sys
+
+    from mvae_dist.tracking import Tracker
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / "runs" / "tiny").mkdir(parents=True)
+    (tmp_path / "runs" / "tiny" / ".mvae-dist-lock.json").write_text(json.dumps(
+        {"token": "old", "host": socket.gethostname(), "pid": dead.pid, "since": 0}))
+    Tracker(f"sqlite:///{tmp_path}/mlflow.db", "mvae-dist-tests").start(
+        "tiny", tags={"ray_run_path": f"{tmp_path}/runs/tiny"})
+
+    def stop(address, timeout_s=30.0):
+        raise driver.TrainingError("stub: Ray reached")
+
+    monkeypatch.setattr(driver, "_init_ray", stop)
+    assert main(_args(tiny_data, tmp_path)) == 1
+    out = capsys.readouterr()
+    said = f"mvae-dist: run 'tiny': the driver that held it (pid {dead.pid}) is gone; taking it over"
+    assert said in out.out
+    assert out.err.strip().splitlines()[-1] == "mvae-dist: error: stub: Ray reached"
+    assert not (tmp_path / "runs" / "tiny" / ".mvae-dist-lock.json").exists()  # released on the way out

@@ -25,3 +25,26 @@ def test_controller_and_other_errors():
     e = ControllerError(RuntimeError("placement failed"))
     assert failure_reason(e) == "RuntimeError: placement failed"
     assert failure_reason(OSError("disk full\nmore")) == "disk full"
+
+
+def test_an_actor_that_fails_in_its_creation_is_reported_with_the_cause(ray_cluster):
+    """What Ray raises when Ray Train's controller refuses a run in its ``__init__`` (e.g. "The run
+    snapshot contains a reference to a checkpoint that does not exist anymore"): a real
+    ActorDiedError from an actor whose creation task raised, not Ray's "The actor died ..." line."""
+    import pytest
+
+    ray = ray_cluster
+
+    @ray.remote(num_cpus=0)
+    class TrainController:
+        def __init__(self):
+            raise RuntimeError("The run snapshot contains a reference to a checkpoint that does not exist")
+
+        def run(self):
+            return 1
+
+    actor = TrainController.remote()
+    with pytest.raises(ray.exceptions.ActorDiedError) as info:
+        ray.get(actor.run.remote())
+    assert failure_reason(info.value) == ("TrainController could not start: RuntimeError: The run snapshot "
+                                          "contains a reference to a checkpoint that does not exist")
