@@ -193,7 +193,10 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def _say_stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    # not print(): in a Ray Train worker print is patched into a logger that reaches the driver
+    # twice; a write to the stream reaches it once
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def _seconds(x: float) -> str:

@@ -544,9 +544,12 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 
 def _stop_ray() -> None:
-    """Shut down the Ray instance ``fit`` started or joined in this process (no-op otherwise)."""
+    """Shut down the Ray instance ``fit`` started or joined in this process (no-op otherwise; left
+    to ``main_entry`` when a thread is still blocked in Ray)."""
     driver = sys.modules.get("mvae_dist.train.driver")
     ray = sys.modules.get("ray")
+    if getattr(driver, "ABANDONED_RAY_THREAD", False):
+        return
     if driver is not None and driver.RAY_STARTED_HERE and ray is not None and ray.is_initialized():
         try:
             ray.shutdown()
@@ -560,10 +563,24 @@ def main_entry() -> None:
     signal.signal(signal.SIGTERM, _on_sigterm)
     code = main()
     driver = sys.modules.get("mvae_dist.train.driver")
-    if getattr(driver, "ABANDONED_RAY_THREAD", False):  # Ray's client still retrying: no clean exit
+    if getattr(driver, "ABANDONED_RAY_THREAD", False):  # a thread still blocked in Ray: no clean exit
         import os
 
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(code)
+        _kill_local_ray()
+        os._exit(code)  # a cluster's GCS ends the actors of a driver that is gone
     sys.exit(code)
+
+
+def _kill_local_ray() -> None:
+    """The processes of the local Ray instance this driver started (what Ray's own exit handler
+    does), without ``ray.shutdown()``; nothing when it joined a cluster."""
+    driver = sys.modules.get("mvae_dist.train.driver")
+    ray = sys.modules.get("ray")
+    node = getattr(getattr(getattr(ray, "_private", None), "worker", None), "_global_node", None)
+    if getattr(driver, "RAY_STARTED_HERE", False) and node is not None and node.head:
+        try:
+            node.kill_all_processes(check_alive=False, allow_graceful=True)
+        except Exception:  # leaving anyway
+            pass

@@ -315,8 +315,9 @@ def _confirm_lock(cfg: RunConfig, storage: RunStorage, token: str, taken: float)
 
 
 #: True once a call into Ray was given up on while its thread still runs (``ray.init`` retrying an
-#: absent cluster): the CLI then leaves the process at once, as that thread would block and print
-#: past the error line at exit
+#: absent cluster, ``fit`` when a signal came): the CLI then leaves the process at once, without
+#: ``ray.shutdown()`` (which, under a thread blocked in Ray, can crash the process: exit -11) or the
+#: interpreter's own exit (that thread would block it and print past the error line)
 ABANDONED_RAY_THREAD = False
 
 #: True once ``fit`` called ``ray.init`` in this process (the CLI then shuts Ray down before its
@@ -379,15 +380,18 @@ def _bounded(fn: Callable[[], Any], timeout_s: float | None, timeout_message: st
         except BaseException as e:  # handed to the waiting thread
             box["error"] = e
 
+    global ABANDONED_RAY_THREAD
     t = threading.Thread(target=run, name="mvae-dist-ray", daemon=True)
     t.start()
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    while t.is_alive():
-        t.join(0.25)
-        if deadline is not None and time.monotonic() > deadline and t.is_alive():
-            global ABANDONED_RAY_THREAD
-            ABANDONED_RAY_THREAD = True
-            raise TrainingError(timeout_message)
+    try:
+        while t.is_alive():
+            t.join(0.25)
+            if deadline is not None and time.monotonic() > deadline and t.is_alive():
+                raise TrainingError(timeout_message)
+    except BaseException:  # the timeout, Ctrl-C or SIGTERM: the thread stays blocked inside Ray
+        ABANDONED_RAY_THREAD = t.is_alive()
+        raise
     if "error" in box:
         raise box["error"]
     return box.get("value")

@@ -82,8 +82,8 @@ class _UploadOnClose(io.RawIOBase):
             return
         data, self._buf = self._buf.getvalue(), None  # closed from here on, even if the upload fails
         try:
-            call_with_retry(lambda: put_whole(self._fs, self._path, data), f"writing {self._path}",
-                            self._policy)
+            call_with_retry(lambda: put_whole(self._fs, self._path, data),
+                            f"writing {self._fs.unstrip_protocol(self._path)}", self._policy)
         finally:
             super().close()
 
@@ -138,7 +138,7 @@ class _ResumingReader(io.RawIOBase):
         n = self._size - self._pos if size is None or size < 0 else min(size, self._size - self._pos)
         if n <= 0:
             return b""
-        data = self._retry(lambda: self._read_at(n), f"reading {self._path}")
+        data = self._retry(lambda: self._read_at(n), f"reading {self._fs.unstrip_protocol(self._path)}")
         self._pos += len(data)
         return data
 

@@ -103,7 +103,7 @@ def test_a_write_that_finally_fails_leaves_no_object(flaky_s3, s3_bucket, s3_sto
     stream = fs.open_output_stream(path)
     stream.write(b'{"checkpoints": []}')
     proxy.refuse()  # the upload happens on close: refused on every try
-    with pytest.raises(StorageUnavailable, match=rf"^writing {path} failed after 5 retries"):
+    with pytest.raises(StorageUnavailable, match=rf"^writing s3://{path} failed after 5 retries"):
         stream.close()
     proxy.restore()
     assert not direct(s3_storage_options).exists(path)
@@ -132,7 +132,7 @@ def test_reads_and_lookups_resume_after_503s(flaky_s3, s3_bucket, s3_storage_opt
         assert f.read(1000) == data[:1000]
         assert f.read() == data[1000:]
     assert proxy.pending_failures == 0
-    assert [ln.split(": ")[2] for ln in retry_lines(capsys.readouterr().err)] == [f"reading {path}"]
+    assert [ln.split(": ")[2] for ln in retry_lines(capsys.readouterr().err)] == [f"reading s3://{path}"]
 
     with fs.open_input_file(path) as f:  # random access, as pyarrow readers use it
         assert f.size() == len(data)
