@@ -275,7 +275,7 @@ def _claim_name(cfg: RunConfig, storage: RunStorage, uri: str, *, resume: bool) 
                               "pass --resume to continue it or choose another train.name")
         found = newest_good_checkpoint(storage, say)
         repair_ray_snapshot(storage, found, say)
-        prune_orphans(storage, say)  # the skipped ones: nothing would ever resume them
+        prune_orphans(storage, say, ended=False)  # the skipped ones: nothing would ever resume them
         say(f"resuming run {name!r} from step {found.step} ({found.url})" if found else
             f"run {name!r} in {where} has no good checkpoint: resuming it from step 0")
     elif storage.exists():
@@ -339,6 +339,7 @@ def _init_ray(address: str | None, timeout_s: float = 30.0) -> None:
         return
     global RAY_STARTED_HERE
     target = address or os.environ.get("RAY_ADDRESS")
+    target = None if target == "local" else target  # Ray's word for "start one here"
     where = f"the Ray cluster at {target}" if target else "a local Ray instance"
     handler = signal.getsignal(signal.SIGTERM) if _main_thread() else None
     try:

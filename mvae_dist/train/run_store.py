@@ -241,13 +241,15 @@ def repair_ray_snapshot(store: RunStorage, good: FoundCheckpoint | None,
     say(f"Ray's checkpoint index of {store.url} no longer lists {', '.join(dropped)}")
 
 
-def prune_orphans(store: RunStorage, say: Callable[[str], None] = _say_nothing) -> list[str]:
+def prune_orphans(store: RunStorage, say: Callable[[str], None] = _say_nothing, *,
+                  ended: bool = True) -> list[str]:
     """Remove the checkpoint directories that Ray's index does not list and nothing will resume:
     sealed ones other than the newest good checkpoint (corrupt, or superseded uncommitted ones),
-    and unsealed ones older than it (writes that never finished). Kept: Ray's, the newest good
-    one (a complete checkpoint whose commit a lost node prevented), and unsealed directories newer
-    than it (a write that may still be going on, or a checkpoint from before sealing). -> the
-    names removed."""
+    and unsealed ones (writes that never finished) once a good one exists: all of them when the
+    run has ``ended`` (no worker writes any more), else only those older than the newest good one.
+    Kept: Ray's, the newest good one (a complete checkpoint whose commit a lost node prevented),
+    and unsealed directories while no good checkpoint exists (they may be checkpoints from before
+    sealing). -> the names removed."""
     fs, root = store.fs()
     names = checkpoint_names(store)
     indexed = indexed_names(read_ray_snapshot(store))
@@ -257,7 +259,7 @@ def prune_orphans(store: RunStorage, say: Callable[[str], None] = _say_nothing) 
         if n in indexed or (newest is not None and n == newest.name):
             continue
         sealed = _manifest(fs, f"{root}/{n}") is not None
-        if sealed or (newest is not None and n < newest.name):
+        if sealed or (newest is not None and (ended or n < newest.name)):
             orphans.append(n)
     for n in orphans:
         with contextlib.suppress(FileNotFoundError):

@@ -178,8 +178,10 @@ def _cli(args: list[str], **kwargs):
     import sys
 
     exe = Path(sys.executable).with_name("mvae-dist")  # the real entry point, its signal handlers
+    # RAY_ADDRESS=local: a Ray instance of its own, even where a `ray start` (another test) left
+    # /tmp/ray/ray_current_cluster, which a bare ray.init() would join
     return subprocess.Popen([str(exe), *args], stderr=subprocess.STDOUT, stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, **kwargs)
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", "RAY_ADDRESS": "local"}, **kwargs)
 
 
 def test_an_unreachable_address_is_one_line_within_its_bound_and_creates_no_run(tiny_data, tmp_path):

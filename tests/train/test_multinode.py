@@ -36,6 +36,9 @@ from ..faults import FaultyProxy
 pytestmark = pytest.mark.slow
 TINY = str(Path(__file__).parents[2] / "configs" / "embedded" / "tiny.yaml")
 BUCKET = "multinode"
+#: the bed's own Ray temp dir (short: unix socket paths): its head's ray_current_cluster goes there,
+#: not to /tmp/ray where a bare ray.init() in another test would find and join it
+TEMP_DIR = "/tmp/ray-mn"
 
 
 class Bed:
@@ -54,7 +57,7 @@ class Bed:
     def add_node(self):
         self._port += 100
         node = self.cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1", min_worker_port=self._port,
-                                     max_worker_port=self._port + 99)
+                                     max_worker_port=self._port + 99, temp_dir=TEMP_DIR)
         self.nodes.append(node)
         self.cluster.wait_for_nodes()
         return node
@@ -164,7 +167,7 @@ def bed(moto_server, migrated_mlflow_db, tmp_path_factory):
     cluster = ray_cluster_utils.Cluster(
         initialize_head=True, connect=False,
         head_node_args={"num_cpus": 0, "node_ip_address": "127.0.0.1", "include_dashboard": False,
-                        "min_worker_port": 22900, "max_worker_port": 22999})
+                        "min_worker_port": 22900, "max_worker_port": 22999, "temp_dir": TEMP_DIR})
     b = Bed(cluster, proxy, root, options_file, migrated_mlflow_db)
     try:
         b.ensure_nodes(2)
@@ -173,9 +176,9 @@ def bed(moto_server, migrated_mlflow_db, tmp_path_factory):
         address = cluster.address
         cluster.shutdown()
         proxy.close()
-        current = Path("/tmp/ray/ray_current_cluster")  # the head wrote it, as `ray start` does:
-        if current.exists() and current.read_text().strip() == address:  # a later ray.init() would
-            current.unlink()                                                # try to join it
+        current = Path("/tmp/ray/ray_current_cluster")  # (the head writes it in its own temp dir;
+        if current.exists() and current.read_text().strip() == address:  # should a Ray version not,
+            current.unlink()                                                # a later ray.init() joins it)
         if saved is None:
             os.environ.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
         else:

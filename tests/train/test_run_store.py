@@ -178,10 +178,10 @@ def test_node_wait_becomes_rays_start_timeout_and_controller_limit(wait, expecte
         assert wait <= timeout * (limit + 1) < wait + timeout
 
 
-def test_prune_keeps_unsealed_directories_newer_than_every_good_checkpoint(run):
-    """An unsealed directory newer than the newest good checkpoint may be a write in progress or a
-    checkpoint from before sealing: kept. Older unsealed ones (writes that never finished) and
-    sealed corrupt ones go."""
+def test_prune_keeps_unsealed_directories_newer_than_every_good_checkpoint_until_the_run_ends(run):
+    """At a resume, an unsealed directory newer than the newest good checkpoint may be a write in
+    progress: kept. Older unsealed ones (writes that never finished) and sealed corrupt ones go;
+    when the run has ended, the newer unsealed one goes too."""
     store = run_storage(str(run.parent), "r")
     (run / NAMES[3]).mkdir()
     (run / NAMES[3] / "state.pt").write_bytes(b"legacy or in flight")
@@ -191,8 +191,10 @@ def test_prune_keeps_unsealed_directories_newer_than_every_good_checkpoint(run):
     state = run / NAMES[2] / "state.pt"
     state.write_bytes(state.read_bytes()[:50])  # the newest sealed one, corrupt
     (run / RAY_SNAPSHOT).write_text(json.dumps(_snapshot([(NAMES[1], 20)])))
-    assert prune_orphans(store) == ["checkpoint_2026-12-07_09-00-00.000000", NAMES[0], NAMES[2]]
+    assert prune_orphans(store, ended=False) == ["checkpoint_2026-12-07_09-00-00.000000", NAMES[0], NAMES[2]]
     assert sorted(p.name for p in run.iterdir() if p.is_dir()) == [NAMES[1], NAMES[3]]
+    # once the run has ended nothing is writing: the newer unsealed one was a write cut short
+    assert prune_orphans(store) == [NAMES[3]]
 
 
 def test_of_two_drivers_starting_one_name_at_once_the_later_lock_writer_runs(tmp_path, monkeypatch):
