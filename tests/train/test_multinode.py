@@ -9,7 +9,7 @@ Each case of docs/failures.md "At cluster scale" is exercised here, in two tests
 costs ~20 s of process starts on 2 cores, so one run's life carries several cases):
 - two workers on two nodes through a throttled store (shard reads and checkpoint writes
   answered 503 for a while: retried, one line each); a second driver on the running name
-  refused; Ctrl-C ends the run KILLED naming its last checkpoint; a resume that cannot start its
+  refused; SIGTERM ends the run KILLED naming its last checkpoint; a resume that cannot start its
   workers fails after the bound and leaves it KILLED; a resume past a corrupt and a deleted
   newest checkpoint continues from the good one and FINISHES, no orphan left;
 - a node lost and back within ``train.node_wait_s`` resumes from the newest complete checkpoint,
@@ -224,7 +224,8 @@ def test_a_run_on_two_nodes_through_a_throttled_store_a_second_driver_a_signal_a
     - one worker per node (their raylets differ); shard reads answered 503 SlowDown for a while
       are retried with one line each;
     - a second driver on the running name is refused in one line, before Ray;
-    - Ctrl-C (SIGINT) ends the run KILLED with its last checkpoint named, exit 130;
+    - SIGTERM (what `ray job stop` and a preempted node send) ends the run KILLED with its last
+      checkpoint named, exit 143;
     - a resume whose workers never get room fails in one line after train.node_wait_s and leaves
       the run KILLED;
     - a resume past a corrupt and a deleted newest checkpoint continues from the good one before,
@@ -245,13 +246,13 @@ def test_a_run_on_two_nodes_through_a_throttled_store_a_second_driver_a_signal_a
     assert second.stderr.strip().splitlines()[-1].startswith(
         "mvae-dist: error: run 'chain' in s3://multinode/runs is being run by another driver"), second.stderr
 
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGTERM)
     code, out = _finish(proc, 60)
-    assert code == 130, out[-3000:]
+    assert code == 143, out[-3000:]
     retries = [ln for ln in out.splitlines() if "mvae-dist: retry " in ln]  # the workers' lines too
     assert any("reading shard s3://multinode/embedded/train/shard-" in ln for ln in retries), out[-4000:]
     last = out.strip().splitlines()[-1]
-    assert last.startswith("mvae-dist: interrupted; run ended KILLED, last checkpoint: "
+    assert last.startswith("mvae-dist: terminated (SIGTERM); run ended KILLED, last checkpoint: "
                            "s3://multinode/runs/chain/checkpoint_"), out[-3000:]
     named = last.split("last checkpoint: ", 1)[1].split(" ", 1)[0]
     assert _statuses(tmp_path) == ["KILLED"] and _tag(tmp_path, "last_checkpoint") == named
