@@ -95,11 +95,13 @@ def _file_entry(path: Path) -> dict[str, Any]:
     return {"size": path.stat().st_size, "sha256": h.hexdigest()}
 
 
-def read_manifest(directory: str | os.PathLike) -> dict[str, Any] | None:
+def read_manifest(directory: str | os.PathLike, fs: Any = None) -> dict[str, Any] | None:
     """The checkpoint's ``checkpoint.json``, or None when it has none (never finished) or it does
-    not parse."""
+    not parse. fs: an fsspec filesystem the directory's path is on (default: the local disk)."""
     try:
-        m = json.loads((Path(directory) / MANIFEST_FILE).read_text())
+        raw = fs.cat_file(f"{directory}/{MANIFEST_FILE}") if fs is not None else \
+            (Path(directory) / MANIFEST_FILE).read_bytes()
+        m = json.loads(raw)
     except (OSError, ValueError):
         return None
     return m if isinstance(m, dict) and isinstance(m.get("files"), dict) else None

@@ -27,7 +27,7 @@ from typing import Any
 import fsspec
 
 from ..data.retry import RetryPolicy
-from .checkpoint import MANIFEST_FILE, verify_checkpoint
+from .checkpoint import MANIFEST_FILE, read_manifest, verify_checkpoint
 
 #: Ray Train 2.60's index of committed checkpoints in the run directory
 #: (ray/train/v2/_internal/constants.py CHECKPOINT_MANAGER_SNAPSHOT_FILENAME)
@@ -107,14 +107,6 @@ def checkpoint_names(store: RunStorage) -> list[str]:
     return sorted(n for n in names if n.startswith(CHECKPOINT_PREFIX))
 
 
-def _manifest(fs: fsspec.AbstractFileSystem, path: str) -> dict | None:
-    try:
-        m = json.loads(fs.cat_file(f"{path}/{MANIFEST_FILE}"))
-    except (OSError, ValueError):
-        return None
-    return m if isinstance(m, dict) and isinstance(m.get("files"), dict) else None
-
-
 @contextlib.contextmanager
 def local_checkpoint(store: RunStorage, name: str) -> Iterator[Path]:
     """The checkpoint ``name`` as a local directory: itself on a local disk, else a temporary
@@ -147,7 +139,7 @@ def newest_good_checkpoint(store: RunStorage, say: Callable[[str], None] = _say_
     directory passed over gets one line through ``say``: ``checkpoint URL skipped (corrupt: ...)``."""
     fs, root = store.fs()
     names = checkpoint_names(store)
-    manifests = {n: _manifest(fs, f"{root}/{n}") for n in names}
+    manifests = {n: read_manifest(f"{root}/{n}", fs) for n in names}
     sealed = sorted((n for n in names if manifests[n] is not None),
                     key=lambda n: (int(manifests[n].get("step", -1)), n), reverse=True)
     newest_sealed = sealed[0] if sealed else ""
@@ -258,7 +250,7 @@ def prune_orphans(store: RunStorage, say: Callable[[str], None] = _say_nothing, 
     for n in names:
         if n in indexed or (newest is not None and n == newest.name):
             continue
-        sealed = _manifest(fs, f"{root}/{n}") is not None
+        sealed = read_manifest(f"{root}/{n}", fs) is not None
         if sealed or (newest is not None and (ended or n < newest.name)):
             orphans.append(n)
     for n in orphans:
