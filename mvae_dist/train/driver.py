@@ -374,24 +374,28 @@ def _bounded(fn: Callable[[], Any], timeout_s: float | None, timeout_message: st
     handlers run) -> fn's result, or its exception re-raised here; TrainingError
     (``timeout_message``) when ``timeout_s`` passes first (the thread is abandoned)."""
     box: dict[str, Any] = {}
+    done = threading.Event()  # not Thread.is_alive(): see below
 
     def run() -> None:
         try:
             box["value"] = fn()
         except BaseException as e:  # handed to the waiting thread
             box["error"] = e
+        finally:
+            done.set()
 
     global ABANDONED_RAY_THREAD
     t = threading.Thread(target=run, name="mvae-dist-ray", daemon=True)
     t.start()
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     try:
-        while t.is_alive():
-            t.join(0.25)
-            if deadline is not None and time.monotonic() > deadline and t.is_alive():
+        while not done.wait(0.25):
+            if deadline is not None and time.monotonic() > deadline:
                 raise TrainingError(timeout_message)
     except BaseException:  # the timeout, Ctrl-C or SIGTERM: the thread stays blocked inside Ray
-        ABANDONED_RAY_THREAD = t.is_alive()
+        # (Python 3.11's Thread.join, interrupted by a signal's exception, marks a thread that still
+        # runs as stopped: is_alive() then says False, and ray.shutdown() under it crashed, exit -11)
+        ABANDONED_RAY_THREAD = not done.is_set()
         raise
     if "error" in box:
         raise box["error"]
