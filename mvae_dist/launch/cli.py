@@ -574,13 +574,17 @@ def main_entry() -> None:
 
 
 def _kill_local_ray() -> None:
-    """The processes of the local Ray instance this driver started (what Ray's own exit handler
-    does), without ``ray.shutdown()``; nothing when it joined a cluster."""
+    """Have the processes of the local Ray instance this driver started ended once it has left
+    (``launch/reaper.py`` says why not now), without ``ray.shutdown()``; nothing when it joined a
+    cluster (the cluster's GCS ends the actors of a driver that is gone)."""
     driver = sys.modules.get("mvae_dist.train.driver")
     ray = sys.modules.get("ray")
     node = getattr(getattr(getattr(ray, "_private", None), "worker", None), "_global_node", None)
     if getattr(driver, "RAY_STARTED_HERE", False) and node is not None and node.head:
         try:
-            node.kill_all_processes(check_alive=False, allow_graceful=True)
+            from .reaper import reap_after_exit
+
+            reap_after_exit([info.process.pid for infos in node.all_processes.values() for info in infos
+                             if info.process is not None])
         except Exception:  # leaving anyway
             pass
