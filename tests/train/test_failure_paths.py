@@ -198,20 +198,30 @@ def test_an_unreachable_address_is_one_line_within_its_bound_and_creates_no_run(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig, code, said", [("SIGTERM", 143, "terminated (SIGTERM)"),
-                                             ("SIGINT", 130, "interrupted")])
-def test_a_signal_during_real_training_ends_the_run_killed_naming_its_checkpoint(sig, code, said, tiny_data,
-                                                                                 tmp_path):
-    """The real entry point on a local Ray instance of its own, stopped mid-training: Ray's
-    handlers (``ray.init`` installs one for SIGTERM, ``fit`` one for SIGINT) do not take over."""
+@pytest.mark.parametrize("sig, code, said, where", [
+    ("SIGTERM", 143, "terminated (SIGTERM)", "local"),
+    ("SIGINT", 130, "interrupted", "local"),
+    ("SIGINT", 130, "interrupted", "address"),  # SIGTERM with --address: tests/train/test_multinode.py
+])
+def test_a_signal_during_real_training_ends_the_run_killed_naming_its_checkpoint(
+        sig, code, said, where, tiny_data, tmp_path, request):
+    """The real entry point stopped mid-training, on a local Ray instance of its own or joined to
+    a running one with --address (the session's): Ray's handlers (``ray.init`` installs one for
+    SIGTERM, ``fit`` one for SIGINT) do not take over, and nothing crashes after the line (a
+    thread is still blocked in Ray: ``ray.shutdown()`` under it once did, exit -11). A local
+    instance ends with the driver; a cluster gets back what the run held."""
     import signal
 
+    address = []
+    if where == "address":
+        ray = request.getfixturevalue("ray_cluster")
+        address = ["--address", ray.get_runtime_context().gcs_address]
     proc = _cli([*_args(tiny_data, tmp_path, "train.num_workers=1", "train.max_steps=5000",
-                                 "train.checkpoint_every=10", "train.eval_every=0", "train.log_every=10")])
+                        "train.checkpoint_every=10", "train.eval_every=0", "train.log_every=10"), *address])
     lines = []
     for line in proc.stdout:  # until training is under way and has checkpointed
         lines.append(line)
-        if "step 30/" in line:
+        if "step 20/" in line:
             break
     proc.send_signal(getattr(signal, sig))
     out, _ = proc.communicate(timeout=60)
@@ -222,6 +232,11 @@ def test_a_signal_during_real_training_ends_the_run_killed_naming_its_checkpoint
                            "checkpoint_"), out[-3000:]
     assert Path(last.split("last checkpoint: ", 1)[1].split(" ")[0], "checkpoint.json").exists()
     assert _run_statuses_read_only(tmp_path / "mlflow.db") == ["KILLED"]
+    if where == "address":  # the driver is gone: its controller and worker are ended, their CPUs free
+        deadline = time.monotonic() + 30
+        while ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"]:
+            assert time.monotonic() < deadline, ray.available_resources()
+            time.sleep(0.25)
 
 
 def test_a_name_running_in_mlflow_without_a_lock_is_refused(tiny_data, tmp_path, capsys, no_ray):

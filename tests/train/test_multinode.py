@@ -135,6 +135,14 @@ def _statuses(tmp: Path) -> list[str]:
         return [r[0] for r in con.execute("SELECT status FROM runs ORDER BY start_time")]
 
 
+def _metric(tmp: Path, key: str) -> float | None:
+    """The latest value of a metric of the (one) run."""
+    with sqlite3.connect(f"file:{tmp / 'mlflow.db'}?mode=ro", uri=True, timeout=5) as con:
+        row = con.execute("SELECT value FROM metrics WHERE key = ? ORDER BY timestamp DESC, step DESC",
+                          (key,)).fetchone()
+    return row[0] if row else None
+
+
 def _tag(tmp: Path, key: str) -> str | None:
     with sqlite3.connect(f"file:{tmp / 'mlflow.db'}?mode=ro", uri=True, timeout=5) as con:
         row = con.execute("SELECT value FROM tags WHERE key = ?", (key,)).fetchone()
@@ -283,6 +291,7 @@ def test_a_run_on_two_nodes_through_a_throttled_store_a_second_driver_a_signal_a
     assert any("mvae-dist: retry " in ln and "writing s3://multinode/runs/chain/" in ln
                for ln in out.splitlines()), out[-4000:]
     assert _statuses(tmp_path) == ["FINISHED"] and bed.proxy.pending_failures == 0
+    assert _metric(tmp_path, "resumed_from_step") == good_step  # its weights read back from S3, not step 0
     left = _checkpoints(moto_server, "chain")
     assert corrupt not in left and all(m is not None for m in left.values())  # nothing orphaned
     assert max(m["step"] for m in left.values()) == good_step + 10
@@ -305,7 +314,7 @@ def test_a_lost_node_resumes_when_it_returns_and_fails_in_one_line_when_it_does_
         out = _wait_for(proc, "[lost] restored step ", timeout=120)
         restored = int(out.split("[lost] restored step ", 1)[1].split()[0])
         assert restored >= step, (restored, step)
-        _wait_for(proc, f"step {restored + 20}/", timeout=120)
+        _wait_for(proc, f"step {restored + 4}/", timeout=120)  # training again
 
         bed.remove_node(bed.nodes[-1])
         t0 = time.monotonic()
