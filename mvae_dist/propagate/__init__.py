@@ -4,6 +4,8 @@ Public API::
 
     choose_threshold(scores, related) -> float                       # max F1 on S_m
     relatedness_scores(pred, related) -> {precision, recall, f1, accuracy, n, n_pred_related, n_related}
+    roc_auc(scores, related) -> float; average_precision(scores, related) -> float   # ranking only
+    relatedness_report((cal_scores, cal_related), (pool_scores, pool_related) | None) -> dict
     score_pmi(model, batches, K, device="cpu", seed=0, *, progress=False) -> Scored
     train_siamese(url, split="sr", *, epochs=10, seed=0, storage_options=None, ...) -> SiameseModel
     siamese_scores(model, url, split, *, batch_size=256, storage_options=None) -> Scored
@@ -22,6 +24,9 @@ from typing import Any
 _EXPORTS = {
     "choose_threshold": ".relatedness",
     "relatedness_scores": ".relatedness",
+    "roc_auc": ".relatedness",
+    "average_precision": ".relatedness",
+    "relatedness_report": ".relatedness",
     "score_pmi": ".relatedness",
     "Scored": ".relatedness",
     "SiameseModel": ".siamese",

@@ -98,6 +98,79 @@ def choose_threshold(scores: Any, related: Any) -> float:
     return float(0.5 * (s_desc[best] + s_desc[best + 1]))
 
 
+# ------------------------------------------------------------------ ranking against calibration
+def roc_auc(scores: Any, related: Any) -> float:
+    """Area under the ROC curve of ``scores`` for ``related``: the probability that a random
+    related pair scores above a random unrelated one, ties counting one half (Mann-Whitney U
+    with average ranks). scores: float [P]; related: bool [P], both classes present. O(P log P).
+    Independent of any threshold: how well the score RANKS pairs."""
+    s, r = _check_pair(scores, related)
+    n_pos, n_neg = int(r.sum()), int((~r).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError(f"ROC-AUC needs related and unrelated pairs, got {n_pos} and {n_neg}")
+    order = np.argsort(s, kind="stable")
+    ranks = np.empty(s.size, dtype=np.float64)
+    s_sorted = s[order]
+    # average rank (1-based) over each run of equal scores
+    starts = np.flatnonzero(np.append(True, s_sorted[1:] != s_sorted[:-1]))
+    ends = np.append(starts[1:], s.size)
+    avg = 0.5 * (starts + ends - 1) + 1.0
+    ranks[order] = np.repeat(avg, ends - starts)
+    u = ranks[r].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def average_precision(scores: Any, related: Any) -> float:
+    """Average precision of ``scores`` for ``related``: sum over the distinct score cuts (highest
+    first) of (recall gained) * (precision at that cut), as scikit-learn's
+    ``average_precision_score``. scores: float [P]; related: bool [P] with a related pair. Chance
+    level is the share of related pairs."""
+    s, r = _check_pair(scores, related)
+    n_rel = int(r.sum())
+    if n_rel == 0:
+        raise ValueError("average precision needs a related pair")
+    order = np.argsort(-s, kind="stable")
+    s_desc, r_desc = s[order], r[order]
+    last = np.append(s_desc[1:] != s_desc[:-1], True)
+    k = np.flatnonzero(last)
+    tp = np.cumsum(r_desc)[k]
+    precision = tp / (k + 1)
+    recall = tp / n_rel
+    gained = np.diff(np.append(0.0, recall))
+    return float(np.sum(gained * precision))
+
+
+def relatedness_report(calibration: tuple[Any, Any], pool: tuple[Any, Any] | None) -> dict[str, float | int]:
+    """What a relatedness score does on a calibration set and on a pool, ranking apart from
+    calibration. calibration, pool: (scores float [P], related bool [P]); pool may be None.
+
+    -> {threshold (max F1 on calibration), cal_auc, cal_ap, cal_f1, cal_precision, cal_recall,
+    and with a pool: auc, ap, f1, precision, recall, accuracy, n, n_pred_related, n_related (at
+    the calibration threshold), best_f1 and best_threshold (the F1-maximising threshold on the
+    pool itself: an UPPER BOUND that looks at the pool's ground truth, never used to predict)}.
+    A calibration set with one class only has no AUC/AP (NaN)."""
+    cs, cr = _check_pair(*calibration)
+    threshold = choose_threshold(cs, cr)
+    cal = relatedness_scores(cs >= threshold, cr)
+    both = bool(cr.any() and (~cr).any())
+    out: dict[str, float | int] = {
+        "threshold": threshold,
+        "cal_auc": roc_auc(cs, cr) if both else math.nan,
+        "cal_ap": average_precision(cs, cr) if both else math.nan,
+        **{f"cal_{k}": cal[k] for k in ("f1", "precision", "recall")},
+    }
+    if pool is not None:
+        ps, pr = _check_pair(*pool)
+        out.update(relatedness_scores(ps >= threshold, pr))
+        pool_both = bool(pr.any() and (~pr).any())
+        out["auc"] = roc_auc(ps, pr) if pool_both else math.nan
+        out["ap"] = average_precision(ps, pr) if pool_both else math.nan
+        best = choose_threshold(ps, pr)
+        out["best_threshold"] = best
+        out["best_f1"] = relatedness_scores(ps >= best, pr)["f1"]
+    return out
+
+
 # ------------------------------------------------------------------------ scoring pairs by PMI
 class _ScoredFields(NamedTuple):
     scores: np.ndarray
