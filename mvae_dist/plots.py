@@ -7,7 +7,7 @@ ready for ``Tracker.log_image`` or ``PIL.Image.fromarray(...).save``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,6 +25,35 @@ def render(draw: Callable[[Any], None], *, size: tuple[float, float] = (5.5, 4.0
     ax = fig.add_subplot()
     draw(ax)
     ax.grid(alpha=0.3)
+    fig.tight_layout()
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def score_distributions(panels: Sequence[tuple[str, Any, Any]], *, xlabel: str = "PMI",
+                        dpi: int = 100) -> np.ndarray:
+    """uint8 [H, W, 3]: one panel per (title, scores float [P], related bool [P]), the histograms
+    of the related and the unrelated pairs' scores on shared bins (densities), side by side. A
+    threshold chosen on one panel and applied to another is judged by how the two overlap."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    data = [(t, np.asarray(s, dtype=np.float64), np.asarray(r, dtype=bool)) for t, s, r in panels]
+    every = np.concatenate([s[np.isfinite(s)] for _, s, _ in data]) if data else np.zeros(1)
+    lo, hi = np.percentile(every, [0.5, 99.5]) if every.size else (0.0, 1.0)
+    bins = np.linspace(lo, hi if hi > lo else lo + 1.0, 41)
+    fig = Figure(figsize=(4.5 * max(1, len(data)), 3.5), dpi=dpi)
+    canvas = FigureCanvasAgg(fig)
+    for i, (title, s, r) in enumerate(data):
+        ax = fig.add_subplot(1, len(data), i + 1)
+        for mask, label, color in ((r, "related", "tab:green"), (~r, "unrelated", "tab:red")):
+            if mask.any():
+                ax.hist(np.clip(s[mask], bins[0], bins[-1]), bins=bins, density=True, alpha=0.5,
+                        color=color, label=f"{label} ({int(mask.sum())})")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()

@@ -40,6 +40,8 @@ from .sources.street import RENDERER as STREET_RENDERER
 if TYPE_CHECKING:
     import fsspec
 
+#: the label-propagation splits, drawn from the train split's pairs
+POOL_SPLITS = ("sr", "fm", "sm", "sc")
 LOCK = "_building.json"  # the config of a build in progress, for resuming and for refusing others
 DEFAULT_SHARD_SIZE = 2000  # pairs per shard: ~13 MB for MNIST-SVHN pairs
 _SHARD_REL = re.compile(r"[^/]+/shard-\d{6}\.tar")  # shard_path's names, relative to the prefix
@@ -55,7 +57,9 @@ class PrepareConfig(Section):
     fraction of each unimodal training set, taken before pairing. shard_size: pairs per shard.
     dm: pairs per instance (paper: 30); max_d: instances per class (10000); sr_fraction: None
     (no label-propagation pools) or the S_r share, adding splits "sr", "fm", "sm";
-    unrelated_fraction: of F_m and S_m; street_per_class: (train, test) street images per digit
+    calibration_fraction: None, or the share of the S_r draw held out of training as the mixed
+    calibration split "sc" (pairing.propagation_pools); unrelated_fraction: of F_m, S_m and S_c;
+    street_per_class: (train, test) street images per digit
     (embedded only; default (400, 100)).
     """
 
@@ -69,6 +73,7 @@ class PrepareConfig(Section):
     dm: PositiveInt = pairing.DM
     max_d: PositiveInt = pairing.MAX_D
     sr_fraction: Float | None = None
+    calibration_fraction: Float | None = None
     unrelated_fraction: Float = 0.5
     street_per_class: tuple[PositiveInt, PositiveInt] | None = None
 
@@ -78,10 +83,12 @@ class PrepareConfig(Section):
             raise ConfigError(f"dataset must be one of {list(DATASETS)}, got {self.dataset!r}")
         if not 0.0 < self.fraction <= 1.0:
             raise ConfigError(f"fraction must be in (0, 1], got {self.fraction}")
-        for name in ("sr_fraction", "unrelated_fraction"):
+        for name in ("sr_fraction", "calibration_fraction", "unrelated_fraction"):
             value = getattr(self, name)
             if value is not None and not 0.0 < value < 1.0:
                 raise ConfigError(f"{name} must be in (0, 1), got {value}")
+        if self.calibration_fraction is not None and self.sr_fraction is None:
+            raise ConfigError("calibration_fraction holds out part of S_r: give sr_fraction too")
         if self.dataset in ("embedded", "embedded-text") and self.source:
             raise ConfigError(f"dataset {self.dataset!r} takes no --source")
         return self
@@ -127,6 +134,7 @@ def plan_splits(src: Source, cfg: dict) -> dict[str, tuple[np.ndarray, np.ndarra
                     sr_fraction=cfg["sr_fraction"],
                     unrelated_fraction=cfg["unrelated_fraction"],
                     seed=cfg["seed"],
+                    calibration_fraction=cfg.get("calibration_fraction"),
                 )
             )
     return {k: (_with_bound(p, free, src.bound, M), r) for k, (p, r) in out.items()}
@@ -295,7 +303,7 @@ def _write_splits(fs: fsspec.AbstractFileSystem, root: str, out: str, src: Sourc
     total = sum(len(p) for p, _ in plan.values())
     with tqdm(total=total, unit="pair", desc=f"shards -> {out}", disable=not progress) as bar:
         for split, (pairs, related) in plan.items():
-            mods = src.splits["train" if split in ("sr", "fm", "sm") else split]
+            mods = src.splits["train" if split in POOL_SPLITS else split]
             shards = []
             for k, start in enumerate(range(0, len(pairs), size)):
                 rows = range(start, min(start + size, len(pairs)))
@@ -307,7 +315,7 @@ def _write_splits(fs: fsspec.AbstractFileSystem, root: str, out: str, src: Sourc
             splits[split] = {
                 "count": int(len(pairs)),
                 "related": int(related.sum()),
-                "mixed": bool(split in ("fm", "sm")),
+                "mixed": bool(split in ("fm", "sm", "sc")),
                 "class_counts": _class_counts(pairs, mods),
                 "shards": shards,
             }

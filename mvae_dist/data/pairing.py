@@ -160,21 +160,38 @@ def propagation_pools(
     sr_fraction: float,
     unrelated_fraction: float = 0.5,
     seed: int = 0,
+    calibration_fraction: float | None = None,
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Label-propagation pools (paper §4.5) from the full related pairs F_r [P, M].
 
-    Returns {"sr": S_r, "fm": F_m, "sm": S_m}, each (pairs [*, M], related bool [*]):
-    - S_r: a random ``sr_fraction`` of the rows of F_r (all related);
+    Returns {"sr": S_r, "fm": F_m, "sm": S_m} and, with ``calibration_fraction``, "sc": S_c, each
+    (pairs [*, M], related bool [*]):
+    - S_r: a random ``sr_fraction`` of the rows of F_r (all related), less S_c's share;
     - F_m: the other rows, mixed: ``unrelated_fraction`` of them re-matched at random;
     - S_m: S_r mixed the same way, matching only instances of S_r, for choosing the PMI
-      threshold on known ground truth.
+      threshold on known ground truth (the paper's protocol: pairs the model trained on);
+    - S_c (held-out calibration): a random ``calibration_fraction`` of the S_r draw, kept out of
+      S_r (never trained on) and mixed the same way, matching only its own instances: a
+      threshold chosen there is chosen on pairs as new to the model as F_m's.
+    Without ``calibration_fraction`` S_r, F_m and S_m are exactly as before it existed.
     """
     if not 0.0 < sr_fraction < 1.0:
         raise ConfigError(f"sr_fraction must be in (0, 1), got {sr_fraction}")
+    if calibration_fraction is not None and not 0.0 < calibration_fraction < 1.0:
+        raise ConfigError(f"calibration_fraction must be in (0, 1), got {calibration_fraction}")
     rng = _rng(seed, "sr")
     n_sr = max(1, int(round(sr_fraction * len(pairs))))
     perm = rng.permutation(len(pairs))
     sr, rest = pairs[np.sort(perm[:n_sr])], pairs[np.sort(perm[n_sr:])]
+    out = {}
+    if calibration_fraction is not None:
+        n_c = int(round(calibration_fraction * len(sr)))
+        if not 2 <= n_c <= len(sr) - 1:
+            raise ConfigError(f"calibration_fraction {calibration_fraction} of {len(sr)} S_r pairs leaves "
+                              f"{n_c} for calibration and {len(sr) - n_c} for training; both need pairs")
+        cperm = _rng(seed, "sc").permutation(len(sr))
+        sc, sr = sr[np.sort(cperm[:n_c])], sr[np.sort(cperm[n_c:])]
+        out["sc"] = mix_pairs(sc, labels, unrelated_fraction=unrelated_fraction, seed=seed, purpose="sc")
     fm = mix_pairs(rest, labels, unrelated_fraction=unrelated_fraction, seed=seed, purpose="fm")
     sm = mix_pairs(sr, labels, unrelated_fraction=unrelated_fraction, seed=seed, purpose="sm")
-    return {"sr": (sr, is_related(sr, labels)), "fm": fm, "sm": sm}
+    return {"sr": (sr, is_related(sr, labels)), "fm": fm, "sm": sm, **out}

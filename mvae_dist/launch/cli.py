@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--max-d", type=_positive_int, default=None, help="instances per class (10000)")
     prep.add_argument("--sr-fraction", type=float, default=None,
                       help="also write label-propagation pools sr / fm / sm with this S_r fraction")
+    prep.add_argument("--calibration-fraction", type=float, default=None,
+                      help="hold this share of the S_r draw out of training as the mixed calibration "
+                           "split sc (needs --sr-fraction)")
     prep.add_argument("--storage-options", default=None,
                       help="YAML file of fsspec storage options (endpoint, profile); never secrets on argv")
     prep.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -138,9 +141,34 @@ def build_parser() -> argparse.ArgumentParser:
     xlp = xsub.add_parser("label-propagation", help="section 4.5: train on S_r, propagate by PMI, retrain")
     xlp.add_argument("--sr-fraction", type=float, default=0.1, help="S_r: this share of the related pairs")
     xlp.add_argument("--arms", type=_csv(("baseline", "cI", "cC")), default=["baseline", "cI", "cC"])
+    xrc = xsub.add_parser("relatedness-curve",
+                          help="held-out PMI relatedness (ROC-AUC, F1) against training steps, per arm, "
+                               "the Siamese network as reference (in-process, no Ray)")
+    xrc.add_argument("--arms", type=_csv(("baseline", "cI", "cC")), default=["baseline", "cI"])
+    xrc.add_argument("--steps", type=_positive_int, default=3000)
+    xrc.add_argument("--eval-every", type=_positive_int, default=250)
+    xrc.add_argument("--pairs", type=_positive_int, default=2000,
+                     help="pairs of fm / sm / sc scored per evaluation")
+    xrc.add_argument("--pmi-k", type=_positive_int, default=10,
+                     help="IWAE samples per PMI estimate (default 10)")
+    xrc.add_argument("--sr-fraction", type=float, default=0.1, help="S_r: this share of the related pairs")
+    xrc.add_argument("--calibration-fraction", type=float, default=0.2,
+                     help="share of S_r held out of training as the calibration split S_c (default 0.2)")
+    xrc.add_argument("--siamese-epochs", type=_positive_int, default=10)
+    xrc.add_argument("--threads", type=_positive_int, default=None, help="torch intra-op threads")
+    xrc.add_argument("--dataset", choices=("embedded", "embedded-text"), default="embedded")
+    xrc.add_argument("--config", default=None, help="base config (default: the studies' for --dataset)")
+    xrc.add_argument("--root", default="experiments", help="working folder for data and results")
+    xrc.add_argument("--dm", type=_positive_int, default=5, help="pairs per instance")
+    xrc.add_argument("--train-seeds", type=_positive_int, default=1, help="train each arm this many times")
+    xrc.add_argument("--tracking-uri", default=None)
+    xrc.add_argument("overrides", nargs="*", metavar="section.key=value", help="override the base config")
     for x in (xg, xlp):
         x.add_argument("--pmi-k", type=_positive_int, default=30,
                        help="IWAE samples per log-likelihood in the PMI estimate (default 30)")
+        x.add_argument("--calibration-fraction", type=float, default=None,
+                       help="hold this share of S_r out of training as a calibration split: thresholds "
+                            "chosen there (held-out) are reported beside S_m's (the paper's)")
     for x in (xde, xg, xlp):
         x.add_argument("--dataset", choices=("embedded", "embedded-text"), default="embedded",
                        help="embedded (M = 2) or embedded-text (M = 3: + SYNTHETIC captions)")
@@ -182,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     prop.add_argument("--calibrate", default="sm",
                       help="split with ground truth used to choose the PMI threshold (default sm)")
     prop.add_argument("--threshold", type=float, default=None, help="use this PMI threshold instead")
+    prop.add_argument("--compare-calibrations", default="", metavar="SPLITS",
+                      help="comma list of other mixed splits (e.g. sm): the pool's F1 at the threshold "
+                           "each would choose is printed beside the one used")
     prop.add_argument("--out", required=True, help="URL to write the found pairs to (shards + manifest)")
     prop.add_argument("--workers", type=_positive_int, default=2, help="Ray workers scoring the pool")
     prop.add_argument("--K", type=_positive_int, default=30, help="importance samples per PMI estimate")
@@ -263,6 +294,11 @@ def build_parser() -> argparse.ArgumentParser:
     learn.add_argument("--n-test", type=_positive_int, default=500, help="test pairs per evaluation")
     learn.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     learn.add_argument("--device", default="cpu", help="where to train: cpu (default), cuda, cuda:1, ...")
+    learn.add_argument("--relatedness", type=_positive_int, default=0, metavar="PAIRS",
+                       help="at each evaluation, PMI relatedness on this many pairs of fm / sm (/ sc): "
+                            "ROC-AUC, F1 at the calibrated threshold (needs the pools, --sr-fraction)")
+    learn.add_argument("--pmi-k", type=_positive_int, default=10,
+                       help="IWAE samples per log-likelihood in the PMI of --relatedness (default 10)")
     learn.add_argument("--until-targets", action="store_true",
                        help="stop at the first evaluation meeting the demo's targets (street latent accuracy "
                             ">= 0.6, cross coherences >= 0.4 / 0.5, joint >= 0.2): time to quality")
@@ -342,6 +378,7 @@ def run(args: argparse.Namespace) -> int:
 
         result = run_propagate(checkpoint=args.checkpoint, run_id=args.run, data=args.data, pool=args.pool,
                                calibrate=args.calibrate, threshold=args.threshold, out=args.out,
+                               compare_calibrations=[t for t in args.compare_calibrations.split(",") if t],
                                workers=args.workers, K=args.K, batch_size=args.batch_size,
                                tracking_uri=args.tracking_uri,
                                storage_options=_storage_options(args.storage_options),
@@ -353,7 +390,8 @@ def run(args: argparse.Namespace) -> int:
         from ..data import prepare
 
         options = {k: v for k, v in (("dm", args.dm), ("max_d", args.max_d),
-                                     ("sr_fraction", args.sr_fraction)) if v is not None}
+                                     ("sr_fraction", args.sr_fraction),
+                                     ("calibration_fraction", args.calibration_fraction)) if v is not None}
         manifest = prepare(args.dataset, args.out, fraction=args.fraction, source=args.source,
                            seed=args.seed, shard_size=args.shard_size, progress=not args.quiet,
                            storage_options=_storage_options(args.storage_options), **options)
@@ -399,7 +437,8 @@ def run(args: argparse.Namespace) -> int:
         cfg = cfg.from_dict(absolute_local_paths(cfg.to_dict()))
         learning_curve(cfg, steps=args.steps, eval_every=args.eval_every, n_test=args.n_test,
                        threads=args.threads, device=device, on_row=print_json,
-                       until=DEMO_TARGETS if args.until_targets else None)
+                       until=DEMO_TARGETS if args.until_targets else None, relatedness=args.relatedness,
+                       pmi_K=args.pmi_k)
         return 0
     if args.command == "bench" and args.bench == "loader":
         from ..data import bench_loader
@@ -457,6 +496,16 @@ def _floats(text: str, what: str) -> list[float]:
 def _experiment(args: argparse.Namespace) -> int:
     from .experiments import studies
 
+    if args.experiment == "relatedness-curve":
+        studies.relatedness_curves(args.config, args.overrides, arms=args.arms, steps=args.steps,
+                                   eval_every=args.eval_every, pairs=args.pairs, pmi_K=args.pmi_k,
+                                   dm=args.dm, sr_fraction=args.sr_fraction,
+                                   calibration_fraction=args.calibration_fraction, root=args.root,
+                                   tracking_uri=args.tracking_uri, train_seeds=args.train_seeds,
+                                   siamese_epochs=args.siamese_epochs, dataset=args.dataset,
+                                   threads=args.threads)
+        return 0
+
     common = {"root": args.root, "dm": args.dm, "seeds": args.seeds, "tracking_uri": args.tracking_uri,
               "ray_address": args.address, "train_seeds": args.train_seeds, "dataset": args.dataset}
     if args.experiment == "data-efficiency":
@@ -465,10 +514,11 @@ def _experiment(args: argparse.Namespace) -> int:
     elif args.experiment == "gamma":
         studies.gamma_ablation(args.config, args.overrides, gammas=_floats(args.gammas, "--gammas"),
                                sr_fraction=args.sr_fraction, fraction=args.fraction, pmi_K=args.pmi_k,
-                               **common)
+                               calibration_fraction=args.calibration_fraction, **common)
     else:
         studies.label_propagation(args.config, args.overrides, sr_fraction=args.sr_fraction,
-                                  arms=args.arms, K=args.pmi_k, **common)
+                                  arms=args.arms, K=args.pmi_k,
+                                  calibration_fraction=args.calibration_fraction, **common)
     return 0
 
 

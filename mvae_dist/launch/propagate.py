@@ -50,15 +50,23 @@ from mvae_dist.data.shards import atomic_write, shard_path
 from mvae_dist.errors import ConfigError, DataError
 from mvae_dist.models.builders import event_shape as model_shape
 
+from ..plots import score_distributions
 from ..propagate.pools import (
     class_counts,
     event_shape,
     shard_url,
 )
-from ..propagate.relatedness import Scored, choose_threshold, relatedness_scores
+from ..propagate.relatedness import (
+    RANKING_KEYS,
+    Scored,
+    choose_threshold,
+    relatedness_report,
+    relatedness_scores,
+)
 from ..propagate.scorer import ShardScorer
 
 MARKER = "_propagating.json"  # the run's parameters while shards are being written
+FIGURE = "pmi_distributions.png"  # PMI of related / unrelated pairs on the calibration split and pool
 
 
 # ------------------------------------------------------------------------------ the result
@@ -69,7 +77,12 @@ class PropagateResult:
     threshold: the PMI threshold used; calibrated_on: the split it was chosen on (None when
     given); calibration: relatedness_scores on that split at the threshold; scores:
     relatedness_scores of the found pairs on the pool against its ground truth (precision,
-    recall, f1, accuracy, n, n_pred_related, n_related); pool_scores: every pool pair's PMI.
+    recall, f1, accuracy, n, n_pred_related, n_related); pool_scores: every pool pair's PMI;
+    ranking (None without ground truth on both splits): ROC-AUC and average precision of the PMI
+    on the calibration split (cal_auc, cal_ap) and on the pool (auc, ap), and the pool's F1 at
+    its own best threshold (best_f1, best_threshold: an upper bound, never used to predict);
+    compared: {split: relatedness_report on the pool with the threshold chosen on that split}
+    for each of ``compare_calibrations``.
     """
 
     out: str
@@ -90,6 +103,8 @@ class PropagateResult:
     extra_train: dict = field(default_factory=dict)
     copied: dict = field(default_factory=dict)
     pool_scores: Scored | None = field(default=None, repr=False)
+    ranking: dict | None = None
+    compared: dict = field(default_factory=dict)
 
     @property
     def manifest_url(self) -> str:
@@ -100,6 +115,13 @@ class PropagateResult:
         """Pool pairs scored per second (wall clock of the pool phase, all workers together)."""
         s = self.seconds.get("pool", 0.0)
         return self.n_scored / s if s > 0 else float("nan")
+
+    def ranking_line(self) -> str:
+        r = self.ranking or {}
+        return (f"ranking by PMI: ROC-AUC {r['auc']:.3f} on {self.pool} ({r['cal_auc']:.3f} on "
+                f"{self.calibrated_on}), average precision {r['ap']:.3f} ({r['cal_ap']:.3f}); F1 at the "
+                f"best threshold for {self.pool} {r['best_f1']:.3f} (an upper bound: it looks at "
+                f"{self.pool}'s ground truth) -> {self.out}/{FIGURE}")
 
     @property
     def n_train(self) -> int:
@@ -121,6 +143,10 @@ class PropagateResult:
             f"{self.seconds.get('pool', 0):.1f} s ({self.pairs_per_s:.0f} pairs/s, K={self.K})",
             f"found {self.n_found} related pairs; against the ground truth: precision {s['precision']:.3f} "
             f"recall {s['recall']:.3f} F1 {s['f1']:.3f}",
+            *([self.ranking_line()] if self.ranking else []),
+            *(f"with the threshold chosen on {k} instead ({c['threshold']:.4f}): precision "
+              f"{c['precision']:.3f} recall {c['recall']:.3f} F1 {c['f1']:.3f}"
+              for k, c in self.compared.items()),
             f"wrote train: {self.n_found} pairs{extra} in {self.n_shards} shards{copied} "
             f"-> {self.manifest_url}",
         ]
@@ -238,7 +264,9 @@ class PropagateConfig(Section):
     tasks score on "cuda"). K: importance samples per PMI estimate. seed: of each pair's PMI
     noise. extra_train: source splits appended unchanged to the output's ``train`` (e.g.
     ("sr",): S_r plus the found pairs, the paper's retraining set); copy_splits: source splits
-    copied unchanged (e.g. ("test",)).
+    copied unchanged (e.g. ("test",)). compare_calibrations: more splits with ground truth, each
+    choosing its own max-F1 threshold whose F1 on the pool is reported beside the one used (e.g.
+    ("sm",), the paper's protocol, when calibrating on the held-out "sc"); they select nothing.
     """
 
     flag_keys: ClassVar[bool] = True
@@ -258,6 +286,7 @@ class PropagateConfig(Section):
     gpus_per_worker: NonNegativeFloat = 0.0
     extra_train: Names = ()
     copy_splits: Names = ()
+    compare_calibrations: Names = ()
 
     @model_validator(mode="after")
     def _across_keys(self) -> PropagateConfig:
@@ -293,7 +322,7 @@ def run_propagate(cfg: PropagateConfig | None = None, *, tracking_uri: str | Non
     fs, root = url_to_fs(out, storage_options)
     written: list[str] = []  # relative paths that may exist under out (for clean-up on failure)
     try:
-        threshold, calibration = _threshold(cfg, src, pool, progress)
+        threshold, calibration, cal_scored = _threshold(cfg, src, pool, progress)
         t_cal = time.perf_counter()
         marker = {"data": src.data, "pool": cfg.pool, "threshold": threshold, "model": src.trained.source}
         atomic_write(fs, f"{root}/{MARKER}", json.dumps(marker).encode())
@@ -302,11 +331,18 @@ def run_propagate(cfg: PropagateConfig | None = None, *, tracking_uri: str | Non
         t_pool = time.perf_counter()
         splits, extra_counts = _copy_splits(cfg, src, pool, out, train, written)
         scores = relatedness_scores(found, scored.related)
+        ranking = _ranking(cal_scored, scored)
+        compared = _compare(cfg, src, pool, scored, progress)
+        if ranking is not None:  # beside the found pairs: what a user judges the threshold by
+            written.append(FIGURE)
+            _write_png(fs, f"{root}/{FIGURE}", _figure(cfg, cal_scored, scored))
         propagation = {
             "data": src.data, "pool": cfg.pool, "pool_count": int(src.pool_info["count"]),
             "threshold": threshold, "calibrated_on": cfg.calibrate if calibration is not None else None,
             "calibration": calibration, "scores": scores, "n_scored": int(len(found)),
-            "n_found": int(found.sum()), "K": cfg.K, "seed": cfg.seed, "model": src.model_summary(),
+            "n_found": int(found.sum()), "ranking": ranking, "compared": compared, "K": cfg.K,
+            "seed": cfg.seed,
+            "model": src.model_summary(),
             "extra_train": extra_counts, "copied": list(cfg.copy_splits),
         }
         m = src.manifest
@@ -323,6 +359,9 @@ def run_propagate(cfg: PropagateConfig | None = None, *, tracking_uri: str | Non
             raise inner from None
         raise
     t_end = time.perf_counter()
+    if src.trained.run_id and ranking is not None:
+        _log_to_run(src.trained.run_id, tracking_uri, cfg, threshold, calibration, scores, ranking,
+                    _figure(cfg, cal_scored, scored))
     return PropagateResult(
         out=out, data=src.data, pool=cfg.pool, threshold=threshold,
         calibrated_on=cfg.calibrate if calibration is not None else None, calibration=calibration,
@@ -332,7 +371,7 @@ def run_propagate(cfg: PropagateConfig | None = None, *, tracking_uri: str | Non
                  "total": t_end - t_start},
         extra_train=extra_counts,
         copied={s: int(src.manifest["splits"][s]["count"]) for s in cfg.copy_splits},
-        pool_scores=scored,
+        pool_scores=scored, ranking=ranking, compared=compared,
     )
 
 
@@ -384,6 +423,10 @@ def _open_inputs(cfg: PropagateConfig, out: str, tracking_uri: str | None,
                               "choose a mixed split such as sm, or give --threshold")
     for split in (*cfg.extra_train, *cfg.copy_splits):
         _check_split(manifest, split, "extra split", data)
+    for split in cfg.compare_calibrations:
+        info = _check_split(manifest, split, "compare-calibrations", data)
+        if info.get("related") in (0, info["count"]):
+            raise ConfigError(f"--compare-calibrations {split!r} has no mix of related and unrelated pairs")
     return _Inputs(trained, data, data_options, manifest, pool_info, cal_info)
 
 
@@ -426,18 +469,80 @@ class _Workers:
 
 
 def _threshold(cfg: PropagateConfig, src: _Inputs, pool: _Workers,
-               progress: bool) -> tuple[float, dict | None]:
+               progress: bool) -> tuple[float, dict | None, tuple[np.ndarray, np.ndarray] | None]:
     """The given threshold, or the F1-maximising one on the calibration split -> (threshold,
-    relatedness scores there or None)."""
+    relatedness scores there or None, (PMI float [C], related bool [C]) of the split or None)."""
     if cfg.threshold is not None:
-        return float(cfg.threshold), None
-    entries = src.cal_info["shards"]
-    res = pool.run("score", [(shard_url(src.data, e), e, src.n_modalities) for e in entries],
-                   desc=f"PMI {cfg.calibrate}", progress=progress, weights=[e["count"] for e in entries])
-    scores = np.concatenate([r["scores"] for r in res])
-    related = np.concatenate([r["related"] for r in res])
+        return float(cfg.threshold), None, None
+    scores, related = _score_split(src, pool, src.cal_info, cfg.calibrate, progress)
     threshold = float(choose_threshold(scores, related))
-    return threshold, relatedness_scores(scores >= threshold, related)
+    return threshold, relatedness_scores(scores >= threshold, related), (scores, related)
+
+
+def _score_split(src: _Inputs, pool: _Workers, info: dict, split: str,
+                 progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """PMI of every pair of a split with ground truth, on the workers -> (float [C], bool [C])."""
+    entries = info["shards"]
+    res = pool.run("score", [(shard_url(src.data, e), e, src.n_modalities) for e in entries],
+                   desc=f"PMI {split}", progress=progress, weights=[e["count"] for e in entries])
+    return np.concatenate([r["scores"] for r in res]), np.concatenate([r["related"] for r in res])
+
+
+def _compare(cfg: PropagateConfig, src: _Inputs, pool: _Workers, scored: Scored,
+             progress: bool) -> dict[str, dict]:
+    """{split: relatedness_report of the pool at the threshold chosen on split} for each of
+    ``cfg.compare_calibrations`` (the pool needs ground truth)."""
+    if scored.related is None:
+        return {}
+    out = {}
+    for split in cfg.compare_calibrations:
+        cal = _score_split(src, pool, src.manifest["splits"][split], split, progress)
+        rep = relatedness_report(cal, (scored.scores, scored.related))
+        out[split] = {k: float(v) for k, v in rep.items()}
+    return out
+
+
+def _ranking(cal: tuple[np.ndarray, np.ndarray] | None, scored: Scored) -> dict | None:
+    """relatedness_report's ranking keys when the calibration split and the pool both have ground
+    truth with both classes, else None."""
+    if cal is None or scored.related is None or scored.related.all() or not scored.related.any():
+        return None
+    rep = relatedness_report(cal, (scored.scores, scored.related))
+    return {k: float(rep[k]) for k in RANKING_KEYS}
+
+
+def _figure(cfg: PropagateConfig, cal: tuple[np.ndarray, np.ndarray], scored: Scored) -> np.ndarray:
+    return score_distributions([(f"{cfg.calibrate} (threshold chosen here)", *cal),
+                                (f"{cfg.pool} (predicted)", scored.scores, scored.related)],
+                               xlabel=f"PMI (IWAE, K={cfg.K})")
+
+
+def _log_to_run(run_id: str, tracking_uri: str | None, cfg: PropagateConfig, threshold: float,
+                calibration: dict, scores: dict, ranking: dict, figure: np.ndarray) -> None:
+    """The model's MLflow run gets the relatedness of its PMI: ``pmi/<pool>/{f1, precision,
+    recall, auc, ap, best_f1}``, ``pmi/<calibrate>/{f1, auc, ap}``, ``pmi/threshold`` and the
+    figure as ``pmi/<calibrate>_<pool>_distributions.png``."""
+    from mvae_dist.tracking import Tracker
+
+    t = Tracker(tracking_uri)
+    t.attach(run_id)
+    p, c = cfg.pool, cfg.calibrate
+    t.log_metrics({f"pmi/{p}/f1": scores["f1"], f"pmi/{p}/precision": scores["precision"],
+                   f"pmi/{p}/recall": scores["recall"], f"pmi/{p}/auc": ranking["auc"],
+                   f"pmi/{p}/ap": ranking["ap"], f"pmi/{p}/best_f1": ranking["best_f1"],
+                   f"pmi/{c}/f1": calibration["f1"], f"pmi/{c}/auc": ranking["cal_auc"],
+                   f"pmi/{c}/ap": ranking["cal_ap"], "pmi/threshold": threshold}, step=0)
+    t.log_image(figure, f"pmi/{c}_{p}_distributions.png")
+
+
+def _write_png(fs: Any, path: str, img: np.ndarray) -> None:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    atomic_write(fs, path, buf.getvalue())
 
 
 def _select(cfg: PropagateConfig, src: _Inputs, pool: _Workers, threshold: float, out: str,

@@ -140,6 +140,10 @@ def average_precision(scores: Any, related: Any) -> float:
     return float(np.sum(gained * precision))
 
 
+#: the keys of relatedness_report that measure ranking (and its upper bound), not the calibrated cut
+RANKING_KEYS = ("cal_auc", "cal_ap", "auc", "ap", "best_f1", "best_threshold")
+
+
 def relatedness_report(calibration: tuple[Any, Any], pool: tuple[Any, Any] | None) -> dict[str, float | int]:
     """What a relatedness score does on a calibration set and on a pool, ranking apart from
     calibration. calibration, pool: (scores float [P], related bool [P]); pool may be None.

@@ -28,7 +28,14 @@ from mvae_dist.errors import ConfigError
 from mvae_dist.eval.classifiers import Standardize
 
 from .pools import event_shape
-from .relatedness import Scored, choose_threshold, relatedness_scores, score_batches
+from .relatedness import (
+    RANKING_KEYS,
+    Scored,
+    choose_threshold,
+    relatedness_report,
+    relatedness_scores,
+    score_batches,
+)
 
 NetKind = Literal["mlp", "cnn", "tokens"]
 
@@ -247,7 +254,10 @@ def siamese_scores(model: SiameseModel, url: str, split: str, *, batch_size: int
 @dataclass
 class SiameseResult:
     """The baseline's run: threshold chosen on ``calibrate``, relatedness_scores there and on
-    ``pool`` (None without ground truth); pool_scores: every pool pair's score."""
+    ``pool`` (None without ground truth); pool_scores: every pool pair's score; ranking: the
+    ranking measures of relatedness_report (cal_auc, cal_ap, auc, ap, best_f1, best_threshold),
+    None without ground truth on the pool; compared: {split: relatedness_report on the pool at
+    the threshold chosen on split} for each of ``compare_calibrations``."""
 
     model: SiameseModel
     threshold: float
@@ -255,6 +265,8 @@ class SiameseResult:
     pool: dict | None
     seconds: dict = field(default_factory=dict)
     pool_scores: Scored | None = field(default=None, repr=False)
+    ranking: dict | None = None
+    compared: dict = field(default_factory=dict)
 
     def lines(self) -> list[str]:
         out = [f"siamese threshold {self.threshold:.4f} (F1 {self.calibration['f1']:.3f} on calibration)"]
@@ -262,14 +274,20 @@ class SiameseResult:
             p = self.pool
             out.append(f"siamese on pool: precision {p['precision']:.3f} recall {p['recall']:.3f} "
                        f"F1 {p['f1']:.3f} ({p['n_pred_related']} of {p['n']} predicted related)")
+        if self.ranking is not None:
+            r = self.ranking
+            out.append(f"siamese ranking: ROC-AUC {r['auc']:.3f} on pool ({r['cal_auc']:.3f} on "
+                       f"calibration), average precision {r['ap']:.3f}; F1 at the pool's best threshold "
+                       f"{r['best_f1']:.3f} (upper bound)")
         return out
 
 
 def siamese_baseline(url: str, *, train_split: str = "sr", calibrate: str = "sm", pool: str = "fm",
                      epochs: int = 10, seed: int = 0, storage_options: dict | None = None,
                      progress: bool = False, device: str | torch.device = "cpu",
-                     **train_kw: Any) -> SiameseResult:
-    """Figure 8f's Siamese row: train on S_r, choose the threshold on S_m, predict F_m."""
+                     compare_calibrations: Sequence[str] = (), **train_kw: Any) -> SiameseResult:
+    """Figure 8f's Siamese row: train on S_r, choose the threshold on S_m (or ``calibrate``),
+    predict F_m; compare_calibrations: more splits whose own thresholds are reported on the pool."""
     t0 = time.perf_counter()
     model = train_siamese(url, train_split, epochs=epochs, seed=seed, storage_options=storage_options,
                           progress=progress, device=device, **train_kw)
@@ -280,15 +298,23 @@ def siamese_baseline(url: str, *, train_split: str = "sr", calibrate: str = "sm"
     threshold = choose_threshold(cal.scores, cal.related)
     model.threshold = threshold
     cal_metrics = relatedness_scores(cal.scores >= threshold, cal.related)
-    pool_metrics, scored = None, None
+    pool_metrics, scored, ranking = None, None, None
     if pool:
         scored = siamese_scores(model, url, pool, storage_options=storage_options, device=device,
                                 progress=progress)
         if scored.related is not None:
             pool_metrics = relatedness_scores(scored.scores >= threshold, scored.related)
+            if scored.related.any() and not scored.related.all():
+                rep = relatedness_report((cal.scores, cal.related), (scored.scores, scored.related))
+                ranking = {k: float(rep[k]) for k in RANKING_KEYS}
+    compared = {}
+    for split in compare_calibrations if pool_metrics is not None else ():
+        other = siamese_scores(model, url, split, storage_options=storage_options, device=device)
+        rep = relatedness_report((other.scores, other.related), (scored.scores, scored.related))
+        compared[split] = {k: float(v) for k, v in rep.items()}
     t2 = time.perf_counter()
     return SiameseResult(model, threshold, cal_metrics, pool_metrics,
-                         {"train": t1 - t0, "score": t2 - t1}, scored)
+                         {"train": t1 - t0, "score": t2 - t1}, scored, ranking, compared)
 
 
 __all__ = ["SiameseModel", "SiameseResult", "TokenEmbedding", "contrastive_pair_loss", "embedding_net",

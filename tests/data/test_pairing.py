@@ -111,6 +111,32 @@ def test_propagation_pools():
         pairing.propagation_pools(fr, [a, b], sr_fraction=1.0)
 
 
+def test_a_held_out_calibration_split_leaves_the_paper_pools_alone_without_it():
+    """S_c is carved out of the S_r draw (never trained on, mixed like S_m from its own instances);
+    F_m is unchanged by it, and without it the pools are exactly the paper's."""
+    a, b = _labels([40] * 10, 1), _labels([40] * 10, 2)
+    fr = pairing.pair_by_label([a, b], dm=5, seed=0)
+    paper = pairing.propagation_pools(fr, [a, b], sr_fraction=0.1, seed=0)
+    held = pairing.propagation_pools(fr, [a, b], sr_fraction=0.1, seed=0, calibration_fraction=0.25)
+    assert set(paper) == {"sr", "fm", "sm"} and set(held) == {"sr", "fm", "sm", "sc"}
+    assert all(np.array_equal(x, y) for x, y in zip(paper["fm"], held["fm"]))  # F_m: the same pool
+    (sr, sr_rel), (sc, sc_rel), (sm, _) = held["sr"], held["sc"], held["sm"]
+    n_draw = round(0.1 * len(fr))
+    assert len(sc) == round(0.25 * n_draw) and len(sr) == n_draw - len(sc) and sr_rel.all()
+    assert (~sc_rel).sum() == round(0.5 * len(sc)) and len(sm) == len(sr)
+    # S_r + S_c's anchors are the paper's S_r; S_c's related rows are disjoint from S_r
+    rows = lambda x: sorted(map(tuple, x.tolist()))  # noqa: E731
+    assert rows(np.concatenate([sr[:, :1], sc[:, :1]])) == rows(paper["sr"][0][:, :1])
+    assert not set(map(tuple, sc[sc_rel].tolist())) & set(map(tuple, sr.tolist()))
+    # S_m matches only instances of the S_r trained on; S_c only instances of the S_r draw
+    assert set(sm[:, 0]) <= set(sr[:, 0]) and set(sm[:, 1]) <= set(sr[:, 1])
+    assert set(sc[:, 1]) <= set(paper["sr"][0][:, 1])
+    with pytest.raises(ConfigError, match="calibration_fraction must be in"):
+        pairing.propagation_pools(fr, [a, b], sr_fraction=0.1, calibration_fraction=1.0)
+    with pytest.raises(ConfigError, match="both need pairs"):
+        pairing.propagation_pools(fr, [a, b], sr_fraction=0.1, calibration_fraction=0.001)
+
+
 def test_bad_arguments():
     with pytest.raises(ConfigError, match="dm"):
         pairing.pair_by_label([np.zeros(3), np.zeros(3)], dm=0)

@@ -132,6 +132,15 @@ def test_memory_url_and_propagation_pools():
     assert s["fm"]["count"] == 360 and s["fm"]["related"] == 180 and s["fm"]["mixed"]
     assert s["sm"]["count"] == 40 and s["sm"]["related"] == 20
     assert verify("memory://pools-test/ds")["shards"] == sum(len(v["shards"]) for v in s.values())
+    held = prepare("embedded", "memory://pools-test/held", **SMALL, sr_fraction=0.1,
+                   calibration_fraction=0.25)
+    h = held["splits"]
+    assert set(h) == {"train", "test", "sr", "fm", "sm", "sc"}
+    assert held["config"]["calibration_fraction"] == 0.25
+    assert h["sc"]["count"] == 10 and h["sc"]["related"] == 5 and h["sc"]["mixed"]
+    assert h["sr"]["count"] == h["sm"]["count"] == 30 and h["fm"]["count"] == 360
+    with pytest.raises(ConfigError, match="give sr_fraction too"):
+        prepare("embedded", "memory://pools-test/bad", **SMALL, calibration_fraction=0.25)
 
 
 def test_fraction_reduces_each_unimodal_set(tmp_path):

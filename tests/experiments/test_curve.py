@@ -75,3 +75,36 @@ def test_until_stops_at_the_first_evaluation_meeting_the_targets(tiny_data):
                           n_train_latent=40, until={"latent_acc": 1.01})
     assert [r["step"] for r in rows] == [0, 2, 4] and not any(r["targets_met"] for r in rows)
     assert not targets_met({"latent_acc": 0.9}, {"latent_acc": 0.5, "coherence_joint": 0.1})
+
+
+def test_relatedness_of_the_pmi_at_every_evaluation(tmp_path):
+    """With the pools (and a held-out S_c) each row carries the PMI's held-out relatedness; a data
+    set without the pools is refused in one line."""
+    from mvae_dist.data import prepare
+    from mvae_dist.errors import ConfigError
+
+    url = str(tmp_path / "pools")
+    prepare("embedded", url, dm=1, street_per_class=(10, 10), shard_size=64, progress=False,
+            sr_fraction=0.5, calibration_fraction=0.4)
+    clfs = {"mnist": build_classifier("conv", (1, 28, 28)),
+            "svhn-like": build_classifier("conv", (3, 32, 32))}
+    d = _cfg(url).to_dict()
+    d["data"]["train_split"] = "sr"  # F_m held out (30 pairs here: batches of 8)
+    d["data"]["batch_size"], d["train"]["num_workers"] = 8, 1
+    rows = learning_curve(RunConfig.from_dict(d), steps=2, eval_every=2, classifiers=clfs, n_test=20,
+                          n_train_latent=20, relatedness=30, pmi_K=2)
+    assert [r["step"] for r in rows] == [0, 2]
+    for r in rows:
+        assert 0.0 <= r["pmi_auc"] <= 1.0 and 0.0 <= r["pmi_ap"] <= 1.0
+        assert r["pmi_f1"] <= r["pmi_best_f1"] and r["pmi_sc_f1"] <= r["pmi_best_f1"]
+    with pytest.raises(ConfigError, match="needs the label-propagation pools"):
+        learning_curve(_cfg(_plain(tmp_path)), steps=1, eval_every=1, classifiers=clfs, n_test=20,
+                       n_train_latent=20, relatedness=10)
+
+
+def _plain(tmp_path) -> str:
+    from mvae_dist.data import prepare
+
+    url = str(tmp_path / "plain")
+    prepare("embedded", url, dm=1, street_per_class=(10, 10), shard_size=64, progress=False)
+    return url

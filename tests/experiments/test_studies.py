@@ -64,19 +64,22 @@ def test_label_propagation_study_on_three_modalities(ray_cluster, tmp_path, caps
     """Section 4.5 end to end on M = 3 (embedded-text: MNIST, street numbers, SYNTHETIC captions):
     the Siamese baseline with a token net, cI-MMVAE on S_r, PMI of triples on Ray workers, the
     retrained model on S_r + found; every run scored by the source set's classifiers and CCA
-    scorer. (The M = 2 path: the gamma study below and tests/propagate.)"""
+    scorer; thresholds chosen on a held-out S_c, S_m's reported beside. (The M = 2 path and the
+    paper's S_m protocol: the gamma study below and tests/propagate.)"""
     from mvae_dist.launch.experiments import label_propagation
     from mvae_dist.launch.experiments.studies import ensure_data
 
     root = str(tmp_path / "lp")
     opts = SMALL
-    url = ensure_data(root, dataset="embedded-text", dm=1, sr_fraction=0.5, data_options=opts, progress=False)
-    name = f"embedded-text-{street.RENDERER}-dm1-f1-sr0.5"
+    url = ensure_data(root, dataset="embedded-text", dm=1, sr_fraction=0.5, data_options=opts, progress=False,
+                      calibration_fraction=0.3)
+    name = f"embedded-text-{street.RENDERER}-dm1-f1-sr0.5-c0.3"
     assert url.endswith(name)
     _classifiers_for(url)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     out = label_propagation(None, QUICK, sr_fraction=0.5, arms=["cI"], dm=1, root=root, K=2,
-                            tracking_uri=uri, data_options=opts, dataset="embedded-text")
+                            tracking_uri=uri, data_options=opts, dataset="embedded-text",
+                            calibration_fraction=0.3)
     text = capsys.readouterr().out
     assert "Siamese" in text and "cI-MMVAE PMI" in text and "fitting the CCA scorer" in text
     assert "| CCA mnist->text | CCA text->mnist | CCA joint |" in text, text
@@ -85,7 +88,11 @@ def test_label_propagation_study_on_three_modalities(ray_cluster, tmp_path, caps
     assert all(-1.0 <= r["cca_joint"] <= 1.0 and 0.0 <= r["coherence_cross"] <= 1.0 for r in results["rows"])
     preds = {r["predictor"]: r for r in results["relatedness"]}
     assert set(preds) == {"Siamese", "cI-MMVAE PMI"}
-    assert all(0.0 <= p["f1"] <= 1.0 for p in preds.values())
+    assert all(0.0 <= p["f1"] <= p["best_f1"] <= 1.0 and 0.0 <= p["auc"] <= 1.0 for p in preds.values())
+    assert "| F1 (threshold on S_c (held out)) | F1 (threshold on S_m, the paper's) | ROC-AUC | average " \
+        "precision | F1 at F_m's best threshold (bound) | ROC-AUC on S_c (held out) |" in text, text
+    for p in preds.values():  # the paper's threshold (on S_m), reported beside the held-out one
+        assert 0.0 <= p["f1_sm"] <= p["best_f1"] and p["threshold_sm"] != p["threshold"]
     found = list(Path(root).glob("propagated/cI-*/manifest.json"))
     assert len(found) == 1
     manifest = json.loads(found[0].read_text())
@@ -97,6 +104,10 @@ def test_label_propagation_study_on_three_modalities(ray_cluster, tmp_path, caps
     retrained = client.get_run(results["rows"][2]["run_id"])
     assert json.loads(retrained.data.params["model.modalities"]) == ["mnist", "svhn", "text:23"]
     assert retrained.data.params["eval.classifiers"] == url and "eval/cca_joint" in retrained.data.metrics
+    parent = client.get_run(retrained.data.tags["mlflow.parentRunId"]).data.metrics  # the study's run
+    for name, p in preds.items():
+        assert parent[f"relatedness/{name}/auc"] == pytest.approx(p["auc"])
+        assert parent[f"relatedness/{name}/best_f1"] == pytest.approx(p["best_f1"])
 
 
 @pytest.mark.parametrize("args, message", [
@@ -123,7 +134,8 @@ def test_pmi_k_must_be_positive(study, value, capsys):
 
 @pytest.mark.slow
 def test_gamma_study_on_a_fraction(ray_cluster, tmp_path, capsys):
-    """Baseline + cI on half of each modality: PMI F1 per arm, plots against gamma with the
+    """Baseline + cI on half of each modality, trained on S_r only (F_m held out): PMI F1 and
+    ROC-AUC per arm, at S_m's threshold and at a held-out S_c's, plots against gamma with the
     baseline as reference, coherences scored by the whole training set's classifiers. (One gamma:
     a second cI arm runs the same code again, ~12-20 s of Ray Train start-up in the suite.)"""
     from mvae_dist.launch.experiments import gamma_ablation
@@ -134,17 +146,55 @@ def test_gamma_study_on_a_fraction(ray_cluster, tmp_path, capsys):
     _classifiers_for(full)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     out = gamma_ablation(None, QUICK, gammas=(4.0,), dm=1, sr_fraction=0.5, fraction=0.5, root=root,
-                         tracking_uri=uri, relatedness_pairs=40, data_options=SMALL, pmi_K=3)
+                         tracking_uri=uri, relatedness_pairs=40, data_options=SMALL, pmi_K=3,
+                         calibration_fraction=0.5, train_on="sr")
     results = json.loads((out / "results.json").read_text())
     rows = results["rows"]
     assert [(r["objective"], r["gamma"]) for r in rows] == [("baseline", None), ("cI", 4.0)]
     assert all(0.0 <= r["pmi_f1"] <= 1.0 and 0.0 <= r["coherence_cross"] <= 1.0 for r in rows)
-    assert {p.name for p in (out / "plots").iterdir()} >= {"latent_acc_vs_gamma.png", "pmi_f1_vs_gamma.png"}
+    # ranking apart from calibration: AUC in [0, 1], and the best cut on F_m bounds the calibrated one
+    assert all(0.0 <= r["pmi_auc"] <= 1.0 and r["pmi_f1"] <= r["pmi_best_f1"] <= 1.0 for r in rows)
+    assert all(0.0 <= r["pmi_sc_f1"] <= r["pmi_best_f1"] for r in rows)
+    assert {p.name for p in (out / "plots").iterdir()} >= {"latent_acc_vs_gamma.png", "pmi_f1_vs_gamma.png",
+                                                          "pmi_auc_vs_gamma.png"}
     client = _client(uri)
     for r in rows:
         run = client.get_run(r["run_id"])
         assert run.data.params["eval.classifiers"] == full
-        assert run.data.params["data.url"].endswith(f"embedded-{street.RENDERER}-dm1-f0.5-sr0.5")
-        assert "eval/pmi_f1" in run.data.metrics
+        assert run.data.params["data.url"].endswith(f"embedded-{street.RENDERER}-dm1-f0.5-sr0.5-c0.5")
+        assert run.data.params["data.train_split"] == "sr"
+        assert {"eval/pmi_f1", "eval/pmi_auc", "eval/pmi_best_f1"} <= set(run.data.metrics)
     printed = capsys.readouterr().out
-    assert "| objective | gamma |" in printed and "| PMI precision | PMI recall | PMI F1 |" in printed
+    assert "| objective | gamma |" in printed and "| PMI precision | PMI recall | PMI F1 | PMI ROC-AUC |" \
+        in printed and "| PMI F1, threshold on held-out S_c |" in printed
+
+
+def test_relatedness_curves_in_one_process(tmp_path, capsys):
+    """Held-out relatedness against steps: a curve row per evaluation per arm with the PMI's AUC
+    and F1 at S_c's and S_m's thresholds, the Siamese network as reference, plots and MLflow."""
+    from mvae_dist.launch.experiments.studies import ensure_data, relatedness_curves
+
+    root = str(tmp_path / "rc")
+    url = ensure_data(root, dm=1, sr_fraction=0.5, calibration_fraction=0.3, data_options=SMALL,
+                      progress=False)
+    _classifiers_for(url)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    out = relatedness_curves(None, QUICK, arms=["baseline", "cI"], steps=2, eval_every=1, pairs=30, pmi_K=2,
+                             dm=1, sr_fraction=0.5, calibration_fraction=0.3, root=root, tracking_uri=uri,
+                             siamese_epochs=1, data_options=SMALL, progress=False)
+    results = json.loads((out / "results.json").read_text())
+    curves = results["curves"]
+    assert [(r["arm"], r["step"]) for r in curves] == [(a, s) for a in ("baseline", "cI") for s in (0, 1, 2)]
+    for r in curves:
+        assert 0.0 <= r["pmi_auc"] <= 1.0 and max(r["pmi_f1"], r["pmi_sc_f1"]) <= r["pmi_best_f1"]
+    (sia,) = results["siamese"]
+    assert 0.0 <= sia["auc"] <= 1.0 and 0.0 <= sia["f1"] <= sia["best_f1"] and "f1_sm" in sia
+    assert {p.name for p in (out / "plots").iterdir()} == {f"{k}_vs_step.png" for k in
+                                                          ("pmi_auc", "pmi_sc_f1", "pmi_f1", "pmi_best_f1")}
+    client = _client(uri)
+    (parent,) = client.search_runs([client.get_experiment_by_name("mvae-dist-experiments").experiment_id])
+    history = client.get_metric_history(parent.info.run_id, "cI seed0/pmi_auc")
+    assert [m.step for m in history] == [0, 1, 2] and parent.info.status == "FINISHED"
+    assert parent.data.metrics["Siamese/auc"] == pytest.approx(sia["auc"])
+    text = capsys.readouterr().out
+    assert "| predictor (last evaluation) | ROC-AUC on F_m | F1, threshold on S_c |" in text

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 
+import mlflow
 import numpy as np
 import pytest
 import torch
@@ -16,7 +17,13 @@ from mvae_dist.data import make_loader, open_manifest, verify
 from mvae_dist.errors import ConfigError, DataError
 from mvae_dist.launch.cli import main
 from mvae_dist.launch.propagate import run_propagate
-from mvae_dist.propagate.relatedness import choose_threshold, relatedness_scores, score_pmi
+from mvae_dist.propagate.relatedness import (
+    average_precision,
+    choose_threshold,
+    relatedness_scores,
+    roc_auc,
+    score_pmi,
+)
 from mvae_dist.trained import load_trained
 
 K = 2
@@ -86,11 +93,27 @@ def test_end_to_end_on_two_workers_matches_in_process_pmi(ray_cluster, tiny_pool
     assert prov["scores"]["f1"] == pytest.approx(r.scores["f1"])
     assert not os.path.exists(os.path.join(out, "_propagating.json"))
 
+    # ranking apart from calibration: AUC / AP of the same PMI on sm and fm, fm's best-threshold F1
+    # (the workers' PMI equals the in-process one to 2e-3: a near tie may swap, 1/625 of AUC each)
+    assert r.ranking["cal_auc"] == pytest.approx(roc_auc(sm.scores, sm.related), abs=0.01)
+    assert r.ranking["auc"] == pytest.approx(roc_auc(r.pool_scores.scores, truth), abs=1e-12)
+    assert r.ranking["ap"] == pytest.approx(average_precision(r.pool_scores.scores, truth), abs=1e-12)
+    best = choose_threshold(r.pool_scores.scores, truth)
+    assert r.ranking["best_threshold"] == best and r.ranking["best_f1"] >= r.scores["f1"]
+    at_best = relatedness_scores(r.pool_scores.scores >= best, truth)
+    assert r.ranking["best_f1"] == pytest.approx(at_best["f1"])
+    assert prov["ranking"] == r.ranking
+    from PIL import Image
+
+    assert Image.open(os.path.join(out, "pmi_distributions.png")).size[0] > 500  # two panels
+
     lines = r.lines()
     assert lines[0].startswith(f"threshold {r.threshold:.4f} (chosen on sm")
     assert "scored 450 pairs of fm on 2 Ray worker(s)" in lines[1]
     assert lines[2].startswith(f"found {r.n_found} related pairs") and "F1" in lines[2]
-    assert lines[3].endswith(f"-> {out}/manifest.json")
+    assert lines[3].startswith(f"ranking by PMI: ROC-AUC {r.ranking['auc']:.3f} on fm "
+                               f"({r.ranking['cal_auc']:.3f} on sm)") and "upper bound" in lines[3]
+    assert lines[4].endswith(f"-> {out}/manifest.json")
     assert r.pairs_per_s > 0
     print("\n".join(lines))
 
@@ -103,6 +126,7 @@ def test_given_threshold_one_worker_extra_splits_and_no_overwrite(ray_cluster, t
     r = run_propagate(checkpoint=untrained_checkpoint, data=tiny_pools, threshold=t, out=out, workers=1, K=K,
                       batch_size=64, progress=False, extra_train=("sr",), copy_splits=("test",))
     assert r.threshold == t and r.calibrated_on is None and r.calibration is None
+    assert r.ranking is None and not os.path.exists(os.path.join(out, "pmi_distributions.png"))
     assert r.n_found == int((fm.scores >= t).sum()) and r.workers == 1
     assert r.n_train == r.n_found + 50 and r.extra_train == {"sr": 50} and r.copied == {"test": 100}
     assert "(given)" in r.lines()[0] and "+ sr 50" in r.lines()[3]
@@ -163,18 +187,43 @@ def test_a_corrupt_shard_fails_cleanly_leaving_nothing(ray_cluster, tiny_pools, 
 
 
 def test_cli_propagate(ray_cluster, tiny_pools, untrained_checkpoint, tmp_path, capsys):
+    """From an MLflow run: the lines, and the run gets the PMI's relatedness and its figure."""
+    from mvae_dist.tracking import Tracker
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    with Tracker(uri, "propagate-test") as t:
+        run_id = t.start("model", tags={"last_checkpoint": untrained_checkpoint})
     out = str(tmp_path / "cli")
+    assert main(["propagate", "--run", run_id, "--tracking-uri", uri, "--pool", "fm", "--out", out,
+                 "--workers", "2", "--K", "1", "--batch-size", "16", "--compare-calibrations", "sm"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 6 and lines[0].startswith("threshold ") and "pairs of fm" in lines[1]
+    assert lines[3].startswith("ranking by PMI: ROC-AUC ")
+    prov = json.load(open(os.path.join(out, "manifest.json")))["propagation"]
+    # compared with the split the threshold came from: the same threshold, the same F1
+    assert prov["compared"]["sm"]["threshold"] == pytest.approx(prov["threshold"])
+    assert prov["compared"]["sm"]["f1"] == pytest.approx(prov["scores"]["f1"])
+    assert lines[4].startswith(f"with the threshold chosen on sm instead ({prov['threshold']:.4f})")
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    metrics = client.get_run(run_id).data.metrics
+    assert metrics["pmi/fm/auc"] == pytest.approx(prov["ranking"]["auc"])
+    assert metrics["pmi/sm/auc"] == pytest.approx(prov["ranking"]["cal_auc"])
+    assert metrics["pmi/fm/f1"] == pytest.approx(prov["scores"]["f1"])
+    assert metrics["pmi/fm/best_f1"] == pytest.approx(prov["ranking"]["best_f1"])
+    assert metrics["pmi/threshold"] == pytest.approx(prov["threshold"])
+    assert "pmi/sm_fm_distributions.png" in {a.path for a in client.list_artifacts(run_id, "pmi")}
+
     args = ["propagate", "--checkpoint", untrained_checkpoint, "--pool", "sm", "--out", out,
             "--workers", "2", "--K", "1", "--batch-size", "16"]
-    assert main(args) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 4 and lines[0].startswith("threshold ") and "pairs of sm" in lines[1]
-    assert json.load(open(os.path.join(out, "manifest.json")))["propagation"]["pool"] == "sm"
     fresh = [*args[:6], str(tmp_path / "other"), *args[7:]]
     for bad, message in [
         (args, f"mvae-dist: error: {out} already holds a data set"),
         ([*fresh[:4], "nope", *fresh[5:]], "mvae-dist: error: --pool 'nope' is not a split of"),
         ([*fresh, "--threshold", "inf"], "mvae-dist: error: --threshold must be a finite number, got inf"),
+        ([*fresh, "--compare-calibrations", "nope"],
+         "mvae-dist: error: --compare-calibrations 'nope' is not a split"),
+        ([*fresh, "--compare-calibrations", "sr"],
+         "mvae-dist: error: --compare-calibrations 'sr' has no mix of related and unrelated pairs"),
         ([*fresh[:2], str(tmp_path), *fresh[3:]], "mvae-dist: error: --checkpoint"),
     ]:
         assert main(bad) == 1

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mvae_dist.errors import ConfigError
+from mvae_dist.propagate.relatedness import average_precision, roc_auc
 from mvae_dist.propagate.siamese import (
     SiameseModel,
     contrastive_pair_loss,
@@ -88,6 +89,12 @@ def test_siamese_predicts_relatedness_clearly_above_chance(siamese_pools, one_th
     assert res.pool["f1"] > 0.72  # chance: 0.667
     assert res.pool["precision"] > 0.6 and res.pool["accuracy"] > 0.65
     assert res.calibration["f1"] > 0.72 and res.model.threshold == res.threshold
+    # its ranking, apart from the threshold: the same scores' AUC and the pool's best-cut F1
+    rel = res.pool_scores.related
+    assert res.ranking["auc"] == roc_auc(res.pool_scores.scores, rel) > 0.7  # chance 0.5
+    assert res.ranking["ap"] == average_precision(res.pool_scores.scores, rel) > 0.6  # chance 0.5
+    assert res.ranking["best_f1"] >= res.pool["f1"] and 0.5 < res.ranking["cal_auc"] <= 1.0
+    assert any(ln.startswith("siamese ranking: ROC-AUC ") for ln in res.lines())
 
 
 def test_siamese_on_three_modalities_with_captions(text_pools, one_thread):

@@ -261,13 +261,15 @@ def study_metrics(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
 
 
 def finish_study(study: Study, table: str, plots: Mapping[str, np.ndarray],
-                 extra: Mapping[str, Any] | None = None, failed: bool = False) -> Path:
-    """Log results/plots to the parent run, close it, write the same files locally -> the folder."""
+                 extra: Mapping[str, Any] | None = None, failed: bool = False,
+                 metrics: Mapping[str, float] | None = None) -> Path:
+    """Log results/plots to the parent run, close it, write the same files locally -> the folder.
+    metrics: more parent-run metrics beside ``study_metrics(study.rows)``."""
 
     t = Tracker(study.tracking_uri, study.base.tracking.experiment)
     t.attach(study.parent_run_id)
     results = {"study": study.name, "rows": study.rows, "runs": study.runs, **(extra or {})}
-    t.log_metrics(study_metrics(study.rows), step=0)
+    t.log_metrics({**study_metrics(study.rows), **(metrics or {})}, step=0)
     t.log_dict(results, "results.json")
     t.log_text(table, "results.md")
     for name, img in plots.items():

@@ -6,7 +6,10 @@ every ``eval_every`` steps with the paper's metrics (one seed, no likelihood). E
 one JSON line: the step, the training wall time so far (evaluation excluded), latent accuracy of
 the joint and of each unimodal posterior, the cross coherences, joint coherence and the mean
 training loss since the previous line. This is how the training choices of the demo config were
-found (docs/results.md, "Learning curves").
+found (docs/results.md, "Learning curves"). With ``relatedness`` pairs (a data set with the
+label-propagation pools) each line also holds the PMI's relatedness on F_m: ROC-AUC, average
+precision, F1 at the threshold chosen on S_m (and on the held-out S_c where the data set has it),
+and F1 at F_m's own best threshold (an upper bound).
 """
 
 from __future__ import annotations
@@ -60,7 +63,8 @@ def learning_curve(cfg: RunConfig, *, steps: int, eval_every: int,
                    classifiers: Mapping[str, nn.Module] | None = None, n_test: int = 500,
                    n_train_latent: int = 1000, threads: int | None = None, device: str = "cpu",
                    on_row: Callable[[dict[str, Any]], None] | None = None,
-                   until: Mapping[str, float] | None = None) -> list[dict[str, Any]]:
+                   until: Mapping[str, float] | None = None, relatedness: int = 0,
+                   pmi_K: int = 10) -> list[dict[str, Any]]:
     """Train ``cfg`` for ``steps`` steps on one process -> one row per evaluation (and at step 0).
 
     classifiers: the digit classifiers per modality (default: those ``eval.classifiers`` names, as
@@ -68,7 +72,9 @@ def learning_curve(cfg: RunConfig, *, steps: int, eval_every: int,
     metrics (e.g. ``DEMO_TARGETS``): every row then says ``targets_met``, and training stops at
     the first evaluation that meets them all (its ``train_s`` is the time to quality).
     device: where the model trains ("cuda" on a GPU); ``train.precision``, ``train.channels_last``
-    and ``train.compile`` apply as in training.
+    and ``train.compile`` apply as in training. relatedness: score this many pairs of each of F_m,
+    S_m (and S_c) by PMI (IWAE, ``pmi_K`` samples) at every evaluation: ``pmi_*`` row keys as
+    ``studies.relatedness_f1`` gives them (0: none).
     """
 
     if steps < 1 or eval_every < 1:
@@ -97,6 +103,15 @@ def learning_curve(cfg: RunConfig, *, steps: int, eval_every: int,
     cca = _cca_views(cfg.data.url, storage_options)
     cca_pairs = read_pairs(cfg.data.url, cfg.data.test_split, n_test, seed=0,
                            storage_options=storage_options) if cca else None
+    held_out = False
+    if relatedness:
+        from ...data import open_manifest
+
+        splits = open_manifest(cfg.data.url, storage_options)["splits"]
+        if not {"fm", "sm"} <= set(splits):
+            raise ConfigError(f"bench learn --relatedness needs the label-propagation pools (fm, sm) in "
+                              f"{cfg.data.url}: prepare it with --sr-fraction")
+        held_out = "sc" in splits
 
     def evaluate(step: int) -> None:
         report = evaluate_model(model, cfg.data.url, classifiers, seeds=(0,), n_test=n_test,
@@ -108,6 +123,12 @@ def learning_curve(cfg: RunConfig, *, steps: int, eval_every: int,
             scorer, image, text = cca
             scores = cca_coherence(model, cca_pairs.xs, scorer, image, text)
             row.update({k: round(v, 4) for k, v in scores.items()})
+        if relatedness:
+            from .studies import relatedness_f1
+
+            rel = relatedness_f1(model, cfg.data.url, K=pmi_K, max_pairs=relatedness, seed=0,
+                                 held_out=held_out, storage_options=storage_options)
+            row.update({k: round(v, 4) for k, v in rel.items()})
         if until is not None:
             row["targets_met"] = targets_met(row, until)
         losses.clear()
@@ -122,6 +143,7 @@ def learning_curve(cfg: RunConfig, *, steps: int, eval_every: int,
     step, epoch = 0, 0
     while step < steps:
         loader.set_epoch(epoch)
+        before = step
         for b in loader:
             t0 = time.perf_counter()
             xs = [x.to(device, non_blocking=True) for x in b["xs"]]
@@ -137,5 +159,8 @@ def learning_curve(cfg: RunConfig, *, steps: int, eval_every: int,
                     return rows
             if step >= steps:
                 break
+        if step == before:
+            raise DataError(f"split {cfg.data.train_split!r} of {cfg.data.url} gives no batch of {batch} "
+                            "pairs (data.batch_size x train.num_workers): lower the batch size")
         epoch += 1
     return rows
