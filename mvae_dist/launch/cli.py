@@ -138,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     xg.add_argument("--gammas", default="1.1,1.5,2,5,10", help="comma list, each > 1")
     xg.add_argument("--sr-fraction", type=float, default=0.1, help="S_r share of the pools for PMI F1")
     xg.add_argument("--fraction", type=float, default=1.0, help="train on this share of each modality")
+    xg.add_argument("--train-on", choices=("train", "sr"), default="train",
+                    help="train: all related pairs (F_m's related pairs are seen in training); sr: S_r only, "
+                         "so that PMI relatedness on F_m is held out")
     xlp = xsub.add_parser("label-propagation", help="section 4.5: train on S_r, propagate by PMI, retrain")
     xlp.add_argument("--sr-fraction", type=float, default=0.1, help="S_r: this share of the related pairs")
     xlp.add_argument("--arms", type=_csv(("baseline", "cI", "cC")), default=["baseline", "cI", "cC"])
@@ -514,7 +517,8 @@ def _experiment(args: argparse.Namespace) -> int:
     elif args.experiment == "gamma":
         studies.gamma_ablation(args.config, args.overrides, gammas=_floats(args.gammas, "--gammas"),
                                sr_fraction=args.sr_fraction, fraction=args.fraction, pmi_K=args.pmi_k,
-                               calibration_fraction=args.calibration_fraction, **common)
+                               calibration_fraction=args.calibration_fraction, train_on=args.train_on,
+                               **common)
     else:
         studies.label_propagation(args.config, args.overrides, sr_fraction=args.sr_fraction,
                                   arms=args.arms, K=args.pmi_k,

@@ -116,6 +116,8 @@ def test_label_propagation_study_on_three_modalities(ray_cluster, tmp_path, caps
     (["experiment", "data-efficiency", "--fractions", "0.2,1.5"], "data fractions must be in (0, 1]"),
     (["experiment", "data-efficiency", "--fractions", "a"], "--fractions must be a comma list"),
     (["experiment", "label-propagation", "--sr-fraction", "1"], "--sr-fraction must be in (0, 1)"),
+    (["experiment", "relatedness-curve", "--calibration-fraction", "1"],
+     "--calibration-fraction must be in (0, 1)"),
     (["demo", "--percent", "0"], "--percent must be in (0, 100]"),
 ])
 def test_bad_study_arguments_are_one_line_errors(args, message, tmp_path, capsys):
