@@ -199,4 +199,13 @@ def test_relatedness_curves_in_one_process(tmp_path, capsys):
     assert [m.step for m in history] == [0, 1, 2] and parent.info.status == "FINISHED"
     assert parent.data.metrics["Siamese/auc"] == pytest.approx(sia["auc"])
     text = capsys.readouterr().out
-    assert "| predictor (last evaluation) | ROC-AUC on F_m | F1, threshold on S_c |" in text
+    assert "| predictor | step | ROC-AUC on F_m | F1, threshold on S_c |" in text
+    assert "| cI (step chosen on S_c) |" in text and "| baseline (last step) | 2 |" in text
+    for pick in results["picks"]:  # model choice on S_c alone: the step whose PMI ranks S_c best
+        arm = pick["arm"].split(" (")[0]
+        rows = [r for r in curves if r["arm"] == arm]
+        best = max(r["pmi_sc_cal_auc"] for r in rows)
+        chosen = next(r for r in rows if r["step"] == pick["step"])
+        assert pick["auc"] == chosen["pmi_auc"]
+        if "chosen" in pick["arm"]:
+            assert chosen["pmi_sc_cal_auc"] == best

@@ -453,19 +453,33 @@ def relatedness_curves(config: str | None = None, overrides: Sequence[str] = (),
         sia_mean = aggregate_seeds(siamese)[0] if siamese else {}
         plots = {f"{k}_vs_step": _curve_plot(curves, k, title, sia_mean.get(_SIAMESE_REF[k]))
                  for k, title in CURVE_PLOTS.items() if any(k in r for r in curves)}
-        last = [r for r in curves if r["step"] == max((c["step"] for c in curves if c["arm"] == r["arm"]),
-                                                       default=-1)]
-        as_siamese = [{**r, "auc": r.get("pmi_auc"), "f1": r.get("pmi_sc_f1"), "f1_sm": r.get("pmi_f1"),
-                       "best_f1": r.get("pmi_best_f1")} for r in last]
-        table = markdown_table(aggregate_seeds([*siamese, *as_siamese]),
-                               ["arm", "auc", "f1", "f1_sm", "best_f1"],
-                               ["predictor (last evaluation)", "ROC-AUC on F_m", "F1, threshold on S_c",
+        picks = _curve_picks(curves)
+        table = markdown_table(aggregate_seeds([*siamese, *picks]),
+                               ["arm", "step", "auc", "f1", "f1_sm", "best_f1"],
+                               ["predictor", "step", "ROC-AUC on F_m", "F1, threshold on S_c",
                                 "F1, threshold on S_m", "F1 at F_m's best threshold (bound)"])
-        out = finish_study(study, table, plots, extra={"curves": curves, "siamese": siamese}, failed=failed,
+        out = finish_study(study, table, plots, extra={"curves": curves, "siamese": siamese, "picks": picks},
+                           failed=failed,
                            metrics={f"Siamese/{k}": v for k, v in sia_mean.items()
                                     if isinstance(v, float) and not math.isnan(v)})
     print(table)
     print(f"results: {out}")
+    return out
+
+
+def _curve_picks(curves: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Two rows per arm and training seed, as the Siamese rows' keys (auc, f1 = at S_c's threshold,
+    f1_sm, best_f1): the evaluation chosen on the held-out S_c (highest PMI ROC-AUC on S_c, the
+    earlier step on ties: model choice that never looks at F_m), and the last one."""
+    out = []
+    for arm in dict.fromkeys(r["arm"] for r in curves):
+        for seed in dict.fromkeys(r["train_seed"] for r in curves if r["arm"] == arm):
+            rows = [r for r in curves if r["arm"] == arm and r["train_seed"] == seed]
+            chosen = max(rows, key=lambda r: (r.get("pmi_sc_cal_auc", -1.0), -r["step"]))
+            for label, r in ((f"{arm} (step chosen on S_c)", chosen), (f"{arm} (last step)", rows[-1])):
+                out.append({"arm": label, "train_seed": seed, "step": r["step"], "auc": r.get("pmi_auc"),
+                            "f1": r.get("pmi_sc_f1"), "f1_sm": r.get("pmi_f1"),
+                            "best_f1": r.get("pmi_best_f1")})
     return out
 
 
