@@ -40,8 +40,10 @@ from .sources.street import RENDERER as STREET_RENDERER
 if TYPE_CHECKING:
     import fsspec
 
-#: the label-propagation splits, drawn from the train split's pairs
+#: the label-propagation splits, drawn from the train split's pairs, and those of them mixed
+#: (related and re-matched pairs, with ground truth)
 POOL_SPLITS = ("sr", "fm", "sm", "sc")
+MIXED_SPLITS = ("fm", "sm", "sc")
 LOCK = "_building.json"  # the config of a build in progress, for resuming and for refusing others
 DEFAULT_SHARD_SIZE = 2000  # pairs per shard: ~13 MB for MNIST-SVHN pairs
 _SHARD_REL = re.compile(r"[^/]+/shard-\d{6}\.tar")  # shard_path's names, relative to the prefix
@@ -315,7 +317,7 @@ def _write_splits(fs: fsspec.AbstractFileSystem, root: str, out: str, src: Sourc
             splits[split] = {
                 "count": int(len(pairs)),
                 "related": int(related.sum()),
-                "mixed": bool(split in ("fm", "sm", "sc")),
+                "mixed": bool(split in MIXED_SPLITS),
                 "class_counts": _class_counts(pairs, mods),
                 "shards": shards,
             }

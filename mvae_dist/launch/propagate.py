@@ -57,9 +57,9 @@ from ..propagate.pools import (
     shard_url,
 )
 from ..propagate.relatedness import (
-    RANKING_KEYS,
     Scored,
     choose_threshold,
+    ranking_report,
     relatedness_report,
     relatedness_scores,
 )
@@ -331,11 +331,12 @@ def run_propagate(cfg: PropagateConfig | None = None, *, tracking_uri: str | Non
         t_pool = time.perf_counter()
         splits, extra_counts = _copy_splits(cfg, src, pool, out, train, written)
         scores = relatedness_scores(found, scored.related)
-        ranking = _ranking(cal_scored, scored)
+        ranking = None if cal_scored is None else ranking_report(cal_scored, (scored.scores, scored.related))
         compared = _compare(cfg, src, pool, scored, progress)
-        if ranking is not None:  # beside the found pairs: what a user judges the threshold by
+        figure = None if ranking is None else _figure(cfg, cal_scored, scored)
+        if figure is not None:  # beside the found pairs: what a user judges the threshold by
             written.append(FIGURE)
-            _write_png(fs, f"{root}/{FIGURE}", _figure(cfg, cal_scored, scored))
+            _write_png(fs, f"{root}/{FIGURE}", figure)
         propagation = {
             "data": src.data, "pool": cfg.pool, "pool_count": int(src.pool_info["count"]),
             "threshold": threshold, "calibrated_on": cfg.calibrate if calibration is not None else None,
@@ -359,9 +360,8 @@ def run_propagate(cfg: PropagateConfig | None = None, *, tracking_uri: str | Non
             raise inner from None
         raise
     t_end = time.perf_counter()
-    if src.trained.run_id and ranking is not None:
-        _log_to_run(src.trained.run_id, tracking_uri, cfg, threshold, calibration, scores, ranking,
-                    _figure(cfg, cal_scored, scored))
+    if src.trained.run_id and figure is not None:
+        _log_to_run(src.trained.run_id, tracking_uri, cfg, threshold, calibration, scores, ranking, figure)
     return PropagateResult(
         out=out, data=src.data, pool=cfg.pool, threshold=threshold,
         calibrated_on=cfg.calibrate if calibration is not None else None, calibration=calibration,
@@ -500,15 +500,6 @@ def _compare(cfg: PropagateConfig, src: _Inputs, pool: _Workers, scored: Scored,
         rep = relatedness_report(cal, (scored.scores, scored.related))
         out[split] = {k: float(v) for k, v in rep.items()}
     return out
-
-
-def _ranking(cal: tuple[np.ndarray, np.ndarray] | None, scored: Scored) -> dict | None:
-    """relatedness_report's ranking keys when the calibration split and the pool both have ground
-    truth with both classes, else None."""
-    if cal is None or scored.related is None or scored.related.all() or not scored.related.any():
-        return None
-    rep = relatedness_report(cal, (scored.scores, scored.related))
-    return {k: float(rep[k]) for k in RANKING_KEYS}
 
 
 def _figure(cfg: PropagateConfig, cal: tuple[np.ndarray, np.ndarray], scored: Scored) -> np.ndarray:

@@ -6,6 +6,7 @@ Public API::
     relatedness_scores(pred, related) -> {precision, recall, f1, accuracy, n, n_pred_related, n_related}
     roc_auc(scores, related) -> float; average_precision(scores, related) -> float   # ranking only
     relatedness_report((cal_scores, cal_related), (pool_scores, pool_related) | None) -> dict
+    ranking_report((cal_scores, cal_related), (pool_scores, pool_related)) -> dict | None
     score_pmi(model, batches, K, device="cpu", seed=0, *, progress=False) -> Scored
     train_siamese(url, split="sr", *, epochs=10, seed=0, storage_options=None, ...) -> SiameseModel
     siamese_scores(model, url, split, *, batch_size=256, storage_options=None) -> Scored
@@ -27,6 +28,7 @@ _EXPORTS = {
     "roc_auc": ".relatedness",
     "average_precision": ".relatedness",
     "relatedness_report": ".relatedness",
+    "ranking_report": ".relatedness",
     "score_pmi": ".relatedness",
     "Scored": ".relatedness",
     "SiameseModel": ".siamese",

@@ -175,6 +175,19 @@ def relatedness_report(calibration: tuple[Any, Any], pool: tuple[Any, Any] | Non
     return out
 
 
+def ranking_report(calibration: tuple[Any, Any], pool: tuple[Any, Any]) -> dict[str, float] | None:
+    """The RANKING_KEYS of relatedness_report (floats), or None when the pool's ground truth is
+    missing or holds one class only (no ROC-AUC then). calibration, pool: (scores [P], related [P])."""
+    related = pool[1]
+    if related is None:
+        return None
+    r = _as_numpy(related, "related", bool)
+    if r.all() or not r.any():
+        return None
+    rep = relatedness_report(calibration, pool)
+    return {k: float(rep[k]) for k in RANKING_KEYS}
+
+
 # ------------------------------------------------------------------------ scoring pairs by PMI
 class _ScoredFields(NamedTuple):
     scores: np.ndarray

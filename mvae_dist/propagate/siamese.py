@@ -29,9 +29,9 @@ from mvae_dist.eval.classifiers import Standardize
 
 from .pools import event_shape
 from .relatedness import (
-    RANKING_KEYS,
     Scored,
     choose_threshold,
+    ranking_report,
     relatedness_report,
     relatedness_scores,
     score_batches,
@@ -304,9 +304,7 @@ def siamese_baseline(url: str, *, train_split: str = "sr", calibrate: str = "sm"
                                 progress=progress)
         if scored.related is not None:
             pool_metrics = relatedness_scores(scored.scores >= threshold, scored.related)
-            if scored.related.any() and not scored.related.all():
-                rep = relatedness_report((cal.scores, cal.related), (scored.scores, scored.related))
-                ranking = {k: float(rep[k]) for k in RANKING_KEYS}
+            ranking = ranking_report((cal.scores, cal.related), (scored.scores, scored.related))
     compared = {}
     for split in compare_calibrations if pool_metrics is not None else ():
         other = siamese_scores(model, url, split, storage_options=storage_options, device=device)

@@ -115,6 +115,12 @@ def _check_gammas(gammas: Sequence[float]) -> None:
         raise ConfigError(f"gamma must be > 1 (the loss collapses to noise at gamma <= 1), got {bad[0]}")
 
 
+def _check_arms(arms: Sequence[str]) -> None:
+    unknown = [a for a in arms if a not in OBJECTIVES]
+    if unknown:
+        raise ConfigError(f"unknown arm {unknown[0]!r}; choose from {', '.join(OBJECTIVES)}")
+
+
 def _check_fractions(fractions: Sequence[float]) -> None:
     bad = [f for f in fractions if not 0 < f <= 1]
     if bad:
@@ -138,9 +144,7 @@ def data_efficiency(config: str | None = None, overrides: Sequence[str] = (), *,
     """MMVAE vs cI-MMVAE vs cC-MMVAE at n% of the data (each unimodal set cut before pairing),
     each arm trained ``train_seeds`` times (the table: mean ± std over them)."""
     _check_fractions(fractions)
-    unknown = [a for a in arms if a not in OBJECTIVES]
-    if unknown:
-        raise ConfigError(f"unknown arm {unknown[0]!r}; choose from {', '.join(OBJECTIVES)}")
+    _check_arms(arms)
     default = study_config(dataset)  # a known data set, before anything starts
     study = open_study("data-efficiency", config or default, overrides, root=root,
                        tracking_uri=tracking_uri, seeds=seeds, ray_address=ray_address,
@@ -334,9 +338,7 @@ def label_propagation(config: str | None = None, overrides: Sequence[str] = (), 
     there (F1 at S_m's threshold, the paper's protocol, is reported beside)."""
     if not 0 < sr_fraction < 1:
         raise ConfigError(f"--sr-fraction must be in (0, 1), got {sr_fraction}")
-    unknown = [a for a in arms if a not in OBJECTIVES]
-    if unknown:
-        raise ConfigError(f"unknown arm {unknown[0]!r}; choose from {', '.join(OBJECTIVES)}")
+    _check_arms(arms)
     default = study_config(dataset)  # a known data set, before anything starts
     study = open_study("label-propagation", config or default, overrides, root=root,
                        tracking_uri=tracking_uri, seeds=seeds, ray_address=ray_address,
@@ -397,15 +399,14 @@ def relatedness_curves(config: str | None = None, overrides: Sequence[str] = (),
     trained on S_r in one process (``bench learn``, no Ray), evaluated every ``eval_every`` steps
     by the PMI's ROC-AUC and F1 on F_m (``pairs`` pairs, IWAE with ``pmi_K``) at thresholds chosen
     on the held-out S_c and on S_m; the Siamese network trained on the same S_r and calibrated on
-    S_c as the reference line. Per-step metrics go to one MLflow run (``<arm>/<key>`` at each
-    step: MLflow's charts draw the curves), the plots and rows to ``<root>/results/``."""
+    S_c as the reference line. Per-step metrics go to the study's MLflow run (``<arm> seed<k>/<key>``
+    at each step: MLflow's charts draw the curves); its table reports each arm at the step chosen
+    on S_c and at its last step; plots and rows also go to ``<root>/relatedness-curve-<time>/``."""
     import time
 
     from .curve import learning_curve
 
-    unknown = [a for a in arms if a not in OBJECTIVES]
-    if unknown:
-        raise ConfigError(f"unknown arm {unknown[0]!r}; choose from {', '.join(OBJECTIVES)}")
+    _check_arms(arms)
     if not 0 < calibration_fraction < 1:
         raise ConfigError(f"--calibration-fraction must be in (0, 1), got {calibration_fraction}")
     study = open_study("relatedness-curve", config or study_config(dataset), overrides, root=root,
@@ -490,7 +491,8 @@ def _curve_plot(rows: Sequence[dict[str, Any]], key: str, title: str, reference:
     for r in rows:
         if r.get(key) is not None:
             by_step.setdefault((r["arm"], int(r["step"])), []).append(float(r[key]))
-    points = [{"arm": a, "step": s, key: float(np.mean(v)), f"{key}_std": float(np.std(v))}
+    points = [{"arm": a, "step": s, key: float(np.mean(v)),  # sample std, as aggregate_seeds' tables
+               f"{key}_std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0}
               for (a, s), v in by_step.items()]
     return line_plot(points, "step", key, "arm", title=title,
                      reference=math.nan if reference is None else reference, reference_label="Siamese")
