@@ -223,7 +223,7 @@ def ray_cluster():
     runs (without it a stopped Tune trial's placement group is never freed).
     """
     ray = pytest.importorskip("ray")
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")  # faster report round trips
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")  # report round trips: ~1 s a fit
     # one node that is never preempted: no PreemptionWatcher actor (a process start) per fit
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     if not ray.is_initialized():

@@ -26,7 +26,6 @@ from ..data.retry import read_policy
 from ..eval.evaluation import evaluate_and_log, load_eval_classifiers
 from ..models import build_model
 from ..models.compute import configure_compute
-from ..tracking import FAILURE_TAG, Tracker
 from .checkpoint import Position, load_checkpoint, save_checkpoint
 from .dist import TorchCrossRank
 from .run_store import local_checkpoint, newest_good_checkpoint, run_storage
@@ -193,6 +192,8 @@ class _Worker:
         """Rank 0: continue the driver's MLflow run (only the driver counts resumes) and load the
         digit classifiers its evaluations use."""
 
+        from ..tracking import Tracker  # here: mlflow (~1 s of imports) only where rank 0 logs
+
         cfg = self.cfg
         self.log = Tracker(loop_config.get("tracking_uri"), cfg.tracking.experiment)
         self.log.continue_run(loop_config["run_id"])
@@ -288,6 +289,7 @@ class _Worker:
         """Too many non-finite losses: the run's reason as an MLflow tag, the run FAILED, and a last
         report WITHOUT a checkpoint (the last one reported stays the run's latest, a good state)."""
         if self.rank == 0:
+            from ..tracking import FAILURE_TAG
 
             self.log.set_tags({FAILURE_TAG: f"stopped after {self.nonfinite} non-finite losses "
                                             f"(train.max_nonfinite = {self.cfg.train.max_nonfinite})"})

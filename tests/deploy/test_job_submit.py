@@ -231,7 +231,7 @@ def test_ray_job_submit_succeeds(ray_head, case: JobCase, tmp_path):
         "JOB_RUN_NAME": run_name,
         "JOB_STORAGE": str(tmp_path / "ray_results"),
         "MLFLOW_TRACKING_URI": tracking_uri,
-        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",  # each report waits for a poll (default every 2 s)
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",  # each report waits for a poll (default every 2 s)
         **case.env_vars,
     }
     if case.home_outputs:
