@@ -166,6 +166,20 @@ def build_parser() -> argparse.ArgumentParser:
     xrc.add_argument("--train-seeds", type=_positive_int, default=1, help="train each arm this many times")
     xrc.add_argument("--tracking-uri", default=None)
     xrc.add_argument("overrides", nargs="*", metavar="section.key=value", help="override the base config")
+    xst = xsub.add_parser("siamese-tune",
+                          help="the Siamese baseline tuned on the held-out S_c: a grid of its settings, "
+                               "several seeds each, chosen by ROC-AUC on S_c, F_m reported")
+    xst.add_argument("--grid", default=None,
+                     help='settings to try, "key=v1,v2;key=..." of epochs, lr, width, embed_dim, batch_size, '
+                          'margin, shift (default "epochs=10,30;lr=0.001,0.003;width=8,16")')
+    xst.add_argument("--sr-fraction", type=float, default=0.1, help="S_r: this share of the related pairs")
+    xst.add_argument("--calibration-fraction", type=float, default=0.2,
+                     help="share of S_r held out of training as the calibration split S_c (default 0.2)")
+    xst.add_argument("--dataset", choices=("embedded", "embedded-text"), default="embedded")
+    xst.add_argument("--root", default="experiments", help="working folder for data and results")
+    xst.add_argument("--dm", type=_positive_int, default=5, help="pairs per instance")
+    xst.add_argument("--train-seeds", type=_positive_int, default=3, help="seeds per setting (default 3)")
+    xst.add_argument("--tracking-uri", default=None)
     for x in (xg, xlp):
         x.add_argument("--pmi-k", type=_positive_int, default=30,
                        help="IWAE samples per log-likelihood in the PMI estimate (default 30)")
@@ -507,6 +521,15 @@ def _experiment(args: argparse.Namespace) -> int:
                                    tracking_uri=args.tracking_uri, train_seeds=args.train_seeds,
                                    siamese_epochs=args.siamese_epochs, dataset=args.dataset,
                                    threads=args.threads)
+        return 0
+
+    if args.experiment == "siamese-tune":
+        from .experiments.siamese_tune import parse_grid, siamese_tuning
+
+        siamese_tuning(grid=parse_grid(args.grid) if args.grid else None, train_seeds=args.train_seeds,
+                       dm=args.dm, sr_fraction=args.sr_fraction,
+                       calibration_fraction=args.calibration_fraction, root=args.root,
+                       dataset=args.dataset, tracking_uri=args.tracking_uri)
         return 0
 
     common = {"root": args.root, "dm": args.dm, "seeds": args.seeds, "tracking_uri": args.tracking_uri,
