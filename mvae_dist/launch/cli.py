@@ -158,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     xrc.add_argument("--calibration-fraction", type=float, default=0.2,
                      help="share of S_r held out of training as the calibration split S_c (default 0.2)")
     xrc.add_argument("--siamese-epochs", type=_positive_int, default=10)
+    xrc.add_argument("--siamese", default=None, metavar="SETTING",
+                     help='the Siamese network\'s settings, e.g. "epochs=100;lr=0.003;width=8" (the one '
+                          '`experiment siamese-tune` chose)')
     xrc.add_argument("--threads", type=_positive_int, default=None, help="torch intra-op threads")
     xrc.add_argument("--dataset", choices=("embedded", "embedded-text"), default="embedded")
     xrc.add_argument("--config", default=None, help="base config (default: the studies' for --dataset)")
@@ -514,13 +517,16 @@ def _experiment(args: argparse.Namespace) -> int:
     from .experiments import studies
 
     if args.experiment == "relatedness-curve":
+        from .experiments.siamese_tune import parse_setting
+
         studies.relatedness_curves(args.config, args.overrides, arms=args.arms, steps=args.steps,
                                    eval_every=args.eval_every, pairs=args.pairs, pmi_K=args.pmi_k,
                                    dm=args.dm, sr_fraction=args.sr_fraction,
                                    calibration_fraction=args.calibration_fraction, root=args.root,
                                    tracking_uri=args.tracking_uri, train_seeds=args.train_seeds,
                                    siamese_epochs=args.siamese_epochs, dataset=args.dataset,
-                                   threads=args.threads)
+                                   threads=args.threads,
+                                   siamese=parse_setting(args.siamese) if args.siamese else None)
         return 0
 
     if args.experiment == "siamese-tune":

@@ -10,7 +10,14 @@ import pytest
 
 from mvae_dist.errors import ConfigError
 from mvae_dist.launch.cli import main
-from mvae_dist.launch.experiments.siamese_tune import choose, grid_points, label, parse_grid, siamese_tuning
+from mvae_dist.launch.experiments.siamese_tune import (
+    choose,
+    grid_points,
+    label,
+    parse_grid,
+    parse_setting,
+    siamese_tuning,
+)
 
 from .test_studies import SMALL, _client
 
@@ -83,3 +90,19 @@ def test_siamese_tune_refuses_a_bad_grid_in_one_line(tmp_path, capsys):
     assert main(["experiment", "siamese-tune", "--grid", "depth=2", "--root", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("mvae-dist: error: siamese grid: unknown setting(s) depth"), err
+
+
+def test_one_setting_for_the_studies():
+    assert parse_setting("epochs=100;lr=0.003;width=8") == {"epochs": 100, "lr": 0.003, "width": 8}
+    with pytest.raises(ConfigError, match="one value each, not several for lr"):
+        parse_setting("epochs=100;lr=0.001,0.003")
+
+
+def test_relatedness_curve_takes_the_tuned_setting(tmp_path, monkeypatch):
+    import mvae_dist.launch.experiments.studies as studies
+
+    seen = {}
+    monkeypatch.setattr(studies, "relatedness_curves", lambda *a, **kw: seen.update(kw))
+    assert main(["experiment", "relatedness-curve", "--siamese", "epochs=100;lr=0.003;width=8",
+                 "--root", str(tmp_path)]) == 0
+    assert seen["siamese"] == {"epochs": 100, "lr": 0.003, "width": 8}

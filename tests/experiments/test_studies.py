@@ -183,7 +183,7 @@ def test_relatedness_curves_in_one_process(tmp_path, capsys):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     out = relatedness_curves(None, QUICK, arms=["baseline", "cI"], steps=2, eval_every=1, pairs=30, pmi_K=2,
                              dm=1, sr_fraction=0.5, calibration_fraction=0.3, root=root, tracking_uri=uri,
-                             siamese_epochs=1, data_options=SMALL, progress=False)
+                             siamese_epochs=1, data_options=SMALL, progress=False, siamese={"lr": 0.005})
     results = json.loads((out / "results.json").read_text())
     curves = results["curves"]
     assert [(r["arm"], r["step"]) for r in curves] == [(a, s) for a in ("baseline", "cI") for s in (0, 1, 2)]
@@ -197,6 +197,7 @@ def test_relatedness_curves_in_one_process(tmp_path, capsys):
     (parent,) = client.search_runs([client.get_experiment_by_name("mvae-dist-experiments").experiment_id])
     history = client.get_metric_history(parent.info.run_id, "cI seed0/pmi_auc")
     assert [m.step for m in history] == [0, 1, 2] and parent.info.status == "FINISHED"
+    assert json.loads(parent.data.params["siamese"]) == {"epochs": 1, "lr": 0.005}  # the setting it trained
     assert parent.data.metrics["Siamese/auc"] == pytest.approx(sia["auc"])
     text = capsys.readouterr().out
     assert "| predictor | step | ROC-AUC on F_m | F1, threshold on S_c |" in text

@@ -57,6 +57,16 @@ def parse_grid(text: str) -> dict[str, tuple[Any, ...]]:
     return grid
 
 
+def parse_setting(text: str) -> dict[str, Any]:
+    """One Siamese setting, ``"epochs=100;lr=0.003;width=8"`` (as siamese-tune's table prints
+    its choice, with ``;``) -> train_siamese keywords; a ConfigError names what is wrong."""
+    grid = parse_grid(text)
+    several = [k for k, v in grid.items() if len(v) != 1]
+    if several:
+        raise ConfigError(f"siamese setting: one value each, not several for {', '.join(several)}")
+    return {k: v[0] for k, v in grid.items()}
+
+
 def label(point: Mapping[str, Any]) -> str:
     """A grid point as a short row label: ``epochs=10 lr=0.001 width=8``."""
     return " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in point.items())
@@ -130,4 +140,5 @@ def siamese_tuning(config: str | None = None, overrides: Sequence[str] = (), *,
     return out
 
 
-__all__ = ["DEFAULT_GRID", "TUNABLE", "choose", "grid_points", "label", "parse_grid", "siamese_tuning"]
+__all__ = ["DEFAULT_GRID", "TUNABLE", "choose", "grid_points", "label", "parse_grid", "parse_setting",
+           "siamese_tuning"]

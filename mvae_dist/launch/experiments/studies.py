@@ -394,14 +394,17 @@ def relatedness_curves(config: str | None = None, overrides: Sequence[str] = (),
                        calibration_fraction: float = 0.2, root: str = "experiments",
                        tracking_uri: str | None = None, train_seeds: int = 1, siamese_epochs: int = 10,
                        dataset: str = "embedded", threads: int | None = None,
-                       data_options: dict | None = None, progress: bool = True) -> Path:
+                       data_options: dict | None = None, progress: bool = True,
+                       siamese: dict[str, Any] | None = None) -> Path:
     """Held-out relatedness against training steps (issue: relating by contrasting): each arm
     trained on S_r in one process (``bench learn``, no Ray), evaluated every ``eval_every`` steps
     by the PMI's ROC-AUC and F1 on F_m (``pairs`` pairs, IWAE with ``pmi_K``) at thresholds chosen
     on the held-out S_c and on S_m; the Siamese network trained on the same S_r and calibrated on
     S_c as the reference line. Per-step metrics go to the study's MLflow run (``<arm> seed<k>/<key>``
     at each step: MLflow's charts draw the curves); its table reports each arm at the step chosen
-    on S_c and at its last step; plots and rows also go to ``<root>/relatedness-curve-<time>/``."""
+    on S_c and at its last step; plots and rows also go to ``<root>/relatedness-curve-<time>/``.
+    siamese: the Siamese network's training settings (train_siamese keywords, e.g. the setting
+    ``experiment siamese-tune`` chose; its ``epochs`` wins over ``siamese_epochs``)."""
     import time
 
     from .curve import learning_curve
@@ -413,7 +416,8 @@ def relatedness_curves(config: str | None = None, overrides: Sequence[str] = (),
                        tracking_uri=tracking_uri, train_seeds=train_seeds,
                        params={"arms": list(arms), "steps": steps, "eval_every": eval_every, "pairs": pairs,
                                "pmi_K": pmi_K, "dm": dm, "sr_fraction": sr_fraction,
-                               "calibration_fraction": calibration_fraction, "dataset": dataset})
+                               "calibration_fraction": calibration_fraction, "dataset": dataset,
+                               "siamese": json.dumps({"epochs": siamese_epochs, **(siamese or {})})})
     tracker = Tracker(study.tracking_uri, study.base.tracking.experiment)
     tracker.attach(study.parent_run_id)
     curves: list[dict[str, Any]] = []
@@ -426,8 +430,9 @@ def relatedness_curves(config: str | None = None, overrides: Sequence[str] = (),
         for seed in range(train_seeds):
             print(f"== relatedness-curve: Siamese on S_r (seed {seed})", flush=True)
             t0 = time.perf_counter()
-            sia = siamese_baseline(url, seed=study.base.train.seed + seed, epochs=siamese_epochs,
-                                   calibrate="sc", compare_calibrations=("sm",), progress=progress)
+            sia = siamese_baseline(url, seed=study.base.train.seed + seed, calibrate="sc",
+                                   compare_calibrations=("sm",), progress=progress,
+                                   **{"epochs": siamese_epochs, **(siamese or {})})
             row = {"arm": "Siamese", "train_seed": seed, **(sia.pool or {}), **(sia.ranking or {}),
                    **_compared(sia.compared), "train_s": round(time.perf_counter() - t0, 1)}
             siamese.append(row)
