@@ -171,10 +171,20 @@ def test_gamma_study_on_a_fraction(ray_cluster, tmp_path, capsys):
         in printed and "| PMI F1, threshold on held-out S_c |" in printed
 
 
-def test_relatedness_curves_in_one_process(tmp_path, capsys):
+def test_relatedness_curves_in_one_process(tmp_path, capsys, monkeypatch):
     """Held-out relatedness against steps: a curve row per evaluation per arm with the PMI's AUC
     and F1 at S_c's and S_m's thresholds, the Siamese network as reference, plots and MLflow."""
+    import mvae_dist.launch.experiments.studies as studies
     from mvae_dist.launch.experiments.studies import ensure_data, relatedness_curves
+
+    trained_with = []  # the settings the reference Siamese network is really trained with
+    real_baseline = studies.siamese_baseline
+
+    def spy(url, **kw):
+        trained_with.append({k: kw[k] for k in ("epochs", "lr") if k in kw})
+        return real_baseline(url, **kw)
+
+    monkeypatch.setattr(studies, "siamese_baseline", spy)
 
     root = str(tmp_path / "rc")
     url = ensure_data(root, dm=1, sr_fraction=0.5, calibration_fraction=0.3, data_options=SMALL,
@@ -198,6 +208,7 @@ def test_relatedness_curves_in_one_process(tmp_path, capsys):
     history = client.get_metric_history(parent.info.run_id, "cI seed0/pmi_auc")
     assert [m.step for m in history] == [0, 1, 2] and parent.info.status == "FINISHED"
     assert json.loads(parent.data.params["siamese"]) == {"epochs": 1, "lr": 0.005}  # the setting it trained
+    assert trained_with == [{"epochs": 1, "lr": 0.005}]
     assert parent.data.metrics["Siamese/auc"] == pytest.approx(sia["auc"])
     text = capsys.readouterr().out
     assert "| predictor | step | ROC-AUC on F_m | F1, threshold on S_c |" in text

@@ -410,6 +410,7 @@ def relatedness_curves(config: str | None = None, overrides: Sequence[str] = (),
     from .curve import learning_curve
 
     _check_arms(arms)
+    siamese_kw = {"epochs": siamese_epochs, **(siamese or {})}
     if not 0 < calibration_fraction < 1:
         raise ConfigError(f"--calibration-fraction must be in (0, 1), got {calibration_fraction}")
     study = open_study("relatedness-curve", config or study_config(dataset), overrides, root=root,
@@ -417,11 +418,11 @@ def relatedness_curves(config: str | None = None, overrides: Sequence[str] = (),
                        params={"arms": list(arms), "steps": steps, "eval_every": eval_every, "pairs": pairs,
                                "pmi_K": pmi_K, "dm": dm, "sr_fraction": sr_fraction,
                                "calibration_fraction": calibration_fraction, "dataset": dataset,
-                               "siamese": json.dumps({"epochs": siamese_epochs, **(siamese or {})})})
+                               "siamese": json.dumps(siamese_kw)})
     tracker = Tracker(study.tracking_uri, study.base.tracking.experiment)
     tracker.attach(study.parent_run_id)
     curves: list[dict[str, Any]] = []
-    siamese: list[dict[str, Any]] = []
+    siamese_rows: list[dict[str, Any]] = []
     failed = True
     try:
         url = ensure_data(root, dataset=dataset, dm=dm, sr_fraction=sr_fraction, data_options=data_options,
@@ -431,11 +432,10 @@ def relatedness_curves(config: str | None = None, overrides: Sequence[str] = (),
             print(f"== relatedness-curve: Siamese on S_r (seed {seed})", flush=True)
             t0 = time.perf_counter()
             sia = siamese_baseline(url, seed=study.base.train.seed + seed, calibrate="sc",
-                                   compare_calibrations=("sm",), progress=progress,
-                                   **{"epochs": siamese_epochs, **(siamese or {})})
+                                   compare_calibrations=("sm",), progress=progress, **siamese_kw)
             row = {"arm": "Siamese", "train_seed": seed, **(sia.pool or {}), **(sia.ranking or {}),
                    **_compared(sia.compared), "train_s": round(time.perf_counter() - t0, 1)}
-            siamese.append(row)
+            siamese_rows.append(row)
             print("   " + "; ".join(sia.lines()), flush=True)
             for arm in arms:
                 cfg = with_overrides(study.base, {**OBJECTIVES[arm], "data.url": url, "eval.classifiers": url,
@@ -456,16 +456,16 @@ def relatedness_curves(config: str | None = None, overrides: Sequence[str] = (),
                                relatedness=pairs, pmi_K=pmi_K)
         failed = False
     finally:
-        sia_mean = aggregate_seeds(siamese)[0] if siamese else {}
+        sia_mean = aggregate_seeds(siamese_rows)[0] if siamese_rows else {}
         plots = {f"{k}_vs_step": _curve_plot(curves, k, title, sia_mean.get(_SIAMESE_REF[k]))
                  for k, title in CURVE_PLOTS.items() if any(k in r for r in curves)}
         picks = _curve_picks(curves)
-        table = markdown_table(aggregate_seeds([*siamese, *picks]),
+        table = markdown_table(aggregate_seeds([*siamese_rows, *picks]),
                                ["arm", "step", "auc", "f1", "f1_sm", "best_f1"],
                                ["predictor", "step", "ROC-AUC on F_m", "F1, threshold on S_c",
                                 "F1, threshold on S_m", "F1 at F_m's best threshold (bound)"])
-        out = finish_study(study, table, plots, extra={"curves": curves, "siamese": siamese, "picks": picks},
-                           failed=failed,
+        out = finish_study(study, table, plots,
+                           extra={"curves": curves, "siamese": siamese_rows, "picks": picks}, failed=failed,
                            metrics={f"Siamese/{k}": v for k, v in sia_mean.items()
                                     if isinstance(v, float) and not math.isnan(v)})
     print(table)
