@@ -5,6 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# two pytest-xdist workers (the machine's 2 cores); the Ray tests are one group on one worker
+# (tests/conftest.py). `make test XDIST=` runs the suite in one process.
+XDIST ?= -n 2 --dist loadgroup
 
 .PHONY: venv test lint demo bench clean
 
@@ -20,7 +23,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 test: venv
 	$(BIN)/ruff check mvae_dist tests
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q $(XDIST) $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check mvae_dist tests

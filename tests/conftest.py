@@ -223,6 +223,21 @@ def ray_cluster():
     runs (without it a stopped Tune trial's placement group is never freed).
     """
     ray = pytest.importorskip("ray")
+
+    def ray_address_in_workers() -> None:  # nested: cloudpickle sends it by value, not by module
+        """Ray worker set-up hook: ``$RAY_ADDRESS`` is this worker's own cluster.
+
+        Ray Train's PlacementGroupCleaner asks the State API whether its controller lives; with no
+        address that API takes /tmp/ray/ray_current_cluster, the latest ``ray start`` or
+        ``cluster_utils.Cluster`` on the machine (the multi-node bed, the job-submit test), not the
+        cluster it runs in. Its thread then dies on a timeout and a stopped Tune trial's placement
+        group is never freed: the next sweep's trials wait for CPUs (seen with the bed beside)."""
+        import os
+
+        import ray
+
+        os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")  # report round trips: ~1 s a fit
     # one node that is never preempted: no PreemptionWatcher actor (a process start) per fit
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
@@ -230,13 +245,50 @@ def ray_cluster():
         # address="local": a new instance even where a `ray start` or the multi-node test bed
         # left /tmp/ray/ray_current_cluster behind (ray.init() would join that cluster)
         ray.init(address="local", num_cpus=2, include_dashboard=True, log_to_driver=False,
-                 configure_logging=False)
+                 configure_logging=False, runtime_env={"worker_process_setup_hook": ray_address_in_workers})
     yield ray
     ray.shutdown()
 
 
-def pytest_collection_modifyitems(config, items):
-    """Every test that uses the session's Ray cluster is slow: ``-m "not slow"`` starts no Ray."""
-    for item in items:
-        if "ray_cluster" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.slow)
+def pytest_configure(config):
+    """Under pytest-xdist (``make test`` runs two workers on the machine's two cores) each worker
+    trains with one torch thread, and so do the processes it starts (Ray workers, CLI runs): two
+    workers with two threads each on two cores slow each other down several-fold.
+
+    xdist's workers ignore SIGINT (the terminal's Ctrl-C is the controller's), and processes they
+    start would inherit that: the default handler is put back, so that a test can interrupt a
+    ``mvae-dist`` process as a terminal does."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import signal
+
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        os.environ["OMP_NUM_THREADS"] = "1"
+        import torch
+
+        torch.set_num_threads(1)
+
+
+def pytest_itemcollected(item):
+    """Every test that uses the session's Ray cluster is slow: ``-m "not slow"`` starts no Ray.
+
+    They are also one xdist group ("ray"): one xdist worker runs them all on one Ray instance.
+    (Spread over two workers, each worker's instance has the machine's 2 CPUs to itself on paper
+    only.) With ``--dist loadgroup`` the largest group goes first: this one on one worker, the
+    multi-node bed (its own group) and everything else on the other. Marked as each item is
+    collected: xdist reads the groups in its own ``pytest_collection_modifyitems``."""
+    if "ray_cluster" in getattr(item, "fixturenames", ()):
+        item.add_marker(pytest.mark.slow)
+        item.add_marker(pytest.mark.xdist_group("ray"))
+
+
+def pytest_collection_finish(session):
+    """Under ``--dist loadgroup`` the "ray" group must really be one: xdist marks a group by
+    suffixing the test's id, which pytest >= 9.2 ignores (pytest-xdist issue 1386), and then
+    the group's tests silently spread over both workers. Stop in one line instead."""
+    if not getattr(session.config.option, "loadgroup", False):
+        return
+    loose = [i.nodeid for i in session.items
+             if "ray_cluster" in getattr(i, "fixturenames", ()) and not i.nodeid.endswith("@ray")]
+    if loose:
+        pytest.exit(f"xdist --dist loadgroup did not group {loose[0]} (pytest {pytest.__version__}: "
+                    "pytest-xdist needs pytest < 9.2, see pyproject's dev extra)", returncode=4)

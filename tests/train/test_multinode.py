@@ -33,7 +33,7 @@ import yaml
 
 from ..faults import FaultyProxy
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("multinode")]  # one bed, one xdist worker
 TINY = str(Path(__file__).parents[2] / "configs" / "embedded" / "tiny.yaml")
 BUCKET = "multinode"
 #: the bed's own Ray temp dir (short: unix socket paths): its head's ray_current_cluster goes there,
