@@ -144,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     xlp = xsub.add_parser("label-propagation", help="section 4.5: train on S_r, propagate by PMI, retrain")
     xlp.add_argument("--sr-fraction", type=float, default=0.1, help="S_r: this share of the related pairs")
     xlp.add_argument("--arms", type=_csv(("baseline", "cI", "cC")), default=["baseline", "cI", "cC"])
+    xlp.add_argument("--siamese", default=None, metavar="SETTING",
+                     help='the Siamese network\'s settings, e.g. "epochs=100;lr=0.003;width=8" (the one '
+                          '`experiment siamese-tune` chose; default: epochs=10)')
     xrc = xsub.add_parser("relatedness-curve",
                           help="held-out PMI relatedness (ROC-AUC, F1) against training steps, per arm, "
                                "the Siamese network as reference (in-process, no Ray)")
@@ -549,9 +552,12 @@ def _experiment(args: argparse.Namespace) -> int:
                                calibration_fraction=args.calibration_fraction, train_on=args.train_on,
                                **common)
     else:
+        from .experiments.siamese_tune import parse_setting
+
         studies.label_propagation(args.config, args.overrides, sr_fraction=args.sr_fraction,
                                   arms=args.arms, K=args.pmi_k,
-                                  calibration_fraction=args.calibration_fraction, **common)
+                                  calibration_fraction=args.calibration_fraction,
+                                  siamese=parse_setting(args.siamese) if args.siamese else None, **common)
     return 0
 
 

@@ -60,7 +60,7 @@ def test_demo_trains_both_and_prints_the_table(ray_cluster, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_label_propagation_study_on_three_modalities(ray_cluster, tmp_path, capsys):
+def test_label_propagation_study_on_three_modalities(ray_cluster, tmp_path, capsys, monkeypatch):
     """Section 4.5 end to end on M = 3 (embedded-text: MNIST, street numbers, SYNTHETIC captions):
     the Siamese baseline with a token net, cI-MMVAE on S_r, PMI of triples on Ray workers, the
     retrained model on S_r + found; every run scored by the source set's classifiers and CCA
@@ -77,9 +77,15 @@ def test_label_propagation_study_on_three_modalities(ray_cluster, tmp_path, caps
     assert url.endswith(name)
     _classifiers_for(url)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
+    from mvae_dist.launch.experiments import studies
+
+    trained_with, real = [], studies.siamese_baseline
+    monkeypatch.setattr(studies, "siamese_baseline",
+                        lambda *a, **kw: trained_with.append(kw) or real(*a, **kw))
     out = label_propagation(None, QUICK, sr_fraction=0.5, arms=["cI"], dm=1, root=root, K=2,
                             tracking_uri=uri, data_options=opts, dataset="embedded-text",
-                            calibration_fraction=0.3)
+                            calibration_fraction=0.3, siamese={"epochs": 3, "lr": 0.003})
+    assert [(kw["epochs"], kw["lr"]) for kw in trained_with] == [(3, 0.003)]  # the setting reaches it
     text = capsys.readouterr().out
     assert "Siamese" in text and "cI-MMVAE PMI" in text and "fitting the CCA scorer" in text
     assert "| CCA mnist->text | CCA text->mnist | CCA joint |" in text, text
@@ -104,7 +110,9 @@ def test_label_propagation_study_on_three_modalities(ray_cluster, tmp_path, caps
     retrained = client.get_run(results["rows"][2]["run_id"])
     assert json.loads(retrained.data.params["model.modalities"]) == ["mnist", "svhn", "text:23"]
     assert retrained.data.params["eval.classifiers"] == url and "eval/cca_joint" in retrained.data.metrics
-    parent = client.get_run(retrained.data.tags["mlflow.parentRunId"]).data.metrics  # the study's run
+    study_run = client.get_run(retrained.data.tags["mlflow.parentRunId"]).data  # the study's run
+    assert json.loads(study_run.params["siamese"]) == {"epochs": 3, "lr": 0.003}
+    parent = study_run.metrics
     for name, p in preds.items():
         assert parent[f"relatedness/{name}/auc"] == pytest.approx(p["auc"])
         assert parent[f"relatedness/{name}/best_f1"] == pytest.approx(p["best_f1"])
@@ -116,6 +124,8 @@ def test_label_propagation_study_on_three_modalities(ray_cluster, tmp_path, caps
     (["experiment", "data-efficiency", "--fractions", "0.2,1.5"], "data fractions must be in (0, 1]"),
     (["experiment", "data-efficiency", "--fractions", "a"], "--fractions must be a comma list"),
     (["experiment", "label-propagation", "--sr-fraction", "1"], "--sr-fraction must be in (0, 1)"),
+    (["experiment", "label-propagation", "--siamese", "epochs=10,30"],
+     "siamese setting: one value each, not several for epochs"),
     (["experiment", "relatedness-curve", "--calibration-fraction", "1"],
      "--calibration-fraction must be in (0, 1)"),
     (["demo", "--percent", "0"], "--percent must be in (0, 100]"),

@@ -286,16 +286,18 @@ def _compared(compared: dict[str, dict]) -> dict[str, float]:
 
 def _propagation_round(study: Study, url: str, clfs: Any, arms: Sequence[str], pct: str,
                        relatedness: list[dict[str, Any]], *, workers: int, K: int,
-                       ray_address: str | None, seed: int, held_out: bool = False) -> None:
+                       ray_address: str | None, seed: int, held_out: bool = False,
+                       siamese_kw: dict[str, Any] | None = None) -> None:
     """One training seed of section 4.5: the Siamese baseline, MMVAE on F_r, and per arm: train
     on S_r, propagate by PMI, retrain on S_r + found. Appends to ``relatedness`` and study.runs.
     held_out: thresholds are chosen on the held-out S_c (and what S_m's would give is reported
-    beside, as ``f1_sm`` / ``precision_sm`` / ``recall_sm``); else on S_m, as the paper does."""
+    beside, as ``f1_sm`` / ``precision_sm`` / ``recall_sm``); else on S_m, as the paper does.
+    siamese_kw: the Siamese network's training settings (train_siamese keywords)."""
 
     calibrate, compare = ("sc", ("sm",)) if held_out else ("sm", ())
     print(f"== label-propagation: Siamese baseline on S_r ({pct})", flush=True)
     sia = siamese_baseline(url, seed=study.base.train.seed + seed, calibrate=calibrate,
-                           compare_calibrations=compare)
+                           compare_calibrations=compare, **(siamese_kw or {}))
     relatedness.append({"arm": "Siamese", "predictor": "Siamese", **(sia.pool or {}), **(sia.ranking or {}),
                         **_compared(sia.compared), "threshold": sia.threshold})
     run_arm(study, "MMVAE on F_r", {**OBJECTIVES["baseline"], "data.url": url, "eval.classifiers": url},
@@ -329,22 +331,27 @@ def label_propagation(config: str | None = None, overrides: Sequence[str] = (), 
                       tracking_uri: str | None = None, seeds: int = 1, workers: int = 2,
                       K: int = RELATEDNESS_K, ray_address: str | None = None,
                       data_options: dict | None = None, train_seeds: int = 1,
-                      dataset: str = "embedded", calibration_fraction: float | None = None) -> Path:
+                      dataset: str = "embedded", calibration_fraction: float | None = None,
+                      siamese: dict[str, Any] | None = None) -> Path:
     """Section 4.5: train on S_r, choose the PMI threshold on S_m, classify F_m, add the pairs
     found related to S_r, retrain; the Siamese baseline on the same S_r; MMVAE on all of F_r as
     the reference. Reports relatedness precision / recall / F1, ROC-AUC and average precision,
     and the metrics before and after, over ``train_seeds`` repetitions of the whole procedure.
     calibration_fraction: hold that share of S_r out of training as S_c and choose every threshold
-    there (F1 at S_m's threshold, the paper's protocol, is reported beside)."""
+    there (F1 at S_m's threshold, the paper's protocol, is reported beside). siamese: the Siamese
+    network's training settings (train_siamese keywords, e.g. the setting ``experiment
+    siamese-tune`` chose; default 10 epochs), logged as the study's ``siamese`` param."""
     if not 0 < sr_fraction < 1:
         raise ConfigError(f"--sr-fraction must be in (0, 1), got {sr_fraction}")
     _check_arms(arms)
+    siamese_kw = {"epochs": 10, **(siamese or {})}
     default = study_config(dataset)  # a known data set, before anything starts
     study = open_study("label-propagation", config or default, overrides, root=root,
                        tracking_uri=tracking_uri, seeds=seeds, ray_address=ray_address,
                        train_seeds=train_seeds,
                        params={"sr_fraction": sr_fraction, "arms": list(arms), "dm": dm, "K": K,
-                               "dataset": dataset, "calibration_fraction": calibration_fraction})
+                               "dataset": dataset, "calibration_fraction": calibration_fraction,
+                               "siamese": json.dumps(siamese_kw)})
     relatedness: list[dict[str, Any]] = []
     failed = True
     try:
@@ -354,7 +361,8 @@ def label_propagation(config: str | None = None, overrides: Sequence[str] = (), 
         pct = f"{sr_fraction * 100:g}%"
         for seed in range(train_seeds):
             _propagation_round(study, url, clfs, arms, pct, relatedness, workers=workers, K=K,
-                               ray_address=ray_address, seed=seed, held_out=calibration_fraction is not None)
+                               ray_address=ray_address, seed=seed, held_out=calibration_fraction is not None,
+                               siamese_kw=siamese_kw)
         failed = False
     finally:
         table = _summary(study, ["objective", "stage"], ["objective", "trained on"], PMI_COLUMNS)
