@@ -616,10 +616,22 @@ def resolve_config_path(path: str) -> str:
     """``path`` if it exists; else, for a shipped config's name (``configs/embedded/mmvae-ci.yaml``
     or ``embedded/mmvae-ci.yaml``), the packaged copy, so the documented commands work from any
     directory and in an installed package; else ``path`` (reading it gives the error)."""
+    return _shipped_or_given(path, "configs")
+
+
+def resolve_spec_path(path: str) -> str:
+    """As ``resolve_config_path``, for the sweep specs shipped in ``mvae_dist/tune``
+    (``tune/tiny.yaml`` or ``tiny.yaml``)."""
+    return _shipped_or_given(path, "tune")
+
+
+def _shipped_or_given(path: str, folder: str) -> str:
     if os.path.exists(path):
         return path
-    rel = path.replace(os.sep, "/").removeprefix("./").removeprefix("configs/")
-    packaged = shipped_config(rel)
+    from importlib.resources import files
+
+    rel = path.replace(os.sep, "/").removeprefix("./").removeprefix(f"{folder}/")
+    packaged = str(files("mvae_dist") / folder / rel)
     return packaged if os.path.isfile(packaged) else path
 
 

@@ -677,3 +677,7 @@ def _kill_local_ray() -> None:
                              if info.process is not None])
         except Exception:  # leaving anyway
             pass
+
+
+if __name__ == "__main__":  # python -m mvae_dist.launch.cli (python -m mvae_dist is the short form)
+    main_entry()

@@ -122,6 +122,16 @@ def test_file_mounts_and_rsync_filters_keep_the_package():
     assert "~/mvae_dist" in setup
 
 
+def test_every_path_the_cluster_yaml_names_exists():
+    """The files its comments and commands name (configs, deploy/..., tune specs) are real:
+    a renamed config once left `mvae-dist train --config configs/embedded/ci-mmvae.yaml` here."""
+    path = r"(?<![\w/.~])((?:configs|deploy|tune|tests)/[\w./-]*\w)"
+    named = set(re.findall(path, CLUSTER_YAML.read_text()))
+    assert {"deploy/Dockerfile", "configs/embedded/mmvae-ci.yaml"} <= named, named
+    missing = sorted(p for p in named if not (REPO_ROOT / p).exists())
+    assert not missing, missing
+
+
 def test_no_credentials_in_deploy_files():
     secretish = re.compile(
         r"AKIA[0-9A-Z]{16}|aws_secret_access_key\s*[:=]\s*\S+|password\s*[:=]\s*[^\s$#]{6,}", re.I

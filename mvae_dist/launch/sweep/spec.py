@@ -25,6 +25,7 @@ from ...config import (
     ray_job_working_dir,
     read_yaml_mapping,
     resolve_config_path,
+    resolve_spec_path,
 )
 from ...errors import ConfigError, MvaeDistError
 
@@ -262,7 +263,9 @@ class SweepSpec:
 
 
 def load_sweep_spec(path: str, overrides: list[str] | None = None) -> SweepSpec:
-    """Read, override and validate a sweep spec -> SweepSpec; ConfigError naming the bad key."""
+    """Read, override and validate a sweep spec -> SweepSpec; ConfigError naming the bad key.
+    path: a file, or the name of a spec shipped with the package (``tune/tiny.yaml``)."""
+    path = resolve_spec_path(path)
     raw = read_yaml_mapping(path, "sweep spec", f"a mapping of keys ({', '.join(SPEC_KEYS)})")
     for item in overrides or []:
         _apply_override(raw, item)
