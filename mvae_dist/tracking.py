@@ -248,6 +248,12 @@ class RunRecord:
         return self.tags.get("mlflow.parentRunId")
 
 
+#: MLflow 3's UI opens an experiment by this tag's kind; without it, an experiment with no traces
+#: opens in the GenAI view ("Evaluations", "Agent versions"). Ours are model-training experiments.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+
 def find_runs(experiment: str = DEFAULT_EXPERIMENT, filter_string: str = "",
               tracking_uri: str | None = None, order_by: list[str] | None = None,
               max_results: int = 1000) -> list[RunRecord]:
@@ -530,13 +536,16 @@ class Tracker:
         exp = self.client.get_experiment_by_name(self.experiment)
         if exp is None:
             try:
-                return self.client.create_experiment(self.experiment, artifact_location=self.artifact_root)
+                return self.client.create_experiment(self.experiment, artifact_location=self.artifact_root,
+                                                     tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
             except MlflowException:  # another process created it in the meantime
                 exp = self.client.get_experiment_by_name(self.experiment)
                 if exp is None:
                     raise
         if exp.lifecycle_stage == "deleted":
             self.client.restore_experiment(exp.experiment_id)
+        if EXPERIMENT_KIND_TAG not in exp.tags:  # made before this tag, or by plain MLflow; a kind set stays
+            self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return exp.experiment_id
 
     def _log_params(self, flat: dict[str, str]) -> None:

@@ -241,6 +241,21 @@ def test_tracker_against_a_real_mlflow_server(mlflow_server, tmp_path):
     names = {a.path for a in c.list_artifacts(run_id, "images")}
     assert names == {"images/grid.png"}
     assert [r.run_id for r in find_runs("server-test", tracking_uri=mlflow_server)] == [run_id]
+    # the UI opens it as a model-training experiment, not in MLflow 3's GenAI view
+    assert c.get_experiment_by_name("server-test").tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_experiments_are_model_training_experiments_and_a_kind_set_stays(mlflow_sqlite_uri):
+    name = f"kind-{uuid.uuid4().hex[:8]}"
+    c = mlflow.MlflowClient(tracking_uri=mlflow_sqlite_uri)
+    Tracker(mlflow_sqlite_uri, experiment=name)
+    assert c.get_experiment_by_name(name).tags["mlflow.experimentKind"] == "custom_model_development"
+    old = c.create_experiment(f"{name}-plain")  # made by plain MLflow (or before the tag): tagged on use
+    Tracker(mlflow_sqlite_uri, experiment=f"{name}-plain")
+    assert c.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
+    c.create_experiment(f"{name}-genai", tags={"mlflow.experimentKind": "genai_development"})
+    Tracker(mlflow_sqlite_uri, experiment=f"{name}-genai")  # the user's choice is kept
+    assert c.get_experiment_by_name(f"{name}-genai").tags["mlflow.experimentKind"] == "genai_development"
 
 
 def test_resume_a_stopped_run_without_checkpoints(tracker):
