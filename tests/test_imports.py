@@ -54,8 +54,10 @@ LAUNCHERS = "mvae_dist.launch"
 
 
 def _library_files(root):
-    """Every module of the package outside ``launch/``."""
-    return [p for p in sorted(root.rglob("*.py")) if "launch" not in p.relative_to(root).parts]
+    """Every module of the package outside ``launch/`` and ``__main__.py`` (``python -m mvae_dist``:
+    the command line's other door, a launcher itself)."""
+    return [p for p in sorted(root.rglob("*.py"))
+            if "launch" not in p.relative_to(root).parts and p.relative_to(root).as_posix() != "__main__.py"]
 
 
 def _imports(path, package: str) -> set[str]:
