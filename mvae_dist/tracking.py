@@ -499,6 +499,7 @@ class Tracker:
         same (step, uri) twice keeps one entry."""
         run_id = self._need_run()
         uri = redact_text(str(uri))
+        self._checkpoints = None  # read afresh: Ray Train's controller logs to the same run (driver.py)
         entries = self._load_checkpoints()
         if not any(e["step"] == int(step) and e["uri"] == uri for e in entries):
             entries.append({"step": int(step), "uri": uri, "time": time.time()})

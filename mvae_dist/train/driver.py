@@ -37,6 +37,7 @@ from .run_store import (
     LOCK_FILE,
     FoundCheckpoint,
     RunStorage,
+    checkpoint_url,
     lock_is_stale,
     lock_record,
     newest_good_checkpoint,
@@ -113,9 +114,47 @@ def build_trainer(cfg: RunConfig, *, run_id: str, tracking_uri: str, storage: Ru
             failure_config=FailureConfig(max_failures=cfg.train.max_failures,
                                          controller_failure_limit=controller_limit),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
-            callbacks=[_no_retry_on_data_error(), *(callbacks or [])],
+            callbacks=[_no_retry_on_data_error(), *(callbacks or []),
+                       _checkpoints_to_mlflow(run_id, tracking_uri, cfg.tracking.experiment,
+                                              storage.protocol)],
         ),
     )
+
+
+def _checkpoints_to_mlflow(run_id: str, tracking_uri: str, experiment: str, protocol: str | None) -> Any:
+    """A Ray Train ``UserCallback`` (it runs in the controller) that logs each checkpoint to the
+    MLflow run as Ray persists it: ``checkpoints.json`` and the ``last_checkpoint`` tags, so a run
+    that dies or is stopped (``ray job stop``, a lost driver) still names its checkpoints. The
+    driver logs the last one again after ``fit()`` (the entry is kept once). A tracking store that
+    does not answer costs one warning line, never the run."""
+    from ray.train import UserCallback
+
+    class CheckpointsToMlflow(UserCallback):
+        def __init__(self) -> None:
+            self.tracker: Any = None
+            self.warned = False
+
+        def after_report(self, run_context: Any, metrics: list, checkpoint: Any) -> None:
+            if checkpoint is None:
+                return
+            step = int((metrics[0] if metrics else {}).get("step", 0))
+            url = checkpoint_url(protocol, checkpoint.path)
+            try:
+                if self.tracker is None:
+                    from mvae_dist.tracking import Tracker  # absolute: this class is sent by value
+
+                    self.tracker = Tracker(tracking_uri, experiment=experiment)
+                    self.tracker.attach(run_id)
+                self.tracker.log_checkpoint_uri(url, step)
+            except Exception as e:  # MLflow down: training goes on, the driver logs the last one
+                if not self.warned:
+                    self.warned = True
+                    import sys
+
+                    print(f"mvae-dist: warning: checkpoint {url} not logged to MLflow: {one_line(e)}",
+                          file=sys.stderr, flush=True)
+
+    return CheckpointsToMlflow()
 
 
 def _no_retry_on_data_error() -> Any:

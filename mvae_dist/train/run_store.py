@@ -73,11 +73,16 @@ class RunStorage:
 
     def checkpoint_url(self, path: str) -> str:
         """A checkpoint's path on the storage filesystem -> a URL others can open."""
-        return f"{self.protocol}://{path.lstrip('/')}" if self.protocol and "://" not in path else path
+        return checkpoint_url(self.protocol, path)
 
     def child_url(self, name: str) -> str:
         """The URL of ``name`` inside the run directory."""
         return f"{self.url.rstrip('/')}/{name}"
+
+
+def checkpoint_url(protocol: str | None, path: str) -> str:
+    """A checkpoint's path on a filesystem of ``protocol`` (None: local) -> a URL others can open."""
+    return f"{protocol}://{path.lstrip('/')}" if protocol and "://" not in path else path
 
 
 def run_storage(storage_path: str, name: str, options: dict | None = None,

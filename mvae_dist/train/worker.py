@@ -235,9 +235,13 @@ class _Worker:
             _debug(self.debug_dir, self.rank, step=pos.step, resumed_from=self.resumed_from)
             if self.rank == 0 and pos.step % cfg.train.log_every == 0:
                 self.log_window()
-            if cfg.train.checkpoint_every and pos.step % cfg.train.checkpoint_every == 0:
+            done = bool(cfg.train.max_steps and pos.step >= cfg.train.max_steps)
+            # the epoch's last step and the run's last are checkpointed by end_epoch right after:
+            # a second checkpoint of the same step would push a good one out of keep_checkpoints
+            ends_epoch = done or pos.batch_in_epoch >= len(self.loader)
+            if cfg.train.checkpoint_every and pos.step % cfg.train.checkpoint_every == 0 and not ends_epoch:
                 self.report({k: float(v) for k, v in stats.items()}, with_checkpoint=True)
-            if cfg.train.max_steps and pos.step >= cfg.train.max_steps:
+            if done:
                 self.done = True
                 break
         return True

@@ -46,6 +46,7 @@ def test_demo_trains_both_and_prints_the_table(ray_cluster, tmp_path, capsys):
     assert "| latent accuracy (svhn z) |" in text and "| latent accuracy (mnist z) |" in text
     assert "mlflow ui --backend-store-uri" in text
     results = json.loads((out / "results.json").read_text())
+    assert not (out / "plots").exists()  # the demo draws no plots: no empty folder
     assert [r["arm"] for r in results["rows"]] == ["MMVAE", "cI-MMVAE"]
     assert all(0.0 <= r["coherence_cross"] <= 1.0 and r["log_joint"] < 0 for r in results["rows"])
     parent = results["rows"][0]["run_id"]

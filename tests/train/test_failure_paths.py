@@ -159,6 +159,17 @@ def test_a_data_error_in_a_worker_is_not_retried_and_the_name_stays_usable(ray_c
     assert "'step': 2" in out
 
 
+def _tags_read_only(db, key: str) -> list[str]:
+    """The values of tag ``key`` of the runs in a sqlite MLflow store, read without MLflow."""
+    import sqlite3
+
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
+            return [row[0] for row in con.execute("SELECT value FROM tags WHERE key = ?", (key,))]
+    except sqlite3.Error:
+        return []
+
+
 def _run_statuses_read_only(db) -> list[str] | None:
     """The runs' statuses in a sqlite MLflow store, read without MLflow (None while the store is
     not there yet): an MlflowClient here would create or migrate the schema while the process
@@ -223,6 +234,12 @@ def test_a_signal_during_real_training_ends_the_run_killed_naming_its_checkpoint
         lines.append(line)
         if "step 20/" in line:
             break
+    # a checkpoint reaches the MLflow run as Ray persists it, not when fit() returns
+    db, deadline = tmp_path / "mlflow.db", time.monotonic() + 20
+    while not (logged := _tags_read_only(db, "last_checkpoint")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None and len(logged) == 1, (logged, "".join(lines)[-2000:])
+    assert logged[0].startswith(f"{tmp_path}/runs/tiny/checkpoint_"), logged
     proc.send_signal(getattr(signal, sig))
     out, _ = proc.communicate(timeout=60)
     out = "".join(lines) + out

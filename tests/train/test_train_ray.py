@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -97,6 +98,14 @@ def test_killed_worker_resumes_from_checkpoint(ray_cluster, tiny_data, tmp_path,
     run = _client(mlflow_server).get_run(res.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.metrics["resumed_from_step"] == final["resumed_from"]
+    # every checkpoint Ray persisted reached the run as it was written (the controller's callback),
+    # one per step: the run's last step (24, also an end of epoch) is not checkpointed twice
+    with tempfile.TemporaryDirectory() as d:
+        got = _client(mlflow_server).download_artifacts(run.info.run_id, "checkpoints.json", d)
+        logged = json.loads(Path(got).read_text())["checkpoints"]
+    steps = [e["step"] for e in logged]
+    assert steps == sorted(set(steps)) and steps[-1] == 24 and all(s % 4 == 0 for s in steps), logged
+    assert len(steps) >= 4 and run.data.tags["last_checkpoint"] == logged[-1]["uri"] == res.checkpoint, logged
 
 
 def test_cli_resume_continues_a_stopped_run(ray_cluster, tiny_data, tmp_path, capsys):

@@ -277,7 +277,9 @@ def finish_study(study: Study, table: str, plots: Mapping[str, np.ndarray],
     t.end("FAILED" if failed else "FINISHED")
     final = study.out_dir
     tmp = final.with_name(f".{final.name}.tmp")
-    (tmp / "plots").mkdir(parents=True, exist_ok=True)
+    tmp.mkdir(parents=True, exist_ok=True)
+    if plots:  # no empty plots/ folder for a study that draws none (the demo)
+        (tmp / "plots").mkdir(exist_ok=True)
     (tmp / "results.json").write_text(json.dumps(results, indent=2, default=str))
     (tmp / "results.md").write_text(table)
     for name, img in plots.items():
