@@ -607,9 +607,14 @@ def read_yaml_mapping(path: str, what: str, expected: str) -> dict[str, Any]:
 def shipped_config(name: str) -> str:
     """The path of a config shipped with the package, e.g. ``shipped_config("embedded/demo.yaml")``
     (found through the package, so it exists in a wheel install as in a checkout)."""
+    return _packaged("configs", name)
+
+
+def _packaged(folder: str, name: str) -> str:
+    """The path of ``name`` in the package's data folder ``folder`` (configs, tune)."""
     from importlib.resources import files
 
-    return str(files("mvae_dist") / "configs" / name)
+    return str(files("mvae_dist") / folder / name)
 
 
 def resolve_config_path(path: str) -> str:
@@ -628,10 +633,7 @@ def resolve_spec_path(path: str) -> str:
 def _shipped_or_given(path: str, folder: str) -> str:
     if os.path.exists(path):
         return path
-    from importlib.resources import files
-
-    rel = path.replace(os.sep, "/").removeprefix("./").removeprefix(f"{folder}/")
-    packaged = str(files("mvae_dist") / folder / rel)
+    packaged = _packaged(folder, path.replace(os.sep, "/").removeprefix("./").removeprefix(f"{folder}/"))
     return packaged if os.path.isfile(packaged) else path
 
 

@@ -215,6 +215,7 @@ class _Worker:
         -> False when the non-finite losses passed train.max_nonfinite."""
         cfg, pos = self.cfg, self.pos
         self.loader.set_epoch(pos.epoch)
+        n_batches = len(self.loader)  # fixed for the epoch (its shard plan): not recomputed per step
         self.model.train()
         for i, batch in enumerate(self.loader):
             if i < pos.batch_in_epoch:  # resume: the epoch's order is fixed by (seed, epoch)
@@ -238,8 +239,8 @@ class _Worker:
             done = bool(cfg.train.max_steps and pos.step >= cfg.train.max_steps)
             # the epoch's last step and the run's last are checkpointed by end_epoch right after:
             # a second checkpoint of the same step would push a good one out of keep_checkpoints
-            ends_epoch = done or pos.batch_in_epoch >= len(self.loader)
-            if cfg.train.checkpoint_every and pos.step % cfg.train.checkpoint_every == 0 and not ends_epoch:
+            due = cfg.train.checkpoint_every and pos.step % cfg.train.checkpoint_every == 0
+            if due and not (done or pos.batch_in_epoch >= n_batches):
                 self.report({k: float(v) for k, v in stats.items()}, with_checkpoint=True)
             if done:
                 self.done = True
