@@ -376,13 +376,15 @@ class TrainSection(Section):
 
 
 class TrackingConfig(Section):
-    """MLflow: tracking_uri None = $MLFLOW_TRACKING_URI, else sqlite under the working directory."""
+    """MLflow: tracking_uri None = $MLFLOW_TRACKING_URI, else sqlite under the working directory.
+    register_model: a registered-model name; a finished run's model becomes its next version."""
 
     key_prefix: ClassVar[str] = "tracking"
 
     tracking_uri: str | None = None
     experiment: Annotated[str, Field(min_length=1)] = "mvae-dist"
     run_name: str | None = None
+    register_model: Annotated[str, Field(min_length=1)] | None = None
 
 
 class EvalConfig(Section):

@@ -1,9 +1,9 @@
 """MLflow tracking for training jobs: one run per job, logged from rank 0 only.
 
-The only module that imports mlflow. Everything goes through an ``mlflow.MlflowClient`` bound to
-an explicit tracking URI and an explicit run id — never the fluent API's process-global
-active-run stack — so a run can be resumed by id from a fresh process (a restarted Ray worker)
-and child runs of a sweep can be open at the same time as their parent.
+With serving.py (the model's MLflow flavour), the only module that imports mlflow. Everything goes
+through an ``mlflow.MlflowClient`` bound to an explicit tracking URI and an explicit run id — never
+the fluent API's process-global active-run stack — so a run can be resumed by id from a fresh
+process (a restarted Ray worker) and child runs of a sweep can be open at the same time as their parent.
 
 Defaults: tracking URI = env ``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<cwd>/mlflow.db``;
 for a sqlite store the artifacts go to ``file://<directory of the db>/mlartifacts`` (so the
@@ -27,6 +27,7 @@ Choices:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -512,20 +513,33 @@ class Tracker:
         self._need_run()
         return list(self._load_checkpoints())
 
-    def log_model(self, model: nn.Module, config: Any, artifact_path: str = "model") -> None:
-        """Log ``artifact_path/`` = ``state_dict.pt`` (CPU tensors, ``torch.save``) +
-        ``config.yaml`` (the redacted resolved config). A DDP-wrapped model is unwrapped.
-        ``load_logged_model`` rebuilds it. ``config`` is the whole resolved config (with a
-        ``model`` section) or the model section itself."""
+    def log_model(self, model: nn.Module, config: Any, *, step: int = 0,
+                  registered_model_name: str | None = None) -> str:
+        """Log the run's MLflow model ``model`` (``runs:/ID/model``; serving.py): the pytorch and
+        pyfunc flavours, a signature and an input example, the pip requirements and ``config.yaml``
+        (the redacted resolved config: the whole config with a ``model`` section, or that section).
+        MLflow 3 links the logged model to the run and to the run's metrics at ``step``;
+        ``registered_model_name`` also registers it (a new version). A DDP-wrapped model is
+        unwrapped. -> the logged model's id."""
+        from mlflow.models import Model
+
+        from . import serving
+
         run_id = self._need_run()
         model = getattr(model, "module", model)
-        with tempfile.TemporaryDirectory() as tmp:
-            d = Path(tmp) / "model"
-            d.mkdir()
-            state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-            torch.save(state, d / "state_dict.pt")
-            (d / "config.yaml").write_text(yaml.safe_dump(redact_config(config), sort_keys=False))
-            self.client.log_artifacts(run_id, str(d), artifact_path=artifact_path)
+        cfg = redact_config(config)
+        example = serving.input_example(model)
+        # created here, in the run's experiment: Model.log would put it in the fluent API's
+        # active experiment (MLflow's "Default" in a worker), away from its run
+        logged = self.client.create_logged_model(self.experiment_id, serving.MODEL_NAME, source_run_id=run_id,
+                                                 params=flatten_params(cfg), model_type="multimodal-vae")
+        with _global_tracking_uri(self.tracking_uri):  # Model.log resolves the fluent API's URI
+            info = Model.log(None, name=serving.MODEL_NAME, flavor=serving, run_id=run_id, step=int(step),
+                             model_id=logged.model_id,
+                             registered_model_name=registered_model_name, await_registration_for=0,
+                             model=model, config=cfg, signature=serving.signature_of(model, cfg, example),
+                             input_example=example, pip_requirements=serving.pip_requirements())
+        return info.model_id
 
     # ------------------------------------------------------------------------ helpers
     def _need_run(self) -> str:
@@ -567,9 +581,52 @@ class Tracker:
         return self._checkpoints
 
 
+@contextlib.contextmanager
+def _global_tracking_uri(uri: str):
+    """Point the fluent API (which ``mlflow.models.Model.log`` uses) at ``uri`` for a while."""
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)
+
+
+def has_logged_model(run_id: str, tracking_uri: str | None = None) -> bool:
+    """True when run ``run_id`` logged an MLflow model named ``model`` (``Tracker.log_model``)."""
+    from .serving import MODEL_NAME
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri or default_tracking_uri())
+    try:
+        run = client.get_run(run_id)
+        found = client.search_logged_models(
+            experiment_ids=[run.info.experiment_id],
+            filter_string=f"source_run_id = '{run_id}' AND name = '{MODEL_NAME}'", max_results=1)
+    except MlflowException:
+        return False
+    return len(found) > 0
+
+
+def load_run_mlflow_model(run_id: str, tracking_uri: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """The model ``Tracker.log_model`` logged to ``run_id`` (``runs:/ID/model``) -> (model in eval
+    mode on the CPU, its config)."""
+    import mlflow.pytorch
+
+    from .serving import CONFIG_FILE, MODEL_NAME
+
+    uri = f"runs:/{run_id}/{MODEL_NAME}"
+    with _global_tracking_uri(tracking_uri or default_tracking_uri()):
+        model = mlflow.pytorch.load_model(uri, map_location="cpu")
+        with tempfile.TemporaryDirectory() as tmp:
+            local = mlflow.artifacts.download_artifacts(f"{uri}/{CONFIG_FILE}", dst_path=tmp)
+            config = yaml.safe_load(Path(local).read_text()) or {}
+    return model.eval(), config
+
+
 def load_logged_model(run_id: str, tracking_uri: str | None = None,
                       artifact_path: str = "model") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model ``Tracker.log_model`` logged to ``run_id`` -> (model in eval mode, config)."""
+    """Rebuild the model of a run logged before MLflow models (project 0.x: run artifacts
+    ``model/state_dict.pt`` + ``model/config.yaml``) -> (model in eval mode, config)."""
 
     client = mlflow.MlflowClient(tracking_uri=tracking_uri or default_tracking_uri())
     with tempfile.TemporaryDirectory() as tmp:
@@ -621,5 +678,6 @@ def _user() -> str:
 __all__ = [
     "CHECKPOINTS_FILE", "DEFAULT_EXPERIMENT", "NONFINITE_METRIC", "RunRecord",
     "Tracker", "default_artifact_root", "default_tracking_uri", "find_runs", "flatten_params",
-    "is_sensitive_key", "load_logged_model", "redact_config", "redact_text", "ui_command",
+    "has_logged_model", "is_sensitive_key", "load_logged_model", "load_run_mlflow_model",
+    "redact_config", "redact_text", "ui_command",
 ]

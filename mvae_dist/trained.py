@@ -2,8 +2,9 @@
 
 ``load_trained(checkpoint=URI)`` reads a Ray Train checkpoint directory (a local path or any
 fsspec URL, e.g. ``s3://bucket/runs/name/checkpoint_...``) written by train/checkpoint.py;
-``load_trained(run_id=ID)`` takes the final model an MLflow run logged (``Tracker.log_model``)
-or, when the run has none (it failed or is still running), its last checkpoint (the tag
+``load_trained(run_id=ID)`` takes the final model an MLflow run logged (``Tracker.log_model``: an
+MLflow model, ``runs:/ID/model``; runs of project 0.x logged ``model/state_dict.pt``) or, when
+the run has none (it failed or is still running), its last checkpoint (the tag
 ``last_checkpoint``). Either way the result carries the resolved training config, so evaluation
 and label propagation know the data set, the model and the seed the model was trained with.
 """
@@ -56,10 +57,20 @@ def load_checkpoint_model(uri: str, storage_options: dict | None = None,
 def load_run_model(run_id: str, tracking_uri: str | None = None, storage_options: dict | None = None,
                    device: str | torch.device = "cpu") -> Trained:
     """The final model MLflow run ``run_id`` logged, else the run's last checkpoint."""
-    from .tracking import get_run, load_logged_model, run_has_artifact
+    from .tracking import (
+        get_run,
+        has_logged_model,
+        load_logged_model,
+        load_run_mlflow_model,
+        run_has_artifact,
+    )
 
     record = get_run(run_id, tracking_uri)
     step = int(record.tags.get("model_step", -1))  # tagged by the worker that logged the model
+    if has_logged_model(run_id, tracking_uri):
+        model, config = load_run_mlflow_model(run_id, tracking_uri)
+        cfg = RunConfig.from_dict(config)
+        return Trained(model.to(device).eval(), cfg, step, f"runs:/{run_id}/model", run_id)
     if run_has_artifact(run_id, "model/state_dict.pt", tracking_uri):
         model, config = load_logged_model(run_id, tracking_uri)
         cfg = RunConfig.from_dict(config)

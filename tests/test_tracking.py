@@ -23,7 +23,7 @@ from mvae_dist.tracking import (
     default_tracking_uri,
     find_runs,
     flatten_params,
-    load_logged_model,
+    load_run_mlflow_model,
     ui_command,
 )
 
@@ -185,8 +185,9 @@ def test_log_model_round_trip(tracker):
     model = build_model(MODEL)
     run_id = tracker.start("model", CONFIG)
     tracker.log_model(model, CONFIG)
-    loaded, config = load_logged_model(run_id, tracking_uri=tracker.tracking_uri)
+    loaded, config = load_run_mlflow_model(run_id, tracking_uri=tracker.tracking_uri)
     assert config["model"] == MODEL and "storage_options" not in config["data"]
+    assert SECRET not in json.dumps(config)
     assert type(loaded) is type(model) and not loaded.training
     model.eval()
     xs = [torch.rand(3, 1, 28, 28), torch.rand(3, 3, 32, 32)]

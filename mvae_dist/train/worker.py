@@ -304,7 +304,8 @@ class _Worker:
     def finish(self) -> None:
         """Rank 0: the final model (and its step) into the MLflow run, which ends FINISHED."""
         self.log.set_tags({"model_step": self.pos.step})  # the logged model's step (load_run_model)
-        self.log.log_model(self.model, self.cfg.to_dict())
+        self.log.log_model(self.model, self.cfg.to_dict(), step=self.pos.step,
+                           registered_model_name=self.cfg.tracking.register_model)
         self.log.end("FINISHED")
 
 

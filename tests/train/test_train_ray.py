@@ -52,7 +52,10 @@ def test_train_end_to_end_checkpoints_and_mlflow(ray_cluster, tiny_data, tmp_pat
     assert "objective.gamma" in run.data.params  # a contrastive run (tiny.yaml)
     arts = {a.path for a in _client(res.tracking_uri).list_artifacts(res.run_id, "images")}
     assert any(p.endswith(".png") and "cross" in p for p in arts)
-    assert {a.path for a in _client(res.tracking_uri).list_artifacts(res.run_id)} >= {"model"}
+    (out,) = run.outputs.model_outputs  # the run's MLflow model, with the last step's evaluation
+    lm = _client(res.tracking_uri).get_logged_model(out.model_id)
+    assert lm.name == "model" and lm.source_run_id == res.run_id and out.step == 6
+    assert "eval/log_joint" in {m.key for m in lm.metrics}
     from mvae_dist.trained import load_trained
 
     trained = load_trained(run_id=res.run_id, tracking_uri=res.tracking_uri)  # the logged model
