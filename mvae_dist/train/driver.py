@@ -33,13 +33,17 @@ from ..data.manifest import check_present, verify
 from ..data.retry import call_with_retry, read_policy, storage_policy
 from ..errors import ConfigError, DataError, MvaeDistError, one_line
 from ..tracking import FAILURE_TAG, Tracker, default_tracking_uri, find_runs, get_run, serialized
+from .checkpoint import read_manifest
 from .run_store import (
     LOCK_FILE,
     FoundCheckpoint,
     RunStorage,
+    checkpoint_names,
     checkpoint_url,
+    clear_stopping,
     lock_is_stale,
     lock_record,
+    mark_stopping,
     newest_good_checkpoint,
     prune_orphans,
     read_lock,
@@ -93,7 +97,7 @@ def build_trainer(cfg: RunConfig, *, run_id: str, tracking_uri: str, storage: Ru
     ``UserCallback``s, e.g. Tune's ``TuneReportCallback`` when a sweep trial runs the trainer.
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
 
     from .worker import train_loop_per_worker
 
@@ -101,7 +105,7 @@ def build_trainer(cfg: RunConfig, *, run_id: str, tracking_uri: str, storage: Ru
     # Ray Train reads its start-up timeout from the driver's environment and hands it on to the
     # controller (ray.train.v2._internal.constants.ENV_VARS_TO_PROPAGATE)
     os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = f"{start_timeout:g}"
-    return TorchTrainer(
+    return _trainer_class()(
         train_loop_per_worker,
         train_loop_config={"config": cfg.to_dict(), "run_id": run_id, "tracking_uri": tracking_uri,
                            "debug_dir": debug_dir},
@@ -119,6 +123,29 @@ def build_trainer(cfg: RunConfig, *, run_id: str, tracking_uri: str, storage: Ru
                                               storage.protocol)],
         ),
     )
+
+
+def _trainer_class() -> type:
+    """``TorchTrainer`` less one process per worker-group start: Ray Train 2.x starts a Ray Data
+    ``DatasetManager`` actor for every worker group even when the trainer has no Ray Datasets
+    (ours stream WebDataset shards themselves). That actor is a Python process importing Ray Data
+    (~2 s of CPU, measured) on the start-up path of every run, restart and resize. Without
+    datasets its callback is left out; the workers' ``get_dataset_shard`` is then unavailable,
+    which this project never calls. Should a Ray version rename the hook, the trainer is plain."""
+    from ray.train.torch import TorchTrainer
+
+    class Trainer(TorchTrainer):
+        def _create_default_callbacks(self) -> list:
+            callbacks = super()._create_default_callbacks()
+            try:
+                from ray.train.v2._internal.callbacks import DatasetsCallback
+            except ImportError:  # another Ray layout: keep Ray's defaults
+                return callbacks
+            if self.datasets:
+                return callbacks
+            return [c for c in callbacks if not isinstance(c, DatasetsCallback)]
+
+    return Trainer
 
 
 def _checkpoints_to_mlflow(run_id: str, tracking_uri: str, experiment: str, protocol: str | None) -> Any:
@@ -235,6 +262,7 @@ def fit(cfg: RunConfig, *, resume: bool = False, debug_dir: str | None = None,
     previous = _claim_name(cfg, storage, uri, resume=resume)
     token, taken = _lock(storage), time.monotonic()
     try:
+        clear_stopping(storage)  # an earlier run of this name was stopped: this one checkpoints
         _init_ray(ray_address, cfg.train.address_timeout_s)
         _confirm_lock(cfg, storage, token, taken)
     except BaseException:
@@ -256,6 +284,9 @@ def fit(cfg: RunConfig, *, resume: bool = False, debug_dir: str | None = None,
                                 f"{_why_failed(e, cfg)}") from e
         ckpt, metrics = finish_fit(cfg, result, tracker, storage)
     except KeyboardInterrupt as e:
+        with contextlib.suppress(Exception):  # no new checkpoint may push the one named out
+            mark_stopping(storage)
+            _settle_checkpoints(storage)
         e.last_checkpoint = _end_with_checkpoint(tracker, storage, "KILLED")  # type: ignore[attr-defined]
         with contextlib.suppress(Exception):
             release_lock(storage, token)
@@ -469,6 +500,23 @@ def node_wait(node_wait_s: float, start_timeout_s: float = 60.0) -> tuple[float,
         return start_timeout_s, -1
     timeout = min(start_timeout_s, node_wait_s)
     return timeout, max(0, math.ceil(node_wait_s / timeout) - 1)
+
+
+#: how long a stopping driver waits for a checkpoint rank 0 was writing when the stop came (within
+#: ``ray job stop``'s 3 s before SIGKILL)
+SETTLE_S = 1.5
+
+
+def _settle_checkpoints(storage: RunStorage, limit_s: float = SETTLE_S) -> None:
+    """Wait (at most ``limit_s``) until no checkpoint directory is half-written: one rank 0 began
+    before the stop either completes (and is named) or stays incomplete (and is not)."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        names = checkpoint_names(storage)
+        fs, root = storage.fs()
+        if not names or read_manifest(f"{root}/{names[-1]}", fs) is not None:
+            return
+        time.sleep(0.1)
 
 
 def _end_with_checkpoint(tracker: Tracker, storage: RunStorage, status: str, *,

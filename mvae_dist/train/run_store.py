@@ -34,6 +34,10 @@ from .checkpoint import MANIFEST_FILE, read_manifest, verify_checkpoint
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
 #: the project's lock in the run directory: who runs this name now
 LOCK_FILE = ".mvae-dist-lock.json"
+#: written by a driver that is stopping (Ctrl-C, SIGTERM, ``ray job stop``) before it names the run's
+#: last checkpoint: rank 0 writes no checkpoint while it exists, so Ray's ``keep_checkpoints``
+#: cannot delete the one named while the workers outlive the driver by a moment
+STOP_FILE = ".mvae-dist-stopping"
 CHECKPOINT_PREFIX = "checkpoint_"
 
 
@@ -268,6 +272,25 @@ def prune_orphans(store: RunStorage, say: Callable[[str], None] = _say_nothing, 
 
 
 # ------------------------------------------------------------------------------- the lock
+def mark_stopping(store: RunStorage) -> None:
+    """Tell the run's workers to write no more checkpoints (``STOP_FILE``)."""
+    fs, root = store.fs()
+    fs.pipe_file(f"{root}/{STOP_FILE}", b"stopping\n")
+
+
+def clear_stopping(store: RunStorage) -> None:
+    """A new start of the run (fresh or ``--resume``) forgets an earlier stop."""
+    fs, root = store.fs()
+    if fs.exists(f"{root}/{STOP_FILE}"):
+        fs.rm_file(f"{root}/{STOP_FILE}")
+
+
+def is_stopping(store: RunStorage) -> bool:
+    """True while the run's driver is stopping (``mark_stopping``)."""
+    fs, root = store.fs()
+    return fs.exists(f"{root}/{STOP_FILE}")
+
+
 def lock_record(token: str) -> dict[str, Any]:
     """What the lock says: a token unique to the attempt, and the process holding the name."""
     return {"token": token, "host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}

@@ -28,8 +28,15 @@ from ..models import build_model
 from ..models.compute import configure_compute
 from .checkpoint import Position, load_checkpoint, save_checkpoint
 from .dist import TorchCrossRank
-from .run_store import local_checkpoint, newest_good_checkpoint, run_storage
+from .run_store import is_stopping, local_checkpoint, newest_good_checkpoint, run_storage
 from .step import TrainStep, apply_step, make_optimizer, make_scheduler, step_generator
+
+
+def _stopping(store: Any) -> bool:
+    try:
+        return is_stopping(store)
+    except Exception:  # a store that does not answer: the checkpoint write will say so itself
+        return False
 
 
 def _debug(cfg_debug_dir: str | None, rank: int, **info: Any) -> None:
@@ -121,6 +128,7 @@ class _Worker:
     t_window: float = field(default_factory=time.perf_counter)
     last_loss: float = float("nan")
     done: bool = False
+    store: Any = None                          # the run's RunStorage (restore sets it)
 
     # ------------------------------------------------------------------ the sequence
     @classmethod
@@ -175,7 +183,7 @@ class _Worker:
         a complete checkpoint would cost everything since the one before (run_store.py)."""
         cfg = self.cfg
         options = load_storage_options(cfg.train.storage_options_file, "train.storage_options_file")
-        store = run_storage(cfg.train.storage_path, cfg.train.name, options)
+        store = self.store = run_storage(cfg.train.storage_path, cfg.train.name, options)
         found = newest_good_checkpoint(store, _say if self.rank == 0 else _quiet)
         if found is None:
             return
@@ -283,11 +291,16 @@ class _Worker:
             return
         with tempfile.TemporaryDirectory() as tmp:
             ck = None
-            if self.rank == 0:
+            # not once the driver is stopping: it has named the run's last checkpoint, which a new
+            # one would push out of train.keep_checkpoints (run_store.STOP_FILE)
+            if self.rank == 0 and not _stopping(self.store):
                 save_checkpoint(tmp, model=self.model, optimizer=self.opt, scheduler=self.sched,
                                 position=self.pos, config=self.cfg.to_dict(),
                                 extra={"nonfinite_steps": self.nonfinite})
-                ck = ray.train.Checkpoint.from_directory(tmp)
+                # asked again after the write (a second or more under load): only a stop that
+                # came during the upload itself finds the checkpoint half-written, and waits for it
+                if not _stopping(self.store):
+                    ck = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=ck)
 
     def give_up(self) -> None:

@@ -61,6 +61,13 @@ def test_train_end_to_end_checkpoints_and_mlflow(ray_cluster, tiny_data, tmp_pat
     trained = load_trained(run_id=res.run_id, tracking_uri=res.tracking_uri)  # the logged model
     assert trained.step == 6 and trained.source == f"runs:/{res.run_id}/model"
 
+    # no Ray Data actor is started for a trainer without Ray Datasets (driver._trainer_class)
+    from ray.util.state import list_actors
+
+    gcs = ray_cluster.get_runtime_context().gcs_address  # not ray_current_cluster: another may run beside
+    classes = {a.class_name for a in list_actors(address=gcs, limit=10_000, raise_on_missing_output=False)}
+    assert "RayTrainWorker" in classes and "DatasetManager" not in classes, classes
+
     # the same name again without --resume is refused: nothing is overwritten
     with pytest.raises(Exception, match="already exists"):
         fit(cfg)

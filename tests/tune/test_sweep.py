@@ -241,21 +241,22 @@ def test_tiny_sweep_end_to_end(ray_cluster, sweep_data, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_failed_trials_are_tagged_error_with_their_reason(ray_cluster, sweep_data, tmp_path, capsys):
-    """Trials whose workers give up on non-finite losses (lr 1e30) fail alone: each child run
-    ends FAILED tagged error with the worker's reason, and the sweep says no trial reported."""
+    """A trial whose workers give up on non-finite losses (lr 1e30) fails alone: its child run
+    ends FAILED tagged error with the worker's reason, and the sweep says no trial reported.
+    (One trial: a second, failing the same way, cost ~20 s of the suite and showed nothing new.)"""
     from mvae_dist.tracking import find_runs
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     line = _error(capsys, TINY, f"base.data.url={sweep_data}", f"base.train.storage_path={tmp_path}/runs",
                   f"output_dir={tmp_path}/sweeps", "tracking.experiment=sweep-fail", "verbose=0",
-                  "num_samples=2", "base.optim.lr=1.0e30", "base.train.max_nonfinite=0",
+                  "num_samples=1", "base.optim.lr=1.0e30", "base.train.max_nonfinite=0",
                   "--tracking-uri", uri)
     assert "no trial of sweep" in line and "first error: stopped after 1 non-finite losses" in line, line
     runs = find_runs("sweep-fail", tracking_uri=uri)
     parents = [r for r in runs if r.parent_run_id is None]
     children = [r for r in runs if r.parent_run_id is not None]
     assert len(parents) == 1 and parents[0].status == "FAILED"
-    assert len(children) == 2
+    assert len(children) == 1
     for c in children:
         assert (c.status, c.tags["tune_status"]) == ("FAILED", "error"), (c.status, c.tags)
         assert c.tags["tune_error"].startswith("stopped after 1 non-finite losses"), c.tags["tune_error"]
