@@ -222,3 +222,19 @@ def test_mlflow_image_pins_server_version():
     assert re.search(r"^ARG MLFLOW_VERSION=3\.17\.2$", text, re.M)
     install = " ".join(shlex.split(text.split("RUN", 1)[1].split("&&")[0].replace("\\\n", " ")))
     assert "psycopg2-binary" in install and "boto3" in install
+
+
+def test_the_on_prem_yaml_passes_ray_schema_and_names_real_files():
+    """deploy/ray_local.yaml (Ray's local provider over SSH, tried for real by
+    deploy/try_local_cluster.sh): valid for Ray, token auth on, and every file it names exists."""
+    text = (DEPLOY / "ray_local.yaml").read_text()
+    local = _validate(yaml.safe_load(text))
+    assert local["provider"]["type"] == "local" and local["provider"]["head_ip"]
+    assert local["file_mounts"] == {"~/.ray/auth_token": "~/.ray/auth_token"}
+    assert all("RAY_AUTH_MODE=token ray start" in " ".join(c.split())
+               for c in (local["head_start_ray_commands"][-1], local["worker_start_ray_commands"][-1]))
+    named = set(re.findall(r"(?<![\w/.~])((?:configs|deploy|tune|tests)/[\w./-]*\w)", text))
+    assert {"deploy/submit_tiny.py"} <= named and all((REPO_ROOT / p).exists() for p in named), named
+    script = (DEPLOY / "try_local_cluster.sh").read_text()
+    for step in ("ray up", "ray submit", "ray job submit", "ray down", "deploy/submit_tiny.py"):
+        assert step in script
