@@ -533,7 +533,7 @@ class Tracker:
         # active experiment (MLflow's "Default" in a worker), away from its run
         logged = self.client.create_logged_model(self.experiment_id, serving.MODEL_NAME, source_run_id=run_id,
                                                  params=flatten_params(cfg), model_type="multimodal-vae")
-        with _global_tracking_uri(self.tracking_uri):  # Model.log resolves the fluent API's URI
+        with fluent_tracking_uri(self.tracking_uri):  # Model.log resolves the fluent API's URI
             info = Model.log(None, name=serving.MODEL_NAME, flavor=serving, run_id=run_id, step=int(step),
                              model_id=logged.model_id,
                              registered_model_name=registered_model_name, await_registration_for=0,
@@ -582,8 +582,9 @@ class Tracker:
 
 
 @contextlib.contextmanager
-def _global_tracking_uri(uri: str):
-    """Point the fluent API (which ``mlflow.models.Model.log`` uses) at ``uri`` for a while."""
+def fluent_tracking_uri(uri: str):
+    """Point MLflow's fluent API (``mlflow.models.Model.log``, ``mlflow.pytorch.load_model`` of a
+    ``runs:/`` URI) at ``uri`` for a while, then back."""
     before = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
     try:
@@ -615,7 +616,7 @@ def load_run_mlflow_model(run_id: str, tracking_uri: str | None = None) -> tuple
     from .serving import CONFIG_FILE, MODEL_NAME
 
     uri = f"runs:/{run_id}/{MODEL_NAME}"
-    with _global_tracking_uri(tracking_uri or default_tracking_uri()):
+    with fluent_tracking_uri(tracking_uri or default_tracking_uri()):
         model = mlflow.pytorch.load_model(uri, map_location="cpu")
         with tempfile.TemporaryDirectory() as tmp:
             local = mlflow.artifacts.download_artifacts(f"{uri}/{CONFIG_FILE}", dst_path=tmp)
@@ -678,6 +679,6 @@ def _user() -> str:
 __all__ = [
     "CHECKPOINTS_FILE", "DEFAULT_EXPERIMENT", "NONFINITE_METRIC", "RunRecord",
     "Tracker", "default_artifact_root", "default_tracking_uri", "find_runs", "flatten_params",
-    "has_logged_model", "is_sensitive_key", "load_logged_model", "load_run_mlflow_model",
-    "redact_config", "redact_text", "ui_command",
+    "fluent_tracking_uri", "has_logged_model", "is_sensitive_key", "load_logged_model",
+    "load_run_mlflow_model", "redact_config", "redact_text", "ui_command",
 ]

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -29,7 +28,7 @@ from mvae_dist.config import RunConfig
 from mvae_dist.eval.pmi import pmi
 from mvae_dist.models import build_model
 from mvae_dist.serving import MultimodalService, input_example
-from mvae_dist.tracking import Tracker, has_logged_model, load_logged_model
+from mvae_dist.tracking import Tracker, fluent_tracking_uri, has_logged_model, load_logged_model
 from mvae_dist.trained import load_trained
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning",
@@ -56,16 +55,6 @@ def logged(mlflow_sqlite_uri):
     yield t, run_id, model_id, model
 
 
-@contextlib.contextmanager
-def fluent_uri(uri: str):
-    before = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(before)
-
-
 def xs(n: int = 3, seed: int = 1) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return [torch.rand(n, 1, 28, 28, generator=g), torch.rand(n, 3, 32, 32, generator=g)]
@@ -78,7 +67,7 @@ def frame(batch: list[torch.Tensor], names=("mnist", "svhn")) -> pd.DataFrame:
 def test_pytorch_flavour_loads_the_vae_and_pyfunc_the_service(logged):
     t, run_id, model_id, model = logged
     uri = f"runs:/{run_id}/model"
-    with fluent_uri(t.tracking_uri):
+    with fluent_tracking_uri(t.tracking_uri):
         loaded = mlflow.pytorch.load_model(uri)
         service = mlflow.pyfunc.load_model(uri)
         info = mlflow.models.get_model_info(uri)
@@ -99,7 +88,7 @@ def test_pytorch_flavour_loads_the_vae_and_pyfunc_the_service(logged):
 
 def test_model_folder_holds_redacted_config_requirements_and_example(logged, tmp_path):
     t, run_id, _, _ = logged
-    with fluent_uri(t.tracking_uri):
+    with fluent_tracking_uri(t.tracking_uri):
         local = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", dst_path=str(tmp_path)))
     config = yaml.safe_load((local / "config.yaml").read_text())
     assert config["model"] == CONFIG["model"] and SECRET not in (local / "config.yaml").read_text()
@@ -112,7 +101,7 @@ def test_model_folder_holds_redacted_config_requirements_and_example(logged, tmp
 
 def test_predict_gives_latent_means_cross_generations_and_pmi(logged):
     t, run_id, _, model = logged
-    with fluent_uri(t.tracking_uri):
+    with fluent_tracking_uri(t.tracking_uri):
         service = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
     batch = xs()
     out = service.predict(frame(batch), params={"pmi_K": 4, "seed": 3})
@@ -178,7 +167,7 @@ def test_logged_model_is_linked_to_its_run_and_metrics_and_can_be_registered(mlf
     t2.end("FINISHED")
     versions = t2.client.search_model_versions(f"name = '{name}'")
     assert [(v.version, v.run_id, v.source) for v in versions] == [(1, run2, f"models:/{mid2}")]
-    with fluent_uri(t.tracking_uri):
+    with fluent_tracking_uri(t.tracking_uri):
         assert type(mlflow.pytorch.load_model(f"models:/{name}/1")) is type(model)
 
 
