@@ -221,16 +221,21 @@ class _DropPickleWarning(logging.Filter):
         return "Pickle or CloudPickle" not in record.getMessage()
 
 
-def _load_pyfunc(data_path: str, model_config: dict[str, Any] | None = None) -> MultimodalService:
-    """MLflow's pyfunc loader: ``data_path`` is the pytorch flavour's ``data`` folder of the model."""
+def load_model_dir(root: str | Path, device: str = "cpu") -> tuple[MultimodalVAE, dict[str, Any]]:
+    """A model folder this flavour saved (local) -> (the VAE on ``device``, its config.yaml)."""
     import mlflow.pytorch
 
-    root = Path(data_path).parent
-    device = (model_config or {}).get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
     model = mlflow.pytorch.load_model(str(root), map_location=device)
-    config = yaml.safe_load((root / CONFIG_FILE).read_text()) or {}
+    return model, yaml.safe_load((Path(root) / CONFIG_FILE).read_text()) or {}
+
+
+def _load_pyfunc(data_path: str, model_config: dict[str, Any] | None = None) -> MultimodalService:
+    """MLflow's pyfunc loader: ``data_path`` is the pytorch flavour's ``data`` folder of the model."""
+    device = (model_config or {}).get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, config = load_model_dir(Path(data_path).parent, device)
     return MultimodalService(model, config, device)
 
 
 __all__ = ["CONFIG_FILE", "DEFAULT_PMI_K", "MODEL_NAME", "MultimodalService", "event_shapes",
-           "input_example", "pip_requirements", "predict_rows", "save_model", "signature_of"]
+           "input_example", "load_model_dir", "pip_requirements", "predict_rows", "save_model",
+           "signature_of"]

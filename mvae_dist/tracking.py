@@ -611,16 +611,12 @@ def has_logged_model(run_id: str, tracking_uri: str | None = None) -> bool:
 def load_run_mlflow_model(run_id: str, tracking_uri: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """The model ``Tracker.log_model`` logged to ``run_id`` (``runs:/ID/model``) -> (model in eval
     mode on the CPU, its config)."""
-    import mlflow.pytorch
+    from .serving import MODEL_NAME, load_model_dir
 
-    from .serving import CONFIG_FILE, MODEL_NAME
-
-    uri = f"runs:/{run_id}/{MODEL_NAME}"
-    with fluent_tracking_uri(tracking_uri or default_tracking_uri()):
-        model = mlflow.pytorch.load_model(uri, map_location="cpu")
-        with tempfile.TemporaryDirectory() as tmp:
-            local = mlflow.artifacts.download_artifacts(f"{uri}/{CONFIG_FILE}", dst_path=tmp)
-            config = yaml.safe_load(Path(local).read_text()) or {}
+    # one download of the folder (each runs:/ URI is resolved to its logged model by a search)
+    with fluent_tracking_uri(tracking_uri or default_tracking_uri()), tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/{MODEL_NAME}", dst_path=tmp)
+        model, config = load_model_dir(local)
     return model.eval(), config
 
 

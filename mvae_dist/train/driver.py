@@ -510,10 +510,9 @@ SETTLE_S = 1.5
 def _settle_checkpoints(storage: RunStorage, limit_s: float = SETTLE_S) -> None:
     """Wait (at most ``limit_s``) until no checkpoint directory is half-written: one rank 0 began
     before the stop either completes (and is named) or stays incomplete (and is not)."""
-    deadline = time.monotonic() + limit_s
+    deadline, (fs, root) = time.monotonic() + limit_s, storage.fs()
     while time.monotonic() < deadline:
-        names = checkpoint_names(storage)
-        fs, root = storage.fs()
+        names = checkpoint_names(storage)  # lists afresh (no cached listing)
         if not names or read_manifest(f"{root}/{names[-1]}", fs) is not None:
             return
         time.sleep(0.1)
