@@ -172,6 +172,9 @@ def bed(moto_server, migrated_mlflow_db, tmp_path_factory):
 
     saved = os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # every address on 127.0.0.1
+    # Ray writes the head's address to /tmp/ray/ray_current_cluster whatever its temp_dir, and
+    # fails if /tmp/ray does not exist yet (a fresh machine, this module run alone)
+    Path("/tmp/ray").mkdir(exist_ok=True)
     cluster = ray_cluster_utils.Cluster(
         initialize_head=True, connect=False,
         head_node_args={"num_cpus": 0, "node_ip_address": "127.0.0.1", "include_dashboard": False,
@@ -213,11 +216,13 @@ def _checkpoints(moto_server, name: str) -> dict[str, dict | None]:
     return out
 
 
-def _train_workers() -> list[tuple[int, int]]:
-    """(pid, parent pid) of the RayTrainWorker processes now alive (the parent is its raylet)."""
+def _train_workers(bed: Bed) -> list[tuple[int, int]]:
+    """(pid, parent pid) of the bed's RayTrainWorker processes now alive (the parent is its raylet;
+    workers of other tests' Ray clusters running beside, under other raylets, are left out)."""
+    ours = set(bed.raylet_pids()) | {bed.cluster.head_node.all_processes["raylet"][0].process.pid}
     out = subprocess.run(["ps", "-eo", "pid,ppid,args"], capture_output=True, text=True).stdout
     return [(int(p), int(pp)) for p, pp, *rest in (ln.split(None, 2) for ln in out.splitlines()[1:])
-            if rest and rest[0].startswith("ray::RayTrainWorker")]
+            if rest and rest[0].startswith("ray::RayTrainWorker") and int(pp) in ours]
 
 
 def _newest_sealed(moto_server, name: str) -> tuple[str, int]:
@@ -244,7 +249,7 @@ def test_a_run_on_two_nodes_through_a_throttled_store_a_second_driver_a_signal_a
     bed.proxy.fail(12, method="GET", match="/embedded/train/shard-")  # > s3fs's own 5 tries, twice
     proc = bed.start([*base, "train.max_steps=5000"], tmp_path)
     _wait_for(proc, "step 40/")
-    workers, raylets = _train_workers(), bed.raylet_pids()
+    workers, raylets = _train_workers(bed), bed.raylet_pids()
     assert len(workers) == 2 and {ppid for _, ppid in workers} == set(raylets), (workers, raylets)
 
     t0 = time.monotonic()
