@@ -14,18 +14,18 @@ the processes it started (what `ray stop` would do, for this cluster only); anyt
 alive after that (found by session id or by our temp dir in its command line) is SIGKILLed, and
 the fixture fails if something survives. It is therefore safe next to other Ray tests.
 
-The job is a parameter (`JOB_CASES`): the command users submit, `mvae-dist train --config
-tiny.yaml ...` on a tiny embedded data set prepared by the test (2 CPU Train workers: DDP's
-all-reduce over gloo, the contrastive negatives gathered across them, MLflow from rank 0): the job
-must SUCCEED and its MLflow run must exist and be FINISHED. (A bare TorchTrainer all-reduce job
-was a second case; it tested a subset of this one and cost half a minute of the suite.)
+The jobs are the command users submit, `mvae-dist train --config tiny.yaml ...` on a tiny
+embedded data set prepared by the test (2 CPU Train workers: DDP's all-reduce over gloo, the
+contrastive negatives gathered across them, MLflow from rank 0): one stopped with `ray job stop`,
+then the same command with `--resume`, which must SUCCEED in the same, then FINISHED, MLflow run.
+(A job that only trained 2 steps was a separate test: the resumed job covers it, and each job
+costs ~25 s of the suite.)
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shlex
 import shutil
 import signal
 import socket
@@ -36,7 +36,6 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -46,39 +45,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 RAY = str(BIN / "ray")
-
-
-@dataclass
-class JobCase:
-    """One job to submit: what to upload, what to run, what must show up afterwards."""
-
-    name: str
-    working_dir: Path  # uploaded as the job's working directory
-    entrypoint: list[str]
-    markers: list[str]  # each must appear in `ray job logs`
-    mlflow_experiment: str | None = None  # if set: a FINISHED run must exist in this experiment
-    env_vars: dict[str, str] = field(default_factory=dict)
-    needs_data: bool = False  # if set: a tiny embedded data set is prepared, its path in $JOB_DATA
-    home_outputs: bool = False  # if set: HOME is a temp dir; relative outputs must land under it
-
-
-JOB_CASES = [
-    # The command users submit (deploy/README.md), on the tiny config shipped in configs/embedded,
-    # with its relative train.storage_path (runs): inside the job's temporary copy of the working
-    # directory the checkpoints would vanish with the job, so they must go to ~/mvae-dist/runs.
-    JobCase(
-        "mvae-dist-train",
-        working_dir=REPO_ROOT / "configs" / "embedded",
-        entrypoint=["sh", "-c", 'mvae-dist train --config tiny.yaml data.url="$JOB_DATA" '
-                    'train.name="$JOB_RUN_NAME" '
-                    'tracking.run_name="$JOB_RUN_NAME" train.max_steps=2 train.eval_every=0'],
-        markers=["finished: {'step': 2", "mlflow ui",
-                 "is relative and this is a Ray job's temporary working"],
-        mlflow_experiment="mvae-dist-tests",
-        needs_data=True,
-        home_outputs=True,
-    ),
-]
 
 
 def _free_ports(n: int) -> list[int]:
@@ -215,73 +181,28 @@ def _ray_job(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.parametrize("case", JOB_CASES, ids=lambda c: c.name)
-def test_ray_job_submit_succeeds(ray_head, case: JobCase, tmp_path):
-    address = ray_head["address"]
-    work = case.working_dir
+def _job_logs(address: str, submission_id: str) -> str:
+    """The job's logs through the job API the CLI calls (a `ray job logs` process costs ~2 s of CPU)."""
+    with urllib.request.urlopen(f"{address}/api/jobs/{submission_id}/logs", timeout=30) as r:
+        return json.load(r)["logs"]
 
-    run_name = f"job-{uuid.uuid4().hex[:8]}"
-    if case.needs_data:
-        from mvae_dist.data import prepare
 
-        prepare("embedded", str(tmp_path / "data"), dm=1, shard_size=1000, progress=False)
-        case = JobCase(**{**case.__dict__, "env_vars": {**case.env_vars, "JOB_DATA": str(tmp_path / "data")}})
-    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env_vars = {
-        "JOB_RUN_NAME": run_name,
-        "JOB_STORAGE": str(tmp_path / "ray_results"),
-        "MLFLOW_TRACKING_URI": tracking_uri,
-        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",  # each report waits for a poll (default every 2 s)
-        **case.env_vars,
-    }
-    if case.home_outputs:
-        env_vars["HOME"] = str(tmp_path / "home")
-    submission_id = f"mvae-test-{uuid.uuid4().hex[:10]}"
-    t0 = time.monotonic()
-    submit = _ray_job(
-        "submit",
-        "--address", address,
-        "--submission-id", submission_id,
-        "--working-dir", str(work),
-        "--runtime-env-json", json.dumps({"env_vars": env_vars}),
-        "--", *case.entrypoint,
-    )  # fmt: skip
-    elapsed = time.monotonic() - t0
-
-    # The exact status from the job REST API the CLI talks to (`ray job status` prints prose).
+def _job_status(address: str, submission_id: str) -> dict:
+    """The exact status from the job REST API the CLI talks to (`ray job status` prints prose)."""
     with urllib.request.urlopen(f"{address}/api/jobs/{submission_id}", timeout=30) as r:
-        job = json.load(r)
-    logs = _ray_job("logs", "--address", address, submission_id, timeout=60)
-    detail = (
-        f"submit rc={submit.returncode} ({elapsed:.0f} s)\n{submit.stdout[-3000:]}\n{submit.stderr[-3000:]}\n"
-        f"job: {job.get('status')} {job.get('message')}\nlogs:\n{logs.stdout[-4000:]}"
-    )
-    assert submit.returncode == 0, detail
-    assert job["status"] == "SUCCEEDED", detail
-    assert job["entrypoint"] == shlex.join(case.entrypoint), detail
-    for marker in case.markers:
-        assert marker in logs.stdout, detail
-
-    if case.mlflow_experiment:
-        import mlflow
-
-        client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-        exp = client.get_experiment_by_name(case.mlflow_experiment)
-        assert exp is not None, f"no MLflow experiment {case.mlflow_experiment!r} at {tracking_uri}"
-        runs = client.search_runs([exp.experiment_id], filter_string=f"attributes.run_name = '{run_name}'")
-        assert len(runs) == 1, runs
-        assert runs[0].info.status == "FINISHED"
-        if case.home_outputs:  # durable: the run's checkpoints and tag point under the job's HOME
-            ckpts = list((tmp_path / "home" / "mvae-dist" / "runs" / run_name).glob("checkpoint_*"))
-            assert ckpts, detail
-            home = str(tmp_path / "home" / "mvae-dist")
-            assert runs[0].data.tags["last_checkpoint"].startswith(home), detail
+        return json.load(r)
 
 
-def test_ray_job_stop_ends_the_run_killed_naming_its_last_checkpoint(ray_head, tmp_path):
-    """`ray job stop` sends SIGTERM and, RAY_JOB_STOP_WAIT_TIME_S (3 s) later, SIGKILL: within that
-    window the run must end KILLED in MLflow with its last checkpoint named in a tag and in the
-    job's last line (docs/failures.md)."""
+def test_ray_job_stop_ends_the_run_killed_and_a_resubmitted_resume_succeeds(ray_head, tmp_path):
+    """The user's path (deploy/README.md), two jobs on one run of `mvae-dist train --config
+    tiny.yaml` with 2 Train workers (DDP over gloo, negatives gathered across them):
+
+    1. `ray job stop` sends SIGTERM and, RAY_JOB_STOP_WAIT_TIME_S (3 s) later, SIGKILL: within that
+       window the run must end KILLED in MLflow with its last checkpoint named in a tag and in the
+       job's last line (docs/failures.md). The config's relative train.storage_path (runs) would
+       vanish with the job's temporary working directory, so checkpoints go to ~/mvae-dist/runs.
+    2. The same command with `--resume`, submitted again, continues that run from the named
+       checkpoint in the same MLflow run and SUCCEEDS; the run ends FINISHED."""
     import mlflow
 
     from mvae_dist.data import prepare
@@ -289,32 +210,39 @@ def test_ray_job_stop_ends_the_run_killed_naming_its_last_checkpoint(ray_head, t
     address = ray_head["address"]
     prepare("embedded", str(tmp_path / "data"), dm=1, shard_size=1000, progress=False)
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env_vars = {"MLFLOW_TRACKING_URI": tracking_uri, "JOB_DATA": str(tmp_path / "data"),
-                "JOB_STORAGE": str(tmp_path / "runs"), "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}
-    submission_id = f"mvae-stop-{uuid.uuid4().hex[:10]}"
-    submit = _ray_job("submit", "--address", address, "--submission-id", submission_id, "--no-wait",
-                      "--working-dir", str(REPO_ROOT / "configs" / "embedded"),
-                      "--runtime-env-json", json.dumps({"env_vars": env_vars}), "--",
-                      "sh", "-c", 'exec mvae-dist train --config tiny.yaml data.url="$JOB_DATA" '
-                      'train.storage_path="$JOB_STORAGE" train.name=stopped train.max_steps=5000 '
-                      'train.checkpoint_every=10 train.eval_every=0 train.log_every=10 train.num_workers=1')
-    assert submit.returncode == 0, submit.stderr[-3000:]
+    home = tmp_path / "home"
+    env_vars = {"MLFLOW_TRACKING_URI": tracking_uri, "JOB_DATA": str(tmp_path / "data"), "HOME": str(home),
+                "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}  # each report waits for a poll (default 2 s)
+    command = ('exec mvae-dist train {resume}--config tiny.yaml data.url="$JOB_DATA" train.name=stopped '
+               'train.max_steps={steps} train.checkpoint_every=10 train.eval_every=0 train.log_every=10 '
+               'train.num_workers=2')
+
+    def submit(submission_id: str, resume: str, steps: int, *wait: str) -> subprocess.CompletedProcess:
+        return _ray_job("submit", "--address", address, "--submission-id", submission_id, *wait,
+                        "--working-dir", str(REPO_ROOT / "configs" / "embedded"),
+                        "--runtime-env-json", json.dumps({"env_vars": env_vars}), "--",
+                        "sh", "-c", command.format(resume=resume, steps=steps))
+
+    first = f"mvae-stop-{uuid.uuid4().hex[:10]}"
+    sub = submit(first, "", 5000, "--no-wait")
+    assert sub.returncode == 0, sub.stderr[-3000:]
     deadline, logs = time.monotonic() + 150, ""
     while "step 20/" not in logs:  # under way, and it has checkpointed at step 10
         assert time.monotonic() < deadline, logs[-3000:]
         time.sleep(0.5)
-        with urllib.request.urlopen(f"{address}/api/jobs/{submission_id}/logs", timeout=30) as r:
-            logs = json.load(r)["logs"]  # the job API the CLI calls (a CLI process costs ~2 s of CPU)
-    stop = _ray_job("stop", "--address", address, submission_id, timeout=60)
+        logs = _job_logs(address, first)
+    stop = _ray_job("stop", "--address", address, first, timeout=60)
     assert stop.returncode == 0, stop.stderr[-3000:]
-    with urllib.request.urlopen(f"{address}/api/jobs/{submission_id}", timeout=30) as r:
-        assert json.load(r)["status"] == "STOPPED"
-    logs = _ray_job("logs", "--address", address, submission_id, timeout=60).stdout
+    assert _job_status(address, first)["status"] == "STOPPED"
+    logs = _job_logs(address, first)
+    runs_dir = home / "mvae-dist" / "runs" / "stopped"
+    assert "is relative and this is a Ray job's temporary working" in logs, logs[-3000:]
     said = [ln for ln in logs.splitlines() if ln.startswith("mvae-dist: ")]
     assert said and said[-1].startswith("mvae-dist: terminated (SIGTERM); run ended KILLED, last checkpoint: "
-                                        f"{tmp_path / 'runs' / 'stopped'}/checkpoint_"), logs[-3000:]
+                                        f"{runs_dir}/checkpoint_"), logs[-3000:]
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("mvae-dist-tests").experiment_id])
+    experiment = client.get_experiment_by_name("mvae-dist-tests").experiment_id
+    (run,) = client.search_runs([experiment])
     assert run.info.status == "KILLED"
     named = run.data.tags["last_checkpoint"]
     assert said[-1].split("last checkpoint: ", 1)[1].startswith(named)
@@ -324,7 +252,21 @@ def test_ray_job_stop_ends_the_run_killed_naming_its_last_checkpoint(ray_head, t
     # load and Ray deleted the named one.
     time.sleep(2)
     sealed = {json.loads(p.read_text())["step"]: str(p.parent)
-              for p in (tmp_path / "runs" / "stopped").glob("checkpoint_*/checkpoint.json")}
+              for p in runs_dir.glob("checkpoint_*/checkpoint.json")}
     assert named in sealed.values(), (sealed, named)
     named_step = json.loads(Path(named, "checkpoint.json").read_text())["step"]
     assert len([step for step in sealed if step > named_step]) <= 1, (sealed, named)
+
+    second = f"mvae-resume-{uuid.uuid4().hex[:10]}"
+    steps = max(sealed) + 2
+    t0 = time.monotonic()
+    sub = submit(second, "--resume ", steps)
+    job, logs = _job_status(address, second), _job_logs(address, second)
+    detail = (f"submit rc={sub.returncode} ({time.monotonic() - t0:.0f} s)\n{sub.stdout[-3000:]}\n"
+              f"{sub.stderr[-3000:]}\njob: {job.get('status')} {job.get('message')}\nlogs:\n{logs[-4000:]}")
+    assert sub.returncode == 0 and job["status"] == "SUCCEEDED", detail
+    assert f"finished: {{'step': {steps}" in logs and "mlflow ui" in logs, detail
+    assert f"mvae-dist: resuming run 'stopped' from step {max(sealed)}" in logs, detail
+    (run,) = client.search_runs([experiment])  # the same MLflow run, continued
+    assert run.info.status == "FINISHED", detail
+    assert run.data.tags["last_checkpoint"].startswith(str(runs_dir)), detail

@@ -1,6 +1,8 @@
 """One rank of the 2-process parity test (run as a script by tests/train/test_dist.py).
 
-Usage: python dist_worker.py RANK WORLD STORE NAME SPECS ESTIMATOR OUT
+Usage: python dist_worker.py RANK WORLD STORE CASES OUT
+CASES: ``name/spec,spec/estimator`` cases joined by ``;``, run one after the other in one process
+group (two interpreters importing torch cost ~7 s a case under load; one pair runs them all).
 A fresh interpreter per rank (not fork): forking a pytest process that runs server threads
 (moto, MLflow fixtures) can deadlock. The ranks meet through a FileStore (STORE: a path that
 does not exist yet), not a TCPStore: a TCPStore lives in rank 0, and when rank 0 exited first
@@ -53,31 +55,45 @@ def reference(name: str, specs: list[str], estimator: str, world: int):
     return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
 
 
-def main(rank: int, world: int, store: str, name: str, specs: list[str], estimator: str, out: str):
+def case_id(name: str, specs: list[str], estimator: str) -> str:
+    return f"{name}/{','.join(specs)}/{estimator}"
+
+
+def one_case(rank: int, world: int, name: str, specs: list[str], estimator: str) -> dict:
     """One rank of the production step: TrainStep wrapped in DDP, driven by apply_step with the
     step's generator, as the Ray Train worker does (SGD with lr 0 keeps the gradients to compare
-    and the parameters unchanged)."""
+    and the parameters unchanged) -> {"loss": the logged global mean, "grads": {name: [..]}}."""
+    model, xs = setup(name, specs, world)
+    module = DDP(TrainStep(model, objective(estimator)))
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    local = [x[global_slice(rank, B)] for x in xs]
+    stats, stepped = apply_step(module, opt, make_scheduler(opt, "constant", 1), local,
+                                step_generator(SEED, STEP), TorchCrossRank.from_process_group())
+    assert stepped
+    logged = torch.tensor(stats["loss"], dtype=torch.float64)
+    dist.all_reduce(logged)  # the logged loss is the global mean; the trained one is local
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    dist.barrier()  # both ranks done with this case's collectives
+    del module  # DDP's reducer holds the process group: free it before the next case
+    return {"loss": logged / world, "grads": grads}
+
+
+def main(rank: int, world: int, store: str, cases: list[str], out: str) -> None:
+    """Every case in one process group; rank 0 saves {case_id: result} to ``out``."""
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
-        model, xs = setup(name, specs, world)
-        module = DDP(TrainStep(model, objective(estimator)))
-        opt = torch.optim.SGD(model.parameters(), lr=0.0)
-        local = [x[global_slice(rank, B)] for x in xs]
-        stats, stepped = apply_step(module, opt, make_scheduler(opt, "constant", 1), local,
-                                    step_generator(SEED, STEP), TorchCrossRank.from_process_group())
-        assert stepped
-        logged = torch.tensor(stats["loss"], dtype=torch.float64)
-        dist.all_reduce(logged)  # the logged loss is the global mean; the trained one is local
-        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results = {}
+        for case in cases:
+            name, specs, estimator = case.split("/")
+            results[case] = one_case(rank, world, name, specs.split(","), estimator)
         if rank == 0:
-            torch.save({"loss": logged / world, "grads": grads}, out)
+            torch.save(results, out)
         dist.barrier()  # both ranks done with every collective before the teardown
-        del module  # DDP's reducer holds the process group: free it before the group goes
     finally:
         dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    r, w, p, nm, sp, est, o = sys.argv[1:8]
-    main(int(r), int(w), p, nm, sp.split(","), est, o)
+    r, w, p, cs, o = sys.argv[1:6]
+    main(int(r), int(w), p, cs.split(";"), o)

@@ -21,6 +21,9 @@ _spec = importlib.util.spec_from_file_location("dist_worker", HERE / "dist_worke
 worker = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(worker)
 
+#: one xdist worker runs the module, so the ranks start once (the fixture is per worker)
+pytestmark = pytest.mark.xdist_group("dist")
+
 W = 2
 CASES = [
     ("mmvae", ["mnist", "svhn"], "iwae"),
@@ -34,18 +37,25 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("name,specs,estimator", CASES)
-def test_two_gloo_ranks_equal_one_process(name, specs, estimator, tmp_path):
-    out = tmp_path / "rank0.pt"
-    store = tmp_path / "store"  # the ranks' FileStore (see dist_worker.py)
-    logs = [tmp_path / f"rank{r}.log" for r in range(W)]
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory) -> dict:
+    """Every case on W gloo ranks, one interpreter per rank for all of them -> {case id: result}."""
+    tmp = tmp_path_factory.mktemp("dist")
+    out = tmp / "rank0.pt"
+    store = tmp / "store"  # the ranks' FileStore (see dist_worker.py)
+    logs = [tmp / f"rank{r}.log" for r in range(W)]
+    cases = ";".join(worker.case_id(*c) for c in CASES)
     procs = [subprocess.Popen([sys.executable, str(HERE / "dist_worker.py"), str(r), str(W), str(store),
-                               name, ",".join(specs), estimator, str(out)],
-                              stdout=log.open("w"), stderr=subprocess.STDOUT)
+                               cases, str(out)], stdout=log.open("w"), stderr=subprocess.STDOUT)
              for r, log in enumerate(logs)]
     codes = [p.wait(timeout=300) for p in procs]
     assert codes == [0] * W, "\n".join(log.read_text()[-3000:] for log in logs)
-    got = torch.load(out)
+    return torch.load(out)
+
+
+@pytest.mark.parametrize("name,specs,estimator", CASES)
+def test_two_gloo_ranks_equal_one_process(name, specs, estimator, ranks):
+    got = ranks[worker.case_id(name, specs, estimator)]
 
     loss, want = worker.reference(name, specs, estimator, W)
     torch.testing.assert_close(got["loss"], loss, rtol=1e-10, atol=1e-10)
