@@ -206,7 +206,9 @@ def fit_classifier(model: nn.Module, x: Tensor, y: Tensor, *, epochs: int, seed:
 
     x: [N, *event] (float, or uint8 pixels converted per batch), y: int64 [N]. ``augment``
     (default: for images) applies ``random_affine``. Deterministic in ``seed`` on the CPU; the
-    caller's global RNG state is left as it was.
+    caller's global RNG state is left as it was. Images train in the channels-last memory format
+    (1.4-1.5x faster steps for the conv classifier on one CPU thread, measured; the returned
+    model is in the default format again).
     """
     from tqdm.auto import tqdm
 
@@ -217,6 +219,8 @@ def fit_classifier(model: nn.Module, x: Tensor, y: Tensor, *, epochs: int, seed:
     if x.shape[0] != y.shape[0] or x.shape[0] == 0:
         raise ValueError(f"need as many labels as items (> 0), got {x.shape[0]} items, {y.shape[0]} labels")
     augment = x.dim() == 4 if augment is None else augment
+    fmt = torch.channels_last if x.dim() == 4 else torch.contiguous_format
+    model.to(memory_format=fmt)
     dev = next(model.parameters()).device
     steps = epochs * math.ceil(x.shape[0] / batch_size)
     with torch.random.fork_rng(devices=[]):
@@ -233,13 +237,13 @@ def fit_classifier(model: nn.Module, x: Tensor, y: Tensor, *, epochs: int, seed:
                     xb = as_float(x[idx])
                     if augment:
                         xb = random_affine(xb, gen)
-                    loss = F.cross_entropy(model(xb.to(dev)), y[idx].to(dev))
+                    loss = F.cross_entropy(model(xb.to(dev).contiguous(memory_format=fmt)), y[idx].to(dev))
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
                     sched.step()
                     bar.update(1)
-    return model.eval()
+    return model.to(memory_format=torch.contiguous_format).eval()
 
 
 # ---------------------------------------------------------------------------------- data

@@ -25,6 +25,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -141,6 +142,17 @@ def _metric(tmp: Path, key: str) -> float | None:
         row = con.execute("SELECT value FROM metrics WHERE key = ? ORDER BY timestamp DESC, step DESC",
                           (key,)).fetchone()
     return row[0] if row else None
+
+
+def _logged_checkpoints(tmp: Path) -> list[dict]:
+    """The (one) run's ``checkpoints.json`` entries: {"step", "uri"} in the order logged."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("mvae-dist-tests").experiment_id])
+    with tempfile.TemporaryDirectory() as d:
+        got = Path(client.download_artifacts(run.info.run_id, "checkpoints.json", d))
+        return json.loads(got.read_text())["checkpoints"]
 
 
 def _tag(tmp: Path, key: str) -> str | None:
@@ -336,3 +348,11 @@ def test_a_lost_node_resumes_when_it_returns_and_fails_in_one_line_when_it_does_
     assert last.endswith(f"last checkpoint: s3://{newest}"), (last, newest)
     assert _statuses(tmp_path) == ["FAILED"] and _tag(tmp_path, "last_checkpoint") == f"s3://{newest}"
     assert all(m is not None for m in _checkpoints(moto_server, "lost").values())
+    # the restored weights' step reached the run, and every checkpoint reached it as Ray persisted
+    # it (the controller's callback; the newest, if Ray never committed it, from the driver at the
+    # end), each once
+    assert _metric(tmp_path, "resumed_from_step") == restored
+    logged = _logged_checkpoints(tmp_path)
+    steps = [e["step"] for e in logged]
+    assert steps == sorted(set(steps)) and all(s % 10 == 0 for s in steps) and len(steps) >= 3, logged
+    assert logged[-1]["uri"] == f"s3://{newest}", (logged, newest)
