@@ -89,7 +89,7 @@ def test_data_prepare_then_bench_loader(tmp_path, capsys):
     assert rc == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith(f"wrote {out}/manifest.json: train 4000 pairs in 3 shards")
-    assert "synthetic modality: svhn-like" in line
+    assert "synthetic modality: svhn" in line
     assert main(["bench", "loader", "--data", str(out), "--batches", "3", "--batch-size", "64"]) == 0
     rec = json.loads(capsys.readouterr().out)
     assert rec["bench"] == "loader" and rec["source"] == "local" and rec["pairs_per_s"] > 0

@@ -3,7 +3,7 @@
 A manifest (format version 1) is a JSON object::
 
     {"format_version": 1, "dataset": "embedded", "config": {...builder arguments...},
-     "synthetic": ["svhn-like"],                       # modality names that are synthetic
+     "synthetic": ["svhn"],                            # modality names that are synthetic
      "modalities": [{"name": "mnist", "key": "m0.npy", "shape": [28, 28], "dtype": "uint8",
                      "synthetic": false}, ...],
      "splits": {"train": {"count": P, "related": R, "mixed": false,

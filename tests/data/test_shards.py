@@ -23,10 +23,10 @@ from .conftest import SMALL
 def test_manifest_contents(small_dataset):
     m = open_manifest(small_dataset)
     assert m["format_version"] == 1 and m["dataset"] == "embedded"
-    assert m["synthetic"] == ["svhn-like"]
+    assert m["synthetic"] == ["svhn"]
     assert [(x["name"], x["shape"], x["dtype"], x["key"]) for x in m["modalities"]] == [
         ("mnist", [28, 28], "uint8", "m0.npy"),
-        ("svhn-like", [32, 32, 3], "uint8", "m1.npy"),
+        ("svhn", [32, 32, 3], "uint8", "m1.npy"),
     ]
     assert m["config"]["dm"] == 2 and m["config"]["street_per_class"] == [20, 10]
     train, test = m["splits"]["train"], m["splits"]["test"]

@@ -96,7 +96,7 @@ def test_street_numbers_shape_balance_determinism():
 
 def test_load_source_registry():
     src = load_source("embedded", None, 0, street_per_class=(2, 1))
-    assert [m.name for m in src.modalities] == ["mnist", "svhn-like"]
+    assert [m.name for m in src.modalities] == ["mnist", "svhn"]
     assert [m.synthetic for m in src.modalities] == [False, True]
     assert src.splits["train"][1].images.shape == (20, 32, 32, 3)
     with pytest.raises(ConfigError, match="dataset must be one of"):

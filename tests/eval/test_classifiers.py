@@ -47,10 +47,10 @@ def test_classifiers_reach_targets_on_the_embedded_set(embedded_data, tmp_path):
         print(f"{name}: test accuracy {r.test_accuracy:.4f}, {r.seconds:.1f} s "
               f"({r.train_size} train / {r.test_size} test images, {r.epochs} epochs)")
     print(f"total {time.perf_counter() - t0:.1f} s")
-    assert set(recs) == {"mnist", "svhn-like"}
+    assert set(recs) == {"mnist", "svhn"}
     assert recs["mnist"].train_size == 4000 and recs["mnist"].test_size == 1000
     assert recs["mnist"].test_accuracy >= 0.98
-    assert recs["svhn-like"].test_accuracy >= 0.90
+    assert recs["svhn"].test_accuracy >= 0.90
     # The stored classifier is the trained one: the same accuracy on the test images.
     loaded = load_classifiers(str(tmp_path))
     x, y, _ = load_unimodal(embedded_data, "test", "mnist")
@@ -126,12 +126,12 @@ def test_bad_arguments_are_config_errors(small_data):
 def test_versioned_store_round_trip(small_data, tmp_path):
     out = str(tmp_path / "store")
     v1 = train_classifiers(small_data, out=out, epochs=1, seed=0)
-    v2 = train_classifiers(small_data, out=out, modalities=["svhn-like"], epochs=1, seed=1)
+    v2 = train_classifiers(small_data, out=out, modalities=["svhn"], epochs=1, seed=1)
     assert {r.version for r in v1.values()} == {1}
-    assert set(v2) == {"svhn-like"} and v2["svhn-like"].version == 2
+    assert set(v2) == {"svhn"} and v2["svhn"].version == 2
     root = Path(out) / "classifiers"
     assert sorted(p.name for p in root.iterdir()) == ["index.json", "v1", "v2"]
-    assert sorted(p.name for p in (root / "v1").iterdir()) == ["mnist.pt", "svhn-like.pt"]
+    assert sorted(p.name for p in (root / "v1").iterdir()) == ["mnist.pt", "svhn.pt"]
     assert not list(root.rglob("*.tmp*"))  # nothing half-written left behind
 
     versions = list_classifier_versions(out)
@@ -139,11 +139,11 @@ def test_versioned_store_round_trip(small_data, tmp_path):
     assert versions[0]["manifest_sha256"] == manifest_sha256(small_data)
     assert json.loads((root / "index.json").read_text())["format_version"] == 1
 
-    latest = load_classifier_records(out)  # latest: v2, which holds only svhn-like
-    assert set(latest) == {"svhn-like"} and latest["svhn-like"].version == 2
-    assert states_equal(latest["svhn-like"].model, v2["svhn-like"].model)
+    latest = load_classifier_records(out)  # latest: v2, which holds only svhn
+    assert set(latest) == {"svhn"} and latest["svhn"].version == 2
+    assert states_equal(latest["svhn"].model, v2["svhn"].model)
     first = load_classifiers(out, version=1)
-    assert set(first) == {"mnist", "svhn-like"}
+    assert set(first) == {"mnist", "svhn"}
     for name, model in first.items():
         assert states_equal(model, v1[name].model) and not model.training
     rec = load_classifier_records(out, version=1)["mnist"]
@@ -161,7 +161,7 @@ def test_default_store_is_the_data_prefix(small_data, tmp_path):
     shutil.copytree(small_data, data)
     train_classifiers(data, epochs=1)
     assert (Path(data) / "classifiers" / "v1" / "mnist.pt").is_file()
-    assert set(load_classifiers(data + "/manifest.json")) == {"mnist", "svhn-like"}
+    assert set(load_classifiers(data + "/manifest.json")) == {"mnist", "svhn"}
 
 
 def test_loading_when_none_exist_is_a_one_line_error(tmp_path):
@@ -193,7 +193,7 @@ def test_s3_round_trip(small_data, s3_bucket, s3_storage_options):
     recs = train_classifiers(small_data, out=out, epochs=1, storage_options=s3_storage_options)
     assert recs["mnist"].url == f"{out}/classifiers/v1/mnist.pt"
     loaded = load_classifiers(out, storage_options=s3_storage_options)
-    assert set(loaded) == {"mnist", "svhn-like"}
+    assert set(loaded) == {"mnist", "svhn"}
     for name, model in loaded.items():
         assert states_equal(model, recs[name].model)
     with pytest.raises(DataError, match="no classifiers at s3://"):

@@ -275,7 +275,7 @@ def test_resolve_classifiers_by_data_then_model_name():
 def untrained_classifiers() -> dict[str, nn.Module]:
     torch.manual_seed(0)
     return {"mnist": build_classifier("conv", (1, 28, 28)),
-            "svhn-like": build_classifier("conv", (3, 32, 32))}
+            "svhn": build_classifier("conv", (3, 32, 32))}
 
 
 SMALL_EVAL = dict(seeds=(0, 1), n_test=64, n_train_latent=128, n_ll=4, K_ll=10, batch_size=32)

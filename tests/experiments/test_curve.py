@@ -33,7 +33,7 @@ def _cfg(url: str) -> RunConfig:
 
 def test_rows_at_start_every_eval_and_end(tiny_data):
     clfs = {"mnist": build_classifier("conv", (1, 28, 28)),
-            "svhn-like": build_classifier("conv", (3, 32, 32))}
+            "svhn": build_classifier("conv", (3, 32, 32))}
     seen = []
     rows = learning_curve(_cfg(tiny_data), steps=5, eval_every=2, classifiers=clfs, n_test=40,
                           n_train_latent=40, on_row=seen.append)
@@ -66,7 +66,7 @@ def test_until_stops_at_the_first_evaluation_meeting_the_targets(tiny_data):
     from mvae_dist.launch.experiments.curve import targets_met
 
     clfs = {"mnist": build_classifier("conv", (1, 28, 28)),
-            "svhn-like": build_classifier("conv", (3, 32, 32))}
+            "svhn": build_classifier("conv", (3, 32, 32))}
     # latent accuracy is in [0, 1]: >= 0 is met at the first evaluation, > 1 never
     rows = learning_curve(_cfg(tiny_data), steps=6, eval_every=2, classifiers=clfs, n_test=40,
                           n_train_latent=40, until={"latent_acc": 0.0})
@@ -87,7 +87,7 @@ def test_relatedness_of_the_pmi_at_every_evaluation(tmp_path):
     prepare("embedded", url, dm=1, street_per_class=(10, 10), shard_size=64, progress=False,
             sr_fraction=0.5, calibration_fraction=0.4)
     clfs = {"mnist": build_classifier("conv", (1, 28, 28)),
-            "svhn-like": build_classifier("conv", (3, 32, 32))}
+            "svhn": build_classifier("conv", (3, 32, 32))}
     d = _cfg(url).to_dict()
     d["data"]["train_split"] = "sr"  # F_m held out (30 pairs here: batches of 8)
     d["data"]["batch_size"], d["train"]["num_workers"] = 8, 1

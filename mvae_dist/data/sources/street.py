@@ -1,4 +1,6 @@
-"""A SYNTHETIC street-number modality ("svhn-like"), rendered by this project.
+"""A SYNTHETIC street-number modality, rendered by this project: the embedded set's modality
+"svhn" (the role SVHN plays in the paper, and the name the model, its grids and the digit
+classifiers give it), flagged ``synthetic`` in the manifest.
 
 Nothing here is real SVHN data. Each image is a 32x32 RGB uint8 crop centred on one digit
 (its label) in the manner of SVHN's cropped-digit format: the digit is set in a real font
