@@ -320,6 +320,9 @@ class OptimConfig(Section):
 class TrainSection(Section):
     """The ``train:`` section: length, workers, checkpoints, failure handling.
 
+    num_workers: Ray Train workers (DDP ranks), each ``cpus_per_worker`` CPUs; 0 trains in the
+    calling process (Ray Train's local mode: no Ray cluster, no worker restarts; checkpoints,
+    resume and MLflow logging as with workers), for debugging, notebooks and small studies.
     storage_path: where Ray Train keeps the run's checkpoints (local path or any fsspec URL, e.g.
     s3://bucket/runs); storage_options_file: a YAML file of fsspec options for that URL (endpoint,
     credentials), else Ray resolves it from the standard environment (AWS_*, instance roles);
@@ -343,7 +346,7 @@ class TrainSection(Section):
     name: str = "mvae-run"
     epochs: PositiveInt = 10
     max_steps: NonNegativeInt = 0
-    num_workers: PositiveInt = 2
+    num_workers: NonNegativeInt = 2
     use_gpu: bool = False
     cpus_per_worker: PositiveFloat = 1.0
     seed: Int = 0
@@ -366,6 +369,11 @@ class TrainSection(Section):
     storage_retry_s: NonNegativeFloat = 60.0
     node_wait_s: NonNegativeFloat = 180.0
     address_timeout_s: PositiveFloat = 30.0
+
+    @property
+    def ranks(self) -> int:
+        """Processes that train: ``num_workers``, or 1 in local mode (``num_workers`` 0)."""
+        return max(1, self.num_workers)
 
     @field_validator("name")
     @classmethod
@@ -445,7 +453,7 @@ class RunConfig(Section):
         if self.model.name == "mmvae" and self.objective.neg_K:
             raise ConfigError("objective.neg_K applies to mvae and jmvae (mmvae's negatives reuse its "
                               f"experts' samples), got {self.objective.neg_K} with model.name 'mmvae'")
-        global_batch = self.data.batch_size * self.train.num_workers
+        global_batch = self.data.batch_size * self.train.ranks
         if self.objective.name == "contrastive" and self.objective.N >= global_batch:
             raise ConfigError(f"objective.N must be < the global batch {global_batch}, "
                               f"got {self.objective.N}")

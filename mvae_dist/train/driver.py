@@ -101,6 +101,8 @@ def build_trainer(cfg: RunConfig, *, run_id: str, tracking_uri: str, storage: Ru
 
     from .worker import train_loop_per_worker
 
+    if cfg.train.num_workers == 0:  # Ray's INFO line about local mode: the driver says its own
+        logging.getLogger("ray.train.v2.api.config").setLevel(logging.WARNING)
     start_timeout, controller_limit = node_wait(cfg.train.node_wait_s)
     # Ray Train reads its start-up timeout from the driver's environment and hands it on to the
     # controller (ray.train.v2._internal.constants.ENV_VARS_TO_PROPAGATE)
@@ -261,9 +263,14 @@ def fit(cfg: RunConfig, *, resume: bool = False, debug_dir: str | None = None,
     uri = cfg.tracking.tracking_uri or default_tracking_uri()
     previous = _claim_name(cfg, storage, uri, resume=resume)
     token, taken = _lock(storage), time.monotonic()
+    local = cfg.train.num_workers == 0
     try:
         clear_stopping(storage)  # an earlier run of this name was stopped: this one checkpoints
-        _init_ray(ray_address, cfg.train.address_timeout_s)
+        if local:  # Ray Train's local mode needs no cluster
+            say(f"training {cfg.train.name!r} in this process (train.num_workers=0: Ray Train's local mode"
+                f"{'; --address ' + ray_address + ' is not used' if ray_address else ''})")
+        else:
+            _init_ray(ray_address, cfg.train.address_timeout_s)
         _confirm_lock(cfg, storage, token, taken)
     except BaseException:
         release_lock(storage, token)
@@ -277,8 +284,8 @@ def fit(cfg: RunConfig, *, resume: bool = False, debug_dir: str | None = None,
                                run_id=previous.run_id if previous else None,
                                parent_run_id=None if previous else parent_run_id)
         trainer = build_trainer(cfg, run_id=run_id, tracking_uri=uri, storage=storage, debug_dir=debug_dir)
-        try:
-            result = _fit_keeping_signals(trainer)
+        try:  # local mode trains in this thread: a signal interrupts it where it is
+            result = trainer.fit() if local else _fit_keeping_signals(trainer)
         except Exception as e:
             raise TrainingError(f"training run {cfg.train.name!r} failed: "
                                 f"{_why_failed(e, cfg)}") from e
@@ -295,12 +302,14 @@ def fit(cfg: RunConfig, *, resume: bool = False, debug_dir: str | None = None,
         last = _end_with_checkpoint(tracker, storage, "FAILED", previous=previous, since=started)
         with contextlib.suppress(Exception):  # never hides the error being raised
             release_lock(storage, token)
-            prune_orphans(storage, say)
+            if not local:  # local mode has no Ray index: it keeps its own count (persist_checkpoint)
+                prune_orphans(storage, say)
         if isinstance(e, TrainingError) and "last good checkpoint" not in str(e):
             raise TrainingError(f"{e}; last checkpoint: {last or 'none'}") from e.__cause__
         raise
     release_lock(storage, token)
-    prune_orphans(storage, say)
+    if not local:
+        prune_orphans(storage, say)
     return TrainResult(run_id, uri, ckpt, metrics, storage.url)
 
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import fsspec
 
-from ..data.retry import RetryPolicy
+from ..data.retry import RetryPolicy, call_with_retry
 from .checkpoint import MANIFEST_FILE, read_manifest, verify_checkpoint
 
 #: Ray Train 2.60's index of committed checkpoints in the run directory
@@ -177,6 +177,44 @@ def _check(store: RunStorage, fs: fsspec.AbstractFileSystem, root: str, name: st
         if size != want.get("size"):
             return f"corrupt: {file} has {size} bytes, {MANIFEST_FILE} says {want.get('size')}"
     return None
+
+
+def persist_checkpoint(store: RunStorage, directory: str | os.PathLike, *, keep: int,
+                       policy: RetryPolicy | None = None) -> FoundCheckpoint:
+    """Put a sealed local checkpoint ``directory`` into the run directory as Ray Train names its
+    checkpoints (``checkpoint_<local time>``), ``checkpoint.json`` (the seal) last, every file
+    retried under ``policy``; then remove the oldest checkpoints past the newest ``keep``.
+    -> the stored checkpoint (its URL as ``newest_good_checkpoint`` gives it).
+
+    For local mode (``train.num_workers`` 0), where no Ray Train controller persists a report's
+    checkpoint. A write that finally fails removes what it wrote and raises: nothing half-written
+    is left for a resume to take."""
+    from datetime import datetime
+
+    from .storage import put_whole
+
+    local = Path(directory)
+    manifest = read_manifest(local)
+    if manifest is None:
+        raise ValueError(f"{local} is not a sealed checkpoint (no {MANIFEST_FILE})")
+    fs, root = store.fs()
+    name = f"{CHECKPOINT_PREFIX}{datetime.now():%Y-%m-%d_%H-%M-%S.%f}"
+    dest = f"{root}/{name}"
+    files = sorted((p.name for p in local.iterdir() if p.is_file()), key=lambda f: f == MANIFEST_FILE)
+    try:
+        fs.makedirs(dest, exist_ok=True)
+        for f in files:
+            data = (local / f).read_bytes()
+            call_with_retry(lambda f=f, data=data: put_whole(fs, f"{dest}/{f}", data),
+                            f"writing {store.child_url(name)}/{f}", policy or RetryPolicy())
+    except BaseException:
+        with contextlib.suppress(Exception):
+            fs.rm(dest, recursive=True)
+        raise
+    for old in checkpoint_names(store)[:-keep]:
+        with contextlib.suppress(FileNotFoundError):
+            fs.rm(f"{root}/{old}", recursive=True)
+    return FoundCheckpoint(name, store.child_url(name), int(manifest["step"]))
 
 
 # ---------------------------------------------------------------------- Ray's checkpoint index

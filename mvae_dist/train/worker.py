@@ -22,13 +22,19 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..config import RunConfig, load_storage_options
 from ..data import make_loader
-from ..data.retry import read_policy
+from ..data.retry import read_policy, storage_policy
 from ..eval.evaluation import evaluate_and_log, load_eval_classifiers
 from ..models import build_model
 from ..models.compute import configure_compute
 from .checkpoint import Position, load_checkpoint, save_checkpoint
 from .dist import TorchCrossRank
-from .run_store import is_stopping, local_checkpoint, newest_good_checkpoint, run_storage
+from .run_store import (
+    is_stopping,
+    local_checkpoint,
+    newest_good_checkpoint,
+    persist_checkpoint,
+    run_storage,
+)
 from .step import TrainStep, apply_step, make_optimizer, make_scheduler, step_generator
 
 
@@ -65,7 +71,8 @@ def _say(line: str) -> None:
 #: ("Reporting training result ..."), execution/storage.py by its module ("Checkpoint successfully
 #: created ..."); matched by suffix so that an install prefix does not matter.
 _RAY_REPORT_LOGGERS = ("ray/train/v2/_internal/execution/context.py",
-                       "ray.train.v2._internal.execution.storage", "ray.train._internal.storage")
+                       "ray.train.v2._internal.execution.storage", "ray.train._internal.storage",
+                       "ray.train.v2._internal.execution.train_fn_utils")  # local mode's "Reported metrics"
 
 
 def quiet_ray_train_logs(level: str) -> None:
@@ -129,6 +136,7 @@ class _Worker:
     last_loss: float = float("nan")
     done: bool = False
     store: Any = None                          # the run's RunStorage (restore sets it)
+    local: bool = False                        # train.num_workers 0: Ray Train's local mode
 
     # ------------------------------------------------------------------ the sequence
     @classmethod
@@ -167,6 +175,7 @@ class _Worker:
         sched = make_scheduler(opt, cfg.optim.schedule, total)
         w = cls(cfg, rank, world, device, model, module, group, opt, sched, loader, total, options,
                 debug_dir, _OffRank())
+        w.local = cfg.train.num_workers == 0
         w.restore()
         if rank == 0:
             w.open_tracking(loop_config)
@@ -300,8 +309,19 @@ class _Worker:
                 # asked again after the write (a second or more under load): only a stop that
                 # came during the upload itself finds the checkpoint half-written, and waits for it
                 if not _stopping(self.store):
-                    ck = ray.train.Checkpoint.from_directory(tmp)
+                    ck = self.persist(tmp) if self.local else ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=ck)
+
+    def persist(self, directory: str) -> ray.train.Checkpoint:
+        """Local mode (train.num_workers 0): no Ray Train controller persists a report's
+        checkpoint, so this process puts it into the run directory itself, as Ray names them,
+        keeps the newest train.keep_checkpoints, and logs it to the MLflow run (the controller
+        callback's work in driver.py) -> the stored checkpoint, which the report then carries."""
+        found = persist_checkpoint(self.store, directory, keep=self.cfg.train.keep_checkpoints,
+                                   policy=storage_policy(self.cfg.train))
+        self.log.log_checkpoint_uri(found.url, found.step)
+        _, root = self.store.fs()
+        return ray.train.Checkpoint(path=f"{root}/{found.name}", filesystem=self.store.ray_filesystem)
 
     def give_up(self) -> None:
         """Too many non-finite losses: the run's reason as an MLflow tag, the run FAILED, and a last
