@@ -353,6 +353,8 @@ def _claim_name(cfg: RunConfig, storage: RunStorage, uri: str, *, resume: bool) 
             raise ConfigError(f"a run named {name!r} already exists in {where}; "
                               "pass --resume to continue it or choose another train.name")
         found = newest_good_checkpoint(storage, say)
+        if found is not None:
+            _refuse_another_world(cfg, storage, found)
         repair_ray_snapshot(storage, found, say)
         prune_orphans(storage, say, ended=False)  # the skipped ones: nothing would ever resume them
         say(f"resuming run {name!r} from step {found.step} ({found.url})" if found else
@@ -368,6 +370,26 @@ def _claim_name(cfg: RunConfig, storage: RunStorage, uri: str, *, resume: bool) 
     if not resume:
         return None
     return PreviousRun(runs[0].run_id if runs else None, runs[0].status if runs else None, found)
+
+
+def _refuse_another_world(cfg: RunConfig, storage: RunStorage, found: FoundCheckpoint) -> None:
+    """A resume must train on the checkpoint's number of ranks and per-rank batch: at another size
+    the planned steps, the learning-rate schedule, the pool of negatives (the global batch) and
+    the saved position in the epoch's shard plan would all silently mean something else."""
+    import yaml
+
+    from .checkpoint import CONFIG_FILE
+
+    fs, root = storage.fs()
+    saved = yaml.safe_load(fs.cat_file(f"{root}/{found.name}/{CONFIG_FILE}")) or {}
+    workers = int(saved.get("train", {}).get("num_workers", cfg.train.num_workers))
+    batch = int(saved.get("data", {}).get("batch_size", cfg.data.batch_size))
+    was, now = (max(1, workers), batch), (cfg.train.ranks, cfg.data.batch_size)
+    if was != now:
+        raise ConfigError(
+            f"--resume: run {cfg.train.name!r} trained on {was[0]} worker(s) x data.batch_size {was[1]}; "
+            f"resuming it on {now[0]} x {now[1]} would change its global batch, step count and data "
+            f"order: resume with train.num_workers={workers} data.batch_size={batch}")
 
 
 def _lock(storage: RunStorage) -> str:

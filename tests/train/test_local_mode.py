@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from mvae_dist.config import load_train_config
+from mvae_dist.errors import ConfigError
 
 TINY = str(Path(__file__).parents[2] / "configs" / "embedded" / "tiny.yaml")
 
@@ -43,7 +44,8 @@ def test_local_mode_checkpoints_logs_and_resumes_without_a_cluster(tiny_data, tm
     names = checkpoint_names(store)
     assert len(names) == 2  # steps 4 and 6 of 2, 4, 6: train.keep_checkpoints
     newest = newest_good_checkpoint(store)  # every file's sha256 against its seal
-    assert newest is not None and newest.step == 6 and newest.url == res.checkpoint == store.child_url(names[-1])
+    assert newest is not None and newest.step == 6
+    assert newest.url == res.checkpoint == store.child_url(names[-1])
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     run = client.get_run(res.run_id)
@@ -54,6 +56,13 @@ def test_local_mode_checkpoints_logs_and_resumes_without_a_cluster(tiny_data, tm
     assert run.data.tags["last_checkpoint"] == res.checkpoint and run.data.tags["model_step"] == "6"
     assert [m.step for m in client.get_metric_history(res.run_id, "loss")] == [2, 4, 6]
     assert "eval/log_joint" in run.data.metrics
+
+    # another number of ranks or per-rank batch: refused before anything starts, nothing changed
+    for other in (["train.num_workers=2"], ["data.batch_size=8"]):
+        with pytest.raises(ConfigError, match=r"--resume: run 'local' trained on 1 worker\(s\) x "
+                                              r"data.batch_size 16; resuming it on (2 x 16|1 x 8) would"):
+            driver.fit(_cfg(tmp_path, tiny_data, "train.checkpoint_every=2", *other), resume=True)
+    assert client.get_run(res.run_id).info.status == "FINISHED" and checkpoint_names(store) == names
 
     again = driver.fit(_cfg(tmp_path, tiny_data, "train.checkpoint_every=2", "train.keep_checkpoints=2",
                             "train.max_steps=8"), resume=True)

@@ -285,9 +285,9 @@ def test_a_run_on_two_nodes_through_a_throttled_store_a_second_driver_a_signal_a
     assert _statuses(tmp_path) == ["KILLED"] and _tag(tmp_path, "last_checkpoint") == named
 
     time.sleep(2)  # the stopped run's workers go with its driver
-    code, out = _finish(bed.start(["--resume", *base, "train.max_steps=5000", "train.num_workers=3",
+    code, out = _finish(bed.start(["--resume", *base, "train.max_steps=5000", "train.cpus_per_worker=2",
                                    "train.node_wait_s=5"], tmp_path), 120)
-    assert code == 1 and "the cluster had no room for 3 workers (1 CPU each) for 5 s (train.node_wait_s)" \
+    assert code == 1 and "the cluster had no room for 2 workers (2 CPU each) for 5 s (train.node_wait_s)" \
         in out.strip().splitlines()[-1], out[-3000:]
     assert _statuses(tmp_path) == ["KILLED"]
 
