@@ -1,8 +1,9 @@
-"""One rank of the 2-process parity test (run as a script by tests/train/test_dist.py).
+"""One rank of the multi-process parity test (run as a script by tests/train/test_dist.py).
 
-Usage: python dist_worker.py RANK WORLD STORE CASES OUT
+Usage: python dist_worker.py RANK WORLD STORE CASES OUT GLOBAL
 CASES: ``name/spec,spec/estimator`` cases joined by ``;``, run one after the other in one process
-group (two interpreters importing torch cost ~7 s a case under load; one pair runs them all).
+group (two interpreters importing torch cost ~7 s a case under load; one set runs them all).
+GLOBAL: the global batch, GLOBAL / WORLD items per rank.
 A fresh interpreter per rank (not fork): forking a pytest process that runs server threads
 (moto, MLflow fixtures) can deadlock. The ranks meet through a FileStore (STORE: a path that
 does not exist yet), not a TCPStore: a TCPStore lives in rank 0, and when rank 0 exited first
@@ -21,17 +22,18 @@ from mvae_dist.models import build_model
 from mvae_dist.train.dist import TorchCrossRank, global_slice
 from mvae_dist.train.step import TrainStep, apply_step, make_scheduler, step_generator
 
-B, N, K, GAMMA = 4, 3, 3, 2.0
+N, K, GAMMA = 3, 3, 2.0
 SEED, STEP = 3, 7  # the run's seed and the step number: step_generator(SEED, STEP) draws everything
 
 
-def setup(name: str, specs: list[str], world: int):
+def setup(name: str, specs: list[str], n: int):
+    """The model and a global batch of ``n`` items (the same for every world size)."""
     torch.manual_seed(0)
     model = build_model({"name": name, "modalities": specs, "latent_dim": 3, "hidden": 8}).double()
     g = torch.Generator().manual_seed(1)
     shapes = {"mnist": (1, 28, 28), "svhn": (3, 32, 32)}
     dims = [shapes[s] if s in shapes else (int(s.split(":")[1]),) for s in specs]
-    xs = [torch.rand(world * B, *d, generator=g, dtype=torch.float64) for d in dims]
+    xs = [torch.rand(n, *d, generator=g, dtype=torch.float64) for d in dims]
     return model, xs
 
 
@@ -47,9 +49,9 @@ def objective(estimator: str) -> ObjectiveConfig:
     return ObjectiveConfig(name="contrastive", estimator=estimator, K=K, N=N, gamma=GAMMA, **extra)
 
 
-def reference(name: str, specs: list[str], estimator: str, world: int):
-    """One process on the concatenated batch, the production TrainStep -> (loss, grads)."""
-    model, xs = setup(name, specs, world)
+def reference(name: str, specs: list[str], estimator: str, n: int):
+    """One process on the whole global batch of ``n`` items, the production TrainStep -> (loss, grads)."""
+    model, xs = setup(name, specs, n)
     loss, _ = TrainStep(model, objective(estimator))(xs, step_generator(SEED, STEP))
     loss.backward()
     return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
@@ -59,14 +61,14 @@ def case_id(name: str, specs: list[str], estimator: str) -> str:
     return f"{name}/{','.join(specs)}/{estimator}"
 
 
-def one_case(rank: int, world: int, name: str, specs: list[str], estimator: str) -> dict:
+def one_case(rank: int, world: int, name: str, specs: list[str], estimator: str, n: int) -> dict:
     """One rank of the production step: TrainStep wrapped in DDP, driven by apply_step with the
     step's generator, as the Ray Train worker does (SGD with lr 0 keeps the gradients to compare
     and the parameters unchanged) -> {"loss": the logged global mean, "grads": {name: [..]}}."""
-    model, xs = setup(name, specs, world)
+    model, xs = setup(name, specs, n)
     module = DDP(TrainStep(model, objective(estimator)))
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    local = [x[global_slice(rank, B)] for x in xs]
+    local = [x[global_slice(rank, n // world)] for x in xs]
     stats, stepped = apply_step(module, opt, make_scheduler(opt, "constant", 1), local,
                                 step_generator(SEED, STEP), TorchCrossRank.from_process_group())
     assert stepped
@@ -78,7 +80,7 @@ def one_case(rank: int, world: int, name: str, specs: list[str], estimator: str)
     return {"loss": logged / world, "grads": grads}
 
 
-def main(rank: int, world: int, store: str, cases: list[str], out: str) -> None:
+def main(rank: int, world: int, store: str, cases: list[str], out: str, n: int) -> None:
     """Every case in one process group; rank 0 saves {case_id: result} to ``out``."""
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
@@ -86,14 +88,14 @@ def main(rank: int, world: int, store: str, cases: list[str], out: str) -> None:
         results = {}
         for case in cases:
             name, specs, estimator = case.split("/")
-            results[case] = one_case(rank, world, name, specs.split(","), estimator)
+            results[case] = one_case(rank, world, name, specs.split(","), estimator, n)
         if rank == 0:
             torch.save(results, out)
-        dist.barrier()  # both ranks done with every collective before the teardown
+        dist.barrier()  # every rank done with every collective before the teardown
     finally:
         dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    r, w, p, cs, o = sys.argv[1:6]
-    main(int(r), int(w), p, cs.split(";"), o)
+    r, w, p, cs, o, g = sys.argv[1:7]
+    main(int(r), int(w), p, cs.split(";"), o, int(g))

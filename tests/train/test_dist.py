@@ -1,4 +1,4 @@
-"""Negatives from the global batch: 2 gloo processes == 1 process on the concatenated batch.
+"""Negatives from the global batch: W gloo processes == 1 process on the whole global batch.
 
 Each rank computes the training loss (eq. 4 plus the model's own terms) for its own anchors,
 with negatives drawn from all W*B items; the model is wrapped in DistributedDataParallel, so
@@ -6,6 +6,10 @@ the gradients after backward are DDP's average. Both must match one process on t
 concatenated batch with the same negative indices and noise, to 1e-5 relative (float64
 here, so the match is much tighter). The ranks run the production step (``TrainStep`` in DDP,
 ``apply_step``, ``step_generator``) in separate interpreters (dist_worker.py).
+
+World sizes: one global batch of G = 12 items, every case on 2 ranks (6 items each) and three of
+them on 3 ranks (4 each): the same loss and gradients on 1, 2 or 3 workers, the invariant a run
+that changes its worker count (elastic training) relies on.
 """
 
 import importlib.util
@@ -37,29 +41,51 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def ranks(tmp_path_factory) -> dict:
-    """Every case on W gloo ranks, one interpreter per rank for all of them -> {case id: result}."""
-    tmp = tmp_path_factory.mktemp("dist")
+G = 12  # the global batch: W * 6 items, or 3 * 4
+RESIZED = CASES[:3]  # also on 3 ranks
+
+
+def _run_ranks(tmp: Path, world: int, cases: list[tuple], n: int) -> dict:
+    """``cases`` on ``world`` gloo ranks with a global batch of ``n``, one interpreter per rank
+    for all of them -> {case id: result}."""
     out = tmp / "rank0.pt"
     store = tmp / "store"  # the ranks' FileStore (see dist_worker.py)
-    logs = [tmp / f"rank{r}.log" for r in range(W)]
-    cases = ";".join(worker.case_id(*c) for c in CASES)
-    procs = [subprocess.Popen([sys.executable, str(HERE / "dist_worker.py"), str(r), str(W), str(store),
-                               cases, str(out)], stdout=log.open("w"), stderr=subprocess.STDOUT)
+    logs = [tmp / f"rank{r}.log" for r in range(world)]
+    ids = ";".join(worker.case_id(*c) for c in cases)
+    procs = [subprocess.Popen([sys.executable, str(HERE / "dist_worker.py"), str(r), str(world), str(store),
+                               ids, str(out), str(n)], stdout=log.open("w"), stderr=subprocess.STDOUT)
              for r, log in enumerate(logs)]
     codes = [p.wait(timeout=300) for p in procs]
-    assert codes == [0] * W, "\n".join(log.read_text()[-3000:] for log in logs)
+    assert codes == [0] * world, "\n".join(log.read_text()[-3000:] for log in logs)
     return torch.load(out)
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory) -> dict:
+    """Every case on W ranks."""
+    return _run_ranks(tmp_path_factory.mktemp("dist"), W, CASES, G)
+
+
+@pytest.fixture(scope="module")
+def three(tmp_path_factory) -> dict:
+    """RESIZED on 3 ranks."""
+    return _run_ranks(tmp_path_factory.mktemp("dist3"), 3, RESIZED, G)
+
+
+def _assert_matches(got: dict, name: str, specs: list[str], estimator: str, n: int) -> None:
+    loss, want = worker.reference(name, specs, estimator, n)
+    torch.testing.assert_close(got["loss"], loss, rtol=1e-10, atol=1e-10)
+    assert got["grads"].keys() == want.keys()
+    for p in want:
+        torch.testing.assert_close(got["grads"][p], want[p], rtol=1e-8, atol=1e-10,
+                                   msg=lambda m, p=p: f"{p}: {m}")
 
 
 @pytest.mark.parametrize("name,specs,estimator", CASES)
 def test_two_gloo_ranks_equal_one_process(name, specs, estimator, ranks):
-    got = ranks[worker.case_id(name, specs, estimator)]
+    _assert_matches(ranks[worker.case_id(name, specs, estimator)], name, specs, estimator, G)
 
-    loss, want = worker.reference(name, specs, estimator, W)
-    torch.testing.assert_close(got["loss"], loss, rtol=1e-10, atol=1e-10)
-    assert got["grads"].keys() == want.keys()
-    for n in want:
-        torch.testing.assert_close(got["grads"][n], want[n], rtol=1e-8, atol=1e-10,
-                                   msg=lambda m, n=n: f"{n}: {m}")
+
+@pytest.mark.parametrize("name,specs,estimator", RESIZED)
+def test_three_gloo_ranks_on_the_same_global_batch_equal_one_process(name, specs, estimator, three):
+    _assert_matches(three[worker.case_id(name, specs, estimator)], name, specs, estimator, G)
