@@ -571,7 +571,7 @@ class Tracker:
     def _load_checkpoints(self) -> list[dict[str, Any]]:
         if self._checkpoints is None:
             self._checkpoints = []
-            with tempfile.TemporaryDirectory() as tmp:
+            with tempfile.TemporaryDirectory() as tmp, _quiet_downloads():
                 try:
                     local = self.client.download_artifacts(self._need_run(), CHECKPOINTS_FILE, tmp)
                 except (MlflowException, OSError):
@@ -579,6 +579,22 @@ class Tracker:
                 if local and Path(local).is_file():
                     self._checkpoints = list(json.loads(Path(local).read_text())["checkpoints"])
         return self._checkpoints
+
+
+@contextlib.contextmanager
+def _quiet_downloads():
+    """No MLflow "Downloading artifacts" progress bar for a small file read on every checkpoint
+    (one bar per checkpoint filled the console); a bar for a model download stays."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    before = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
 
 
 @contextlib.contextmanager
