@@ -375,6 +375,11 @@ class TrainSection(Section):
         """Processes that train: ``num_workers``, or 1 in local mode (``num_workers`` 0)."""
         return max(1, self.num_workers)
 
+    @property
+    def local_mode(self) -> bool:
+        """``num_workers`` 0: the run trains in the calling process (Ray Train's local mode)."""
+        return self.num_workers == 0
+
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:

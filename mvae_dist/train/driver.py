@@ -101,7 +101,7 @@ def build_trainer(cfg: RunConfig, *, run_id: str, tracking_uri: str, storage: Ru
 
     from .worker import train_loop_per_worker
 
-    if cfg.train.num_workers == 0:  # Ray's INFO line about local mode: the driver says its own
+    if cfg.train.local_mode:  # Ray's INFO line about local mode: the driver says its own
         logging.getLogger("ray.train.v2.api.config").setLevel(logging.WARNING)
     start_timeout, controller_limit = node_wait(cfg.train.node_wait_s)
     # Ray Train reads its start-up timeout from the driver's environment and hands it on to the
@@ -263,7 +263,7 @@ def fit(cfg: RunConfig, *, resume: bool = False, debug_dir: str | None = None,
     uri = cfg.tracking.tracking_uri or default_tracking_uri()
     previous = _claim_name(cfg, storage, uri, resume=resume)
     token, taken = _lock(storage), time.monotonic()
-    local = cfg.train.num_workers == 0
+    local = cfg.train.local_mode
     try:
         clear_stopping(storage)  # an earlier run of this name was stopped: this one checkpoints
         if local:  # Ray Train's local mode needs no cluster

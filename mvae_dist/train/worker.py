@@ -136,7 +136,6 @@ class _Worker:
     last_loss: float = float("nan")
     done: bool = False
     store: Any = None                          # the run's RunStorage (restore sets it)
-    local: bool = False                        # train.num_workers 0: Ray Train's local mode
 
     # ------------------------------------------------------------------ the sequence
     @classmethod
@@ -175,7 +174,6 @@ class _Worker:
         sched = make_scheduler(opt, cfg.optim.schedule, total)
         w = cls(cfg, rank, world, device, model, module, group, opt, sched, loader, total, options,
                 debug_dir, _OffRank())
-        w.local = cfg.train.num_workers == 0
         w.restore()
         if rank == 0:
             w.open_tracking(loop_config)
@@ -309,7 +307,8 @@ class _Worker:
                 # asked again after the write (a second or more under load): only a stop that
                 # came during the upload itself finds the checkpoint half-written, and waits for it
                 if not _stopping(self.store):
-                    ck = self.persist(tmp) if self.local else ray.train.Checkpoint.from_directory(tmp)
+                    ck = (self.persist(tmp) if self.cfg.train.local_mode
+                          else ray.train.Checkpoint.from_directory(tmp))
             ray.train.report(metrics, checkpoint=ck)
 
     def persist(self, directory: str) -> ray.train.Checkpoint:
