@@ -101,6 +101,36 @@ def test_the_newest_good_checkpoint_skips_corrupt_and_unfinished_ones_with_a_lin
     assert newest_good_checkpoint(store, verify=False).name == NAMES[1]
 
 
+def test_a_checkpoint_whose_bytes_the_store_refuses_is_skipped_as_corrupt(run, monkeypatch):
+    """S3 refusing an object's bytes (its stored checksum does not match them: an upload cut off
+    by a lost node, seen on the multi-node bed) twice is corruption: the previous checkpoint is
+    taken. Any other read error propagates (a denied or unreachable store is not corruption)."""
+    from botocore.exceptions import FlexibleChecksumError
+
+    from mvae_dist.train import run_store
+
+    store = run_storage(str(run.parent), "r")
+    real, reads = run_store.local_checkpoint, []
+    refused = FlexibleChecksumError(error_msg="Expected checksum a did not match")
+
+    def refusing(store, name, error=refused):
+        reads.append(name)
+        if name == NAMES[2]:
+            raise error
+        return real(store, name)
+
+    monkeypatch.setattr(run_store, "local_checkpoint", refusing)
+    lines: list[str] = []
+    found = newest_good_checkpoint(store, lines.append)
+    assert found.name == NAMES[1] and reads == [NAMES[2], NAMES[2], NAMES[1]]
+    assert lines == [f"checkpoint {run / NAMES[2]} skipped (corrupt: the store's checksum of a file does not "
+                     "match its bytes (Expected checksum a did not match))"]
+    monkeypatch.setattr(run_store, "local_checkpoint",
+                        lambda store, name: refusing(store, name, PermissionError(13, "denied")))
+    with pytest.raises(PermissionError):
+        newest_good_checkpoint(store)
+
+
 def test_the_step_orders_checkpoints_not_the_name(run):
     _save(run, NAMES[3], 5)  # newer by time, fewer steps (a run restarted from scratch would)
     assert newest_good_checkpoint(run_storage(str(run.parent), "r")).step == 30
