@@ -129,6 +129,7 @@ class _Worker:
     pos: Position = field(default_factory=Position)
     nonfinite: int = 0
     resumed_from: int | None = None
+    restored_url: str | None = None
     classifiers: Any = None
     last_eval: dict[str, float] = field(default_factory=dict)  # every report carries it (Tune's metrics)
     window: list[dict[str, float]] = field(default_factory=list)
@@ -202,6 +203,7 @@ class _Worker:
         self.pos = meta["position"]
         self.nonfinite = int(meta["extra"].get("nonfinite_steps", 0))
         self.resumed_from = self.pos.step
+        self.restored_url = found.url
 
     def open_tracking(self, loop_config: dict[str, Any]) -> None:
         """Rank 0: continue the driver's MLflow run (only the driver counts resumes) and load the
@@ -214,6 +216,11 @@ class _Worker:
         self.log.continue_run(loop_config["run_id"])
         if self.resumed_from is not None:
             self.log.log_metrics({"resumed_from_step": self.resumed_from}, step=self.pos.step)
+            # the checkpoint restored from reaches the run even when Ray never committed it (a
+            # node lost after it was sealed but before Ray processed every rank's report; the
+            # controller's callback then never saw it); a logged one is kept once
+            if self.restored_url is not None:
+                self.log.log_checkpoint_uri(self.restored_url, self.resumed_from)
         if cfg.train.eval_every:
 
             self.classifiers = load_eval_classifiers(cfg, self.storage_options, required=False,
