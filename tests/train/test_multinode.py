@@ -332,7 +332,10 @@ def test_a_lost_node_resumes_when_it_returns_and_fails_in_one_line_when_it_does_
         bed.add_node()
         out = _wait_for(proc, "[lost] restored step ", timeout=120)
         restored = int(out.split("[lost] restored step ", 1)[1].split()[0])
-        assert restored >= step, (restored, step)
+        # the newest sealed one, unless the loss cut its upload short (Ray uploads a checkpoint's
+        # files in parallel, the seal can land before state.pt): then it is skipped as corrupt
+        # and the one before is taken
+        assert restored >= step or (restored == step - 10 and "skipped (corrupt: " in out), (restored, step)
         # training again, past a checkpoint of its own: a step line printed after the restore (the
         # first attempt printed the same step numbers before the loss); whether the first attempt
         # sealed its step-30 checkpoint before the loss is up to timing, this one is not
@@ -354,8 +357,8 @@ def test_a_lost_node_resumes_when_it_returns_and_fails_in_one_line_when_it_does_
     assert _statuses(tmp_path) == ["FAILED"] and _tag(tmp_path, "last_checkpoint") == f"s3://{newest}"
     assert all(m is not None for m in _checkpoints(moto_server, "lost").values())
     # the restored weights' step reached the run, and every checkpoint reached it as Ray persisted
-    # it (the controller's callback; the newest, if Ray never committed it, from the driver at the
-    # end), each once
+    # it (the controller's callback; the one restored from, if Ray never committed it, from the
+    # resumed rank 0; the newest, if Ray never committed it, from the driver at the end), each once
     assert _metric(tmp_path, "resumed_from_step") == restored
     logged = _logged_checkpoints(tmp_path)
     steps = [e["step"] for e in logged]
