@@ -16,6 +16,15 @@ Distribution policy (per epoch, deterministic in (seed, epoch)):
    ``drop_last=False`` (evaluation): every sample once, last batch partial; ranks may then
    yield different numbers of batches.
 
+Elastic runs (``virtual_ranks=V``): the plan above is made for V virtual ranks whatever the
+number W of processes that train (W divides V); rank r takes the virtual ranks
+r*V/W .. (r+1)*V/W - 1 and its batch at step i is their step-i batches concatenated in order.
+Quotas are equal per DataLoader worker across the virtual ranks (the minimum of their full
+batches), so every virtual rank's step i comes from the same DataLoader worker at every W. The
+global batch of step i (the ranks' batches in rank order) is then the same at every W, and a run
+resized at step i reads from step i on what it would have read unresized: every sample of the
+epoch's plan once, apart from the steps replayed since the checkpoint.
+
 Unpaired stream (``unpaired=True``): each modality is drawn independently: the worker's
 samples are split into their modalities, each shuffled by its own buffer and rng, and
 re-zipped, so the i-th item of modality 0 and of modality 1 come from unrelated pairs
@@ -41,6 +50,7 @@ policy, one line on stderr per retry; when the retries are spent it raises Stora
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import random
 import tarfile
@@ -113,6 +123,24 @@ def batch_quotas(samples: list[list[int]], batch_size: int) -> list[list[int]]:
 
 
 # ---- decoding -------------------------------------------------------------------------------
+
+
+def lane_quotas(samples: list[list[int]], batch_size: int) -> list[list[int]]:
+    """Full batches per [virtual rank][worker] for an elastic plan: per DataLoader worker the
+    minimum over virtual ranks of its full batches, so the virtual ranks step in lockstep.
+
+    samples: sample count per [virtual rank][worker]."""
+    lanes = [min(row[k] // batch_size for row in samples) for k in range(len(samples[0]))]
+    return [list(lanes) for _ in samples]
+
+
+def concat_batches(parts: list[dict]) -> dict:
+    """Batch dicts (``collate``'s form) -> one, their rows in order."""
+    out: dict[str, Any] = {"xs": [torch.cat([p["xs"][m] for p in parts]) for m in range(len(parts[0]["xs"]))]}
+    for k in ("label", "labels", "ids", "related"):
+        out[k] = torch.cat([p[k] for p in parts])
+    out["key"] = [key for p in parts for key in p["key"]]
+    return out
 
 
 def decode_sample(sample: dict, n_modalities: int) -> dict:
@@ -329,18 +357,21 @@ class _SkipRecord:
 
 
 class EpochStream(torch.utils.data.IterableDataset):
-    """One rank's batches for one epoch; splits its shards further across DataLoader workers."""
+    """One rank's batches for one epoch; splits its shards further across DataLoader workers.
+
+    ranks: the (virtual) ranks this stream serves, assignment / quotas: per [rank][worker];
+    with several ranks a batch is their batches of the step concatenated in order."""
 
     def __init__(
         self,
         *,
         urls: list[str],
         entries: list[dict],
-        assignment: list[list[int]],
-        quotas: list[int] | None,
+        assignment: list[list[list[int]]],
+        quotas: list[list[int]] | None,
         n_modalities: int,
         batch_size: int,
-        rank: int,
+        ranks: list[int],
         seed: int,
         epoch: int,
         shuffle: bool,
@@ -353,7 +384,7 @@ class EpochStream(torch.utils.data.IterableDataset):
     ) -> None:
         super().__init__()
         self.urls, self.entries, self.assignment, self.quotas = urls, entries, assignment, quotas
-        self.n_modalities, self.batch_size, self.rank = n_modalities, batch_size, rank
+        self.n_modalities, self.batch_size, self.ranks = n_modalities, batch_size, ranks
         self.seed, self.epoch, self.shuffle, self.shuffle_buffer = seed, epoch, shuffle, shuffle_buffer
         self.unpaired, self.skip_corrupt, self.verify = unpaired, skip_corrupt, verify
         self.storage_options, self.retry = storage_options, retry
@@ -371,39 +402,49 @@ class EpochStream(torch.utils.data.IterableDataset):
                 if self.urls[i] not in skipped.urls:
                     skipped.urls.append(self.urls[i])
 
-    def _rng(self, worker: int, what: int) -> random.Random:
-        return random.Random(zlib.crc32(f"{self.seed}/{self.epoch}/{self.rank}/{worker}/{what}".encode()))
+    def _rng(self, rank: int, worker: int, what: int) -> random.Random:
+        return random.Random(zlib.crc32(f"{self.seed}/{self.epoch}/{rank}/{worker}/{what}".encode()))
 
-    def _one_pass(self, shards: list[int], worker: int, skipped: _SkipRecord, attempt: int):
+    def _one_pass(self, rank: int, shards: list[int], worker: int, skipped: _SkipRecord, attempt: int):
         stages: list[Any] = [lambda: self._samples(shards, skipped)]
         if self.shuffle:
             stages.append(
-                wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=self._rng(worker, attempt))
+                wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer,
+                            rng=self._rng(rank, worker, attempt))
             )
         if self.unpaired:
-            stages.append(lambda src: unpair(src, self._rng(worker, 1000 + attempt), self.shuffle_buffer))
+            rng = self._rng(rank, worker, 1000 + attempt)
+            stages.append(lambda src: unpair(src, rng, self.shuffle_buffer))
         stages.append(wds.batched(self.batch_size, collation_fn=collate, partial=self.quotas is None))
         return wds.DataPipeline(*stages)
 
-    def __iter__(self) -> Iterator[dict]:
-        info = torch.utils.data.get_worker_info()
-        worker = 0 if info is None else info.id
-        shards = self.assignment[worker]
-        quota = None if self.quotas is None else self.quotas[worker]
-        skipped = _SkipRecord()
+    def _batches(self, j: int, worker: int, skipped: _SkipRecord) -> Iterator[dict]:
+        """The batches of the j-th rank served, from this DataLoader worker's shards."""
+        shards = self.assignment[j][worker]
+        quota = None if self.quotas is None else self.quotas[j][worker]
         produced, attempt = 0, 0
         while quota is None or produced < quota:
             yielded_any = False
-            for batch in self._one_pass(shards, worker, skipped, attempt):
+            for batch in self._one_pass(self.ranks[j], shards, worker, skipped, attempt):
                 if quota is not None and produced >= quota:
                     break
-                batch["_skipped"] = list(skipped.urls)
                 yield batch
                 produced += 1
                 yielded_any = True
             if quota is None or not yielded_any:
                 return
             attempt += 1  # only with skipped shards: refill the quota from the good ones
+
+    def __iter__(self) -> Iterator[dict]:
+        info = torch.utils.data.get_worker_info()
+        worker = 0 if info is None else info.id
+        skipped = _SkipRecord()
+        streams = [self._batches(j, worker, skipped) for j in range(len(self.ranks))]
+        steps = streams[0] if len(streams) == 1 else (
+            concat_batches([p for p in parts if p is not None]) for parts in itertools.zip_longest(*streams))
+        for batch in steps:
+            batch["_skipped"] = list(skipped.urls)
+            yield batch
 
 
 class Loader:
@@ -428,6 +469,7 @@ class Loader:
         shuffle_buffer: int,
         verify: bool,
         retry: RetryPolicy | None = None,
+        virtual_ranks: int | None = None,
     ) -> None:
         if split not in manifest["splits"]:
             raise ConfigError(
@@ -447,9 +489,17 @@ class Loader:
         self.retry = retry or RetryPolicy()
         self.entries = manifest["splits"][split]["shards"]
         self.urls = [join(manifest["prefix"], e["path"]) for e in self.entries]
-        if len(self.entries) < world_size:
+        self.virtual_ranks = virtual_ranks
+        V = virtual_ranks or world_size
+        if virtual_ranks is not None and (V % world_size or batch_size * world_size % V):
+            raise ConfigError(f"an elastic plan of {V} virtual ranks needs world_size dividing it and a "
+                              f"global batch it divides, got world_size={world_size}, "
+                              f"batch_size={batch_size}")
+        if len(self.entries) < V:
+            what = (f"world_size={world_size}" if virtual_ranks is None
+                    else f"the {V} virtual ranks of an elastic run")
             raise ConfigError(
-                f"split {split!r} has {len(self.entries)} shards, fewer than world_size={world_size}; "
+                f"split {split!r} has {len(self.entries)} shards, fewer than {what}; "
                 "rebuild with a smaller shard_size"
             )
         self.skipped_shards: set[str] = set()
@@ -468,10 +518,23 @@ class Loader:
         """Number of distinct shards skipped as corrupt so far (``skip_corrupt=True``)."""
         return len(self.skipped_shards)
 
+    @property
+    def served(self) -> list[int]:
+        """The (virtual) ranks whose batches this rank's batches are: [rank] unless elastic."""
+        if self.virtual_ranks is None:
+            return [self.rank]
+        per = self.virtual_ranks // self.world_size
+        return list(range(self.rank * per, (self.rank + 1) * per))
+
+    @property
+    def part_batch(self) -> int:
+        """Rows each served (virtual) rank adds to a batch."""
+        return self.batch_size // len(self.served)
+
     def _plan(self) -> tuple[list[list[list[int]]], list[list[int]] | None]:
         assignment = assign_shards(
             len(self.entries),
-            self.world_size,
+            self.virtual_ranks or self.world_size,
             self.num_workers,
             seed=self.seed,
             epoch=self.epoch,
@@ -480,14 +543,17 @@ class Loader:
         if not self.drop_last:
             return assignment, None
         counts = [[sum(self.entries[i]["count"] for i in w) for w in r] for r in assignment]
+        if self.virtual_ranks is not None:
+            return assignment, lane_quotas(counts, self.part_batch)
         return assignment, batch_quotas(counts, self.batch_size)
 
     def __len__(self) -> int:
         assignment, quotas = self._plan()
+        first = self.served[0]
         if quotas is not None:
-            return sum(quotas[self.rank])
-        n = sum(self.entries[i]["count"] for w in assignment[self.rank] for i in w)
-        return -(-n // self.batch_size)  # upper bound: workers' partial batches may add more
+            return sum(quotas[first])
+        n = max(sum(self.entries[i]["count"] for w in assignment[v] for i in w) for v in self.served)
+        return -(-n // self.part_batch)  # upper bound: workers' partial batches may add more
 
     def dataset(self) -> EpochStream:
         """The IterableDataset of this rank for the current epoch (for a custom DataLoader)."""
@@ -495,11 +561,11 @@ class Loader:
         return EpochStream(
             urls=self.urls,
             entries=self.entries,
-            assignment=assignment[self.rank],
-            quotas=None if quotas is None else quotas[self.rank],
+            assignment=[assignment[v] for v in self.served],
+            quotas=None if quotas is None else [quotas[v] for v in self.served],
             n_modalities=len(self.manifest["modalities"]),
-            batch_size=self.batch_size,
-            rank=self.rank,
+            batch_size=self.part_batch,
+            ranks=self.served,
             seed=self.seed,
             epoch=self.epoch,
             shuffle=self.shuffle,
@@ -544,6 +610,7 @@ def make_loader(
     shuffle_buffer: int = 2000,
     verify: bool = True,
     retry: RetryPolicy | None = None,
+    virtual_ranks: int | None = None,
 ) -> Loader:
     """Batches of ``split`` of the data set at ``url`` for one rank (see the module docstring).
 
@@ -551,7 +618,8 @@ def make_loader(
     number of batches this rank yields per epoch (equal on all ranks with drop_last=True);
     call ``loader.set_epoch(e)`` before each epoch for a new, reproducible order. retry: how
     transient storage errors of the manifest and shard reads are retried (None: ``RetryPolicy()``;
-    from a run config, ``retry.read_policy(cfg.data)``).
+    from a run config, ``retry.read_policy(cfg.data)``). virtual_ranks: the elastic plan (the
+    module docstring), batch_size still this rank's batch; None: the plan of world_size ranks.
     """
     retry = retry or RetryPolicy()
     manifest = call_with_retry(lambda: open_manifest(url, storage_options), f"reading the manifest of {url}",
@@ -573,4 +641,5 @@ def make_loader(
         shuffle_buffer=shuffle_buffer,
         verify=verify,
         retry=retry,
+        virtual_ranks=virtual_ranks,
     )

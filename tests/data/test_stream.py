@@ -229,3 +229,62 @@ def test_a_resumed_loader_yields_exactly_the_next_batches(small_dataset, num_wor
         other = loader()
         other.set_epoch(3)
         assert [b["key"] for b in other][stop:] != whole[stop:]  # the epoch, not chance, fixes it
+
+
+def _global_steps(url: str, world: int, V: int, G: int, *, epoch: int = 1, num_workers: int = 0,
+                  **kw) -> list[list[str]]:
+    """Each step's global batch (the ranks' batches in rank order) of an elastic plan at ``world``."""
+    per_rank = [[b["key"] for b in _elastic(url, r, world, V, G, epoch=epoch, num_workers=num_workers, **kw)]
+                for r in range(world)]
+    assert len({len(steps) for steps in per_rank}) == 1, "ranks yield different numbers of steps"
+    return [[k for r in range(world) for k in per_rank[r][i]] for i in range(len(per_rank[0]))]
+
+
+def _elastic(url, rank, world, V, G, *, epoch, num_workers=0, **kw):
+    loader = make_loader(url, "train", G // world, seed=3, rank=rank, world_size=world, virtual_ranks=V,
+                         num_workers=num_workers, shuffle_buffer=40, **kw)
+    loader.set_epoch(epoch)
+    return loader
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_an_elastic_plan_gives_the_same_global_batches_at_every_world_size(small_dataset, num_workers):
+    """V = 4 virtual ranks, global batch 24: at 1, 2 and 4 ranks every step's global batch is the
+    same list of keys, each sample of the epoch at most once, and the whole epoch's plan."""
+    V, G = 4, 24
+    one = _global_steps(small_dataset, 1, V, G, num_workers=num_workers)
+    assert len(one) >= 10 and all(len(step) == G for step in one)
+    keys = [k for step in one for k in step]
+    assert len(keys) == len(set(keys))  # no sample twice
+    for world in (2, 4):
+        assert _global_steps(small_dataset, world, V, G, num_workers=num_workers) == one, world
+    # the epoch, not the world size, fixes it
+    assert _global_steps(small_dataset, 2, V, G, epoch=2, num_workers=num_workers) != one
+
+
+def test_an_elastic_run_resized_mid_epoch_reads_every_sample_once(small_dataset):
+    """2 ranks to step 4, a checkpoint at step 3, 1 rank from there (skipping its 3 steps), back to
+    2 ranks at step 7: the keys read after the replayed step are those of an unresized epoch."""
+    V, G = 2, 16
+    whole = _global_steps(small_dataset, 2, V, G)
+    a = _global_steps(small_dataset, 2, V, G)[:4]
+    b = _global_steps(small_dataset, 1, V, G)[3:7]
+    c = _global_steps(small_dataset, 2, V, G)[7:]
+    assert a[:3] + b + c == whole
+    read = [k for step in a[:3] + b + c for k in step]
+    assert len(read) == len(set(read)) == len(whole) * G
+
+
+def test_an_elastic_plan_refuses_what_it_cannot_split(small_dataset):
+    with pytest.raises(ConfigError, match="needs world_size dividing it"):
+        make_loader(small_dataset, "train", 8, rank=0, world_size=3, virtual_ranks=4)
+    with pytest.raises(ConfigError, match="needs world_size dividing it"):
+        make_loader(small_dataset, "train", 5, rank=0, world_size=2, virtual_ranks=4)  # G 10, V 4
+    with pytest.raises(ConfigError, match="fewer than the 12 virtual ranks of an elastic run"):
+        make_loader(small_dataset, "train", 24, rank=0, world_size=1, virtual_ranks=12)
+
+
+def test_lane_quotas_are_equal_across_virtual_ranks():
+    from mvae_dist.data.stream import lane_quotas
+
+    assert lane_quotas([[40, 17], [33, 25], [64, 16]], 8) == [[4, 2]] * 3
