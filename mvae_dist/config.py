@@ -10,6 +10,7 @@ types, and a bad value raises ConfigError with one line naming the key, e.g.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import typing
@@ -323,6 +324,15 @@ class TrainSection(Section):
     num_workers: Ray Train workers (DDP ranks), each ``cpus_per_worker`` CPUs; 0 trains in the
     calling process (Ray Train's local mode: no Ray cluster, no worker restarts; checkpoints,
     resume and MLflow logging as with workers), for debugging, notebooks and small studies.
+    ``[min, max]`` (the same as ``min_workers: min`` and ``num_workers: max``) trains
+    elastically: Ray Train runs as many workers as the cluster has room for, from min to max,
+    goes on with fewer when a node is lost and grows back when there is room again (it looks
+    every ``resize_check_s`` seconds), each time from the newest checkpoint. The global batch,
+    data.batch_size x max, is the invariant: each of W workers takes global / W, so the loss,
+    the learning rate and the negatives mean the same at every size, and the data order is
+    planned for lcm(min..max) virtual ranks (data/stream.py), the same at every size. The global
+    batch must divide by every worker count from min to max, and the split needs at least
+    lcm(min..max) shards.
     storage_path: where Ray Train keeps the run's checkpoints (local path or any fsspec URL, e.g.
     s3://bucket/runs); storage_options_file: a YAML file of fsspec options for that URL (endpoint,
     credentials), else Ray resolves it from the standard environment (AWS_*, instance roles);
@@ -338,7 +348,11 @@ class TrainSection(Section):
     fails with a transient error is retried (as data.read_retries / data.read_retry_s).
     node_wait_s: how long a run waits for the cluster to have room for its workers again after a
     node is lost before it fails (0: Ray's default, wait forever); address_timeout_s: how long
-    ``--address`` may take to answer.
+    ``--address`` may take to answer. resize_check_s: how often an elastic run looks for room
+    for more workers (Ray Train's elastic_resize_monitor_interval_s). record_keys: a directory
+    every node can write (local or a shared file system) where each rank appends the sample keys
+    of every step it trains, one JSON line per step (``keys-rank{R}-{pid}.jsonl``): an audit of
+    the data order, e.g. of an elastic run's coverage; off by default.
     """
 
     key_prefix: ClassVar[str] = "train"
@@ -347,6 +361,8 @@ class TrainSection(Section):
     epochs: PositiveInt = 10
     max_steps: NonNegativeInt = 0
     num_workers: NonNegativeInt = 2
+    min_workers: NonNegativeInt = 0
+    resize_check_s: PositiveFloat = 60.0
     use_gpu: bool = False
     cpus_per_worker: PositiveFloat = 1.0
     seed: Int = 0
@@ -369,11 +385,49 @@ class TrainSection(Section):
     storage_retry_s: NonNegativeFloat = 60.0
     node_wait_s: NonNegativeFloat = 180.0
     address_timeout_s: PositiveFloat = 30.0
+    record_keys: str | None = None
 
     @property
     def ranks(self) -> int:
-        """Processes that train: ``num_workers``, or 1 in local mode (``num_workers`` 0)."""
+        """Processes that train (the most, if elastic): ``num_workers``, or 1 in local mode
+        (``num_workers`` 0)."""
         return max(1, self.num_workers)
+
+    @property
+    def elastic(self) -> bool:
+        """``min_workers`` < ``num_workers``: Ray Train may run any number of workers in between."""
+        return 0 < self.min_workers < self.num_workers
+
+    @property
+    def virtual_ranks(self) -> int | None:
+        """The ranks an elastic run's data order is planned for: lcm(min_workers..num_workers)
+        (None: a fixed-size run, planned for its ``ranks``)."""
+        if not self.elastic:
+            return None
+        return math.lcm(*range(self.min_workers, self.num_workers + 1))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _worker_range(cls, data: Any) -> Any:
+        """``num_workers: [min, max]`` -> ``min_workers: min``, ``num_workers: max``."""
+        if not isinstance(data, Mapping) or not isinstance(data.get("num_workers"), (list, tuple)):
+            return data
+        pair = data["num_workers"]
+        if (len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair)
+                or not 1 <= pair[0] <= pair[1]):
+            raise ConfigError(f"train.num_workers must be a count or [min, max] with 1 <= min <= max, "
+                              f"got {list(pair)}")
+        if data.get("min_workers") not in (None, 0, pair[0]):
+            raise ConfigError(f"train.num_workers {list(pair)} and train.min_workers {data['min_workers']} "
+                              f"disagree: give one of them")
+        return {**data, "min_workers": pair[0], "num_workers": pair[1]}
+
+    @model_validator(mode="after")
+    def _min_workers(self) -> TrainSection:
+        if self.min_workers > self.num_workers:
+            raise ConfigError(f"train.min_workers must be <= train.num_workers ({self.num_workers}), "
+                              f"got {self.min_workers}")
+        return self
 
     @property
     def local_mode(self) -> bool:
@@ -459,6 +513,14 @@ class RunConfig(Section):
             raise ConfigError("objective.neg_K applies to mvae and jmvae (mmvae's negatives reuse its "
                               f"experts' samples), got {self.objective.neg_K} with model.name 'mmvae'")
         global_batch = self.data.batch_size * self.train.ranks
+        V = self.train.virtual_ranks
+        if V is not None and global_batch % V:
+            t, step = self.train, V // math.gcd(V, self.train.ranks)
+            fit = -(-self.data.batch_size // step) * step
+            raise ConfigError(f"train.num_workers [{t.min_workers}, {t.num_workers}]: the global batch "
+                              f"{global_batch} (data.batch_size x {t.num_workers}) must divide by every "
+                              f"worker count from {t.min_workers} to {t.num_workers} (their lcm {V}); "
+                              f"e.g. data.batch_size={fit}")
         if self.objective.name == "contrastive" and self.objective.N >= global_batch:
             raise ConfigError(f"objective.N must be < the global batch {global_batch}, "
                               f"got {self.objective.N}")
@@ -580,8 +642,9 @@ def relative_input_hint(value: str | None, job_dir: str | None) -> str:
 
 def absolute_local_paths(cfg: dict[str, Any]) -> dict[str, Any]:
     """A config dict with its local relative paths made absolute (Ray workers and Tune trials run
-    in other working directories): data.url, the storage-options files, train.storage_path and
-    an eval.classifiers store. URLs (``scheme://``) and absolute paths stay as they are."""
+    in other working directories): data.url, the storage-options files, train.storage_path,
+    train.record_keys and an eval.classifiers store. URLs (``scheme://``) and absolute paths stay
+    as they are."""
     def fix(value: str | None) -> str | None:
         if not value or "://" in value or os.path.isabs(value) or value in ("auto", "none"):
             return value
@@ -589,7 +652,8 @@ def absolute_local_paths(cfg: dict[str, Any]) -> dict[str, Any]:
 
     out = {k: dict(v) if isinstance(v, Mapping) else v for k, v in cfg.items()}
     for section, key in (("data", "url"), ("data", "storage_options_file"), ("train", "storage_path"),
-                         ("train", "storage_options_file"), ("eval", "classifiers")):
+                         ("train", "storage_options_file"), ("train", "record_keys"),
+                         ("eval", "classifiers")):
         if isinstance(out.get(section), dict) and key in out[section]:
             out[section][key] = fix(out[section][key])
     return out

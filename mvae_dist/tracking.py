@@ -61,6 +61,8 @@ T = TypeVar("T")
 DEFAULT_EXPERIMENT = "mvae-dist"
 #: artifact file listing every checkpoint URI the run reported
 CHECKPOINTS_FILE = "checkpoints.json"
+#: an elastic run's resizes: {"resizes": [{"step", "from", "to", "checkpoint", "time"}, ...]}
+RESIZES_FILE = "resizes.json"
 #: tag a training worker sets when it gives up (non-finite losses): the reason, one line
 FAILURE_TAG = "failure"
 #: metric holding the running count of dropped non-finite metric values
@@ -508,6 +510,20 @@ class Tracker:
         self.client.log_batch(run_id, tags=[RunTag("last_checkpoint", uri),
                                             RunTag("last_checkpoint_step", str(int(step)))])
 
+    def log_resize(self, was: int, now: int, step: int, checkpoint: str) -> None:
+        """An elastic run went from ``was`` to ``now`` workers at ``step`` (restored from
+        ``checkpoint``): appended to the artifact ``resizes.json``; the tag ``resize_count``."""
+        run_id = self._need_run()
+        entries = self._read_list(RESIZES_FILE, "resizes")
+        entries.append({"step": int(step), "from": int(was), "to": int(now),
+                        "checkpoint": redact_text(str(checkpoint)), "time": time.time()})
+        self.client.log_dict(run_id, {"resizes": entries}, RESIZES_FILE)
+        self.client.set_tag(run_id, "resize_count", str(len(entries)))
+
+    def resizes(self) -> list[dict[str, Any]]:
+        """The resizes logged to the open run (oldest first)."""
+        return self._read_list(RESIZES_FILE, "resizes")
+
     def checkpoints(self) -> list[dict[str, Any]]:
         """The checkpoint entries logged to the open run so far (oldest first)."""
         self._need_run()
@@ -570,15 +586,19 @@ class Tracker:
 
     def _load_checkpoints(self) -> list[dict[str, Any]]:
         if self._checkpoints is None:
-            self._checkpoints = []
-            with tempfile.TemporaryDirectory() as tmp, _quiet_downloads():
-                try:
-                    local = self.client.download_artifacts(self._need_run(), CHECKPOINTS_FILE, tmp)
-                except (MlflowException, OSError):
-                    local = None  # no checkpoint logged yet
-                if local and Path(local).is_file():
-                    self._checkpoints = list(json.loads(Path(local).read_text())["checkpoints"])
+            self._checkpoints = self._read_list(CHECKPOINTS_FILE, "checkpoints")
         return self._checkpoints
+
+    def _read_list(self, artifact: str, key: str) -> list[dict[str, Any]]:
+        """The list under ``key`` of the run's JSON artifact ``artifact`` ([] if none yet)."""
+        with tempfile.TemporaryDirectory() as tmp, _quiet_downloads():
+            try:
+                local = self.client.download_artifacts(self._need_run(), artifact, tmp)
+            except (MlflowException, OSError):
+                local = None  # nothing logged yet
+            if local and Path(local).is_file():
+                return list(json.loads(Path(local).read_text())[key])
+        return []
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ from typing import Any
 
 from ..config import (
     RunConfig,
+    TrainSection,
     absolute_local_paths,
     applicable,
     durable_output_paths,
@@ -104,6 +105,13 @@ def build_trainer(cfg: RunConfig, *, run_id: str, tracking_uri: str, storage: Ru
     if cfg.train.local_mode:  # Ray's INFO line about local mode: the driver says its own
         logging.getLogger("ray.train.v2.api.config").setLevel(logging.WARNING)
     start_timeout, controller_limit = node_wait(cfg.train.node_wait_s)
+    t = cfg.train
+    workers = (t.min_workers, t.num_workers) if t.elastic else t.num_workers  # Ray's elastic range
+    if t.elastic and controller_limit >= 0:
+        # after a loss Ray's elastic policy sizes the next group from a view of the cluster that
+        # is stale for up to ELASTIC_VIEW_LAG_S: its tries in that time ask for the lost node's
+        # workers too and time out; the tries after size the group to the nodes left
+        controller_limit += math.ceil(ELASTIC_VIEW_LAG_S / start_timeout)
     # Ray Train reads its start-up timeout from the driver's environment and hands it on to the
     # controller (ray.train.v2._internal.constants.ENV_VARS_TO_PROPAGATE)
     os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = f"{start_timeout:g}"
@@ -112,8 +120,9 @@ def build_trainer(cfg: RunConfig, *, run_id: str, tracking_uri: str, storage: Ru
         train_loop_config={"config": cfg.to_dict(), "run_id": run_id, "tracking_uri": tracking_uri,
                            "debug_dir": debug_dir},
         torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
-                                     resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=t.use_gpu,
+                                     resources_per_worker={"CPU": t.cpus_per_worker},
+                                     elastic_resize_monitor_interval_s=t.resize_check_s),
         run_config=RunConfig(
             name=cfg.train.name, storage_path=storage.ray_path,
             storage_filesystem=storage.ray_filesystem,
@@ -223,6 +232,12 @@ def preflight_data(cfg: RunConfig, *, verify_sha256: bool = False) -> dict:
                         f"reading the manifest of {cfg.data.url}", policy)
     splits = [cfg.data.train_split] + (["test"] if "test" in m["splits"] and cfg.data.train_split != "test"
                                         else [])
+    shards, need = len(m["splits"].get(cfg.data.train_split, {}).get("shards", [])), cfg.train.virtual_ranks
+    if need and shards < need:  # an elastic plan deals shards to lcm(min..max) virtual ranks
+        raise ConfigError(f"train.num_workers [{cfg.train.min_workers}, {cfg.train.num_workers}] plans the "
+                          f"data for {need} virtual ranks (their lcm), but split {cfg.data.train_split!r} of "
+                          f"{cfg.data.url} has {shards} shards: rebuild it with a smaller shard_size or "
+                          f"narrow the range")
     check = verify if verify_sha256 else check_present
     call_with_retry(lambda: check(cfg.data.url, options, splits=splits, manifest=m),
                     f"checking the shards of {cfg.data.url}", policy)
@@ -372,24 +387,46 @@ def _claim_name(cfg: RunConfig, storage: RunStorage, uri: str, *, resume: bool) 
     return PreviousRun(runs[0].run_id if runs else None, runs[0].status if runs else None, found)
 
 
+def data_plan(train: dict, data: dict) -> tuple[str, int, int]:
+    """What fixes a run's steps and data order, from its config's ``train`` and ``data`` mappings:
+    ("fixed", ranks, per-rank batch) or ("elastic", virtual ranks, global batch). Pure."""
+    t = TrainSection.build({k: v for k, v in train.items() if k in TrainSection.model_fields})
+    batch = int(data.get("batch_size", 128))
+    if t.elastic:
+        return "elastic", int(t.virtual_ranks or 0), batch * t.ranks
+    return "fixed", t.ranks, batch
+
+
+def _say_plan(plan: tuple[str, int, int], train: dict, data: dict) -> str:
+    if plan[0] == "elastic":
+        return (f"elastically on train.num_workers [{train.get('min_workers')}, {train.get('num_workers')}]"
+                f" x data.batch_size {data.get('batch_size', 128)} (a global batch of {plan[2]})")
+    return f"on {plan[1]} worker(s) x data.batch_size {plan[2]}"
+
+
 def _refuse_another_world(cfg: RunConfig, storage: RunStorage, found: FoundCheckpoint) -> None:
-    """A resume must train on the checkpoint's number of ranks and per-rank batch: at another size
-    the planned steps, the learning-rate schedule, the pool of negatives (the global batch) and
-    the saved position in the epoch's shard plan would all silently mean something else."""
+    """A resume must keep the checkpoint's data plan: for a fixed-size run its number of ranks
+    and per-rank batch, for an elastic one its virtual ranks and global batch (any worker count
+    in its range then trains it). Otherwise the planned steps, the learning-rate schedule, the
+    pool of negatives (the global batch) and the saved position in the epoch's shard plan would
+    all silently mean something else."""
     import yaml
 
     from .checkpoint import CONFIG_FILE
 
     fs, root = storage.fs()
     saved = yaml.safe_load(fs.cat_file(f"{root}/{found.name}/{CONFIG_FILE}")) or {}
-    workers = int(saved.get("train", {}).get("num_workers", cfg.train.num_workers))
-    batch = int(saved.get("data", {}).get("batch_size", cfg.data.batch_size))
-    was, now = (max(1, workers), batch), (cfg.train.ranks, cfg.data.batch_size)
+    mine = cfg.to_dict()
+    was_t, was_d = saved.get("train", {}), saved.get("data", {})  # a key it lacks: the default
+    was, now = data_plan(was_t, was_d), data_plan(mine["train"], mine["data"])
     if was != now:
+        t = TrainSection.build({k: v for k, v in was_t.items() if k in TrainSection.model_fields})
+        workers = f"[{t.min_workers},{t.num_workers}]" if was[0] == "elastic" else t.num_workers
         raise ConfigError(
-            f"--resume: run {cfg.train.name!r} trained on {was[0]} worker(s) x data.batch_size {was[1]}; "
-            f"resuming it on {now[0]} x {now[1]} would change its global batch, step count and data "
-            f"order: resume with train.num_workers={workers} data.batch_size={batch}")
+            f"--resume: run {cfg.train.name!r} trained {_say_plan(was, was_t, was_d)}; resuming it "
+            f"{_say_plan(now, mine['train'], mine['data'])} would change its global batch, step count "
+            f"and data order: resume with train.num_workers={workers} "
+            f"data.batch_size={was_d.get('batch_size', 128)}")
 
 
 def _lock(storage: RunStorage) -> str:
@@ -517,10 +554,17 @@ def _why_failed(exc: BaseException, cfg: RunConfig) -> str:
     controller = getattr(exc, "controller_failure", None)
     if type(controller).__name__ in ("WorkerGroupStartupTimeoutError", "WorkerGroupStartupFailedError"):
         t = cfg.train
-        return (f"the cluster had no room for {t.num_workers} workers ({t.cpus_per_worker:g} CPU"
+        return (f"the cluster had no room for {t.min_workers if t.elastic else t.num_workers} workers "
+                f"({t.cpus_per_worker:g} CPU"
                 f"{', 1 GPU' if t.use_gpu else ''} each) for {t.node_wait_s:g} s (train.node_wait_s): "
                 "a node was lost and none came back")
     return failure_reason(exc)
+
+
+#: how long Ray 2.60's view of the cluster, from which an elastic run's next worker group is sized,
+#: may still count a lost node: its AutoscalingCoordinator refreshes every 20 s, after the GCS has
+#: marked the node dead (~15 s of missed health checks)
+ELASTIC_VIEW_LAG_S = 40.0
 
 
 def node_wait(node_wait_s: float, start_timeout_s: float = 60.0) -> tuple[float, int]:

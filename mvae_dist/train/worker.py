@@ -130,6 +130,7 @@ class _Worker:
     nonfinite: int = 0
     resumed_from: int | None = None
     restored_url: str | None = None
+    resized_from: int | None = None             # the world size of the checkpoint restored, if other
     classifiers: Any = None
     last_eval: dict[str, float] = field(default_factory=dict)  # every report carries it (Tune's metrics)
     window: list[dict[str, float]] = field(default_factory=list)
@@ -165,10 +166,10 @@ class _Worker:
             group = TorchCrossRank(rank, world)
         opt = make_optimizer(model.parameters(), cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.amsgrad)
         options = load_storage_options(cfg.data.storage_options_file, "data.storage_options_file")
-        loader = make_loader(cfg.data.url, cfg.data.train_split, cfg.data.batch_size, rank=rank,
+        loader = make_loader(cfg.data.url, cfg.data.train_split, rank_batch(cfg, world), rank=rank,
                              world_size=world, num_workers=cfg.data.loader_workers, seed=cfg.train.seed,
                              shuffle_buffer=cfg.data.shuffle_buffer, storage_options=options,
-                             retry=read_policy(cfg.data))
+                             retry=read_policy(cfg.data), virtual_ranks=cfg.train.virtual_ranks)
         total = cfg.train.epochs * len(loader)
         if cfg.train.max_steps:
             total = min(total, cfg.train.max_steps)
@@ -198,9 +199,14 @@ class _Worker:
         with local_checkpoint(store, found.name) as d:
             meta = load_checkpoint(d, model=self.model, optimizer=self.opt, scheduler=self.sched,
                                    map_location=self.device)
+        self.pos = meta["position"]
+        was = int(meta["extra"].get("world_size", self.world))
         if self.rank == 0:
             _say(f"[{cfg.train.name}] restored step {found.step} from {found.url}")
-        self.pos = meta["position"]
+            if was != self.world:
+                _say(f"[{cfg.train.name}] resized {was} -> {self.world} workers at step {self.pos.step} "
+                     f"({found.url})")
+        self.resized_from = was if was != self.world else None
         self.nonfinite = int(meta["extra"].get("nonfinite_steps", 0))
         self.resumed_from = self.pos.step
         self.restored_url = found.url
@@ -221,6 +227,9 @@ class _Worker:
             # controller's callback then never saw it); a logged one is kept once
             if self.restored_url is not None:
                 self.log.log_checkpoint_uri(self.restored_url, self.resumed_from)
+        self.log.log_metrics({"world_size": self.world}, step=self.pos.step)
+        if self.resized_from is not None:
+            self.log.log_resize(self.resized_from, self.world, self.pos.step, self.restored_url or "")
         if cfg.train.eval_every:
 
             self.classifiers = load_eval_classifiers(cfg, self.storage_options, required=False,
@@ -253,6 +262,8 @@ class _Worker:
                     return False
                 continue
             pos.step += 1
+            if cfg.train.record_keys:
+                self.record_keys(pos.step, i, batch["key"])
             self.window.append(stats)
             self.last_loss = float(stats["loss"])
             _debug(self.debug_dir, self.rank, step=pos.step, resumed_from=self.resumed_from)
@@ -269,12 +280,22 @@ class _Worker:
                 break
         return True
 
+    def record_keys(self, step: int, batch_in_epoch: int, keys: list[str]) -> None:
+        """train.record_keys: this rank's sample keys of ``step``, one JSON line appended to
+        ``{record_keys}/keys-rank{R}-{pid}.jsonl`` (a step replayed after a restart appears again)."""
+        d = Path(self.cfg.train.record_keys)
+        d.mkdir(parents=True, exist_ok=True)
+        line = {"step": step, "epoch": self.pos.epoch, "batch": batch_in_epoch, "world": self.world,
+                "rank": self.rank, "time": time.time(), "keys": list(keys)}
+        with open(d / f"keys-rank{self.rank}-{os.getpid()}.jsonl", "a") as f:
+            f.write(json.dumps(line) + "\n")
+
     def log_window(self) -> None:
         """Rank 0: the mean of the steps since the last log line, to MLflow and the console."""
         cfg, window = self.cfg, self.window
         dt = time.perf_counter() - self.t_window
         mean = {k: sum(s[k] for s in window) / len(window) for k in window[0]}
-        mean["pairs_per_s"] = len(window) * cfg.data.batch_size * self.world / max(dt, 1e-9)
+        mean["pairs_per_s"] = len(window) * self.loader.batch_size * self.world / max(dt, 1e-9)
         mean["nonfinite_steps"] = self.nonfinite
         self.log.log_metrics(mean, step=self.pos.step)
         _say(f"[{cfg.train.name}] step {self.pos.step}/{self.total} "
@@ -310,7 +331,7 @@ class _Worker:
             if self.rank == 0 and not _stopping(self.store):
                 save_checkpoint(tmp, model=self.model, optimizer=self.opt, scheduler=self.sched,
                                 position=self.pos, config=self.cfg.to_dict(),
-                                extra={"nonfinite_steps": self.nonfinite})
+                                extra={"nonfinite_steps": self.nonfinite, "world_size": self.world})
                 # asked again after the write (a second or more under load): only a stop that
                 # came during the upload itself finds the checkpoint half-written, and waits for it
                 if not _stopping(self.store):
@@ -346,6 +367,12 @@ class _Worker:
         self.log.log_model(self.model, self.cfg.to_dict(), step=self.pos.step,
                            registered_model_name=self.cfg.tracking.register_model)
         self.log.end("FINISHED")
+
+
+def rank_batch(cfg: RunConfig, world: int) -> int:
+    """Each of ``world`` ranks' batch: the global batch (data.batch_size x train.num_workers) /
+    world for an elastic run, else data.batch_size."""
+    return cfg.data.batch_size * cfg.train.ranks // world if cfg.train.elastic else cfg.data.batch_size
 
 
 def _evaluate(model, cfg: RunConfig, tracker, step: int, storage_options,

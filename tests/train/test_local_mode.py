@@ -60,7 +60,8 @@ def test_local_mode_checkpoints_logs_and_resumes_without_a_cluster(tiny_data, tm
     # another number of ranks or per-rank batch: refused before anything starts, nothing changed
     for other in (["train.num_workers=2"], ["data.batch_size=8"]):
         with pytest.raises(ConfigError, match=r"--resume: run 'local' trained on 1 worker\(s\) x "
-                                              r"data.batch_size 16; resuming it on (2 x 16|1 x 8) would"):
+                                              r"data.batch_size 16; resuming it on (2 worker\(s\) x "
+                                              r"data.batch_size 16|1 worker\(s\) x data.batch_size 8) would"):
             driver.fit(_cfg(tmp_path, tiny_data, "train.checkpoint_every=2", *other), resume=True)
     assert client.get_run(res.run_id).info.status == "FINISHED" and checkpoint_names(store) == names
 

@@ -365,3 +365,85 @@ def test_a_lost_node_resumes_when_it_returns_and_fails_in_one_line_when_it_does_
     assert steps == sorted(set(steps)) and all(s % 10 == 0 for s in steps) and len(steps) >= 3, logged
     assert restored + 10 in steps, logged  # written after the restart, logged as Ray persisted it
     assert logged[-1]["uri"] == f"s3://{newest}", (logged, newest)
+
+
+def _history(tmp: Path, key: str) -> list[tuple[int, float]]:
+    """(step, value) of a metric of the (one) run, in the order logged."""
+    with sqlite3.connect(f"file:{tmp / 'mlflow.db'}?mode=ro", uri=True, timeout=5) as con:
+        return [(int(s), v) for s, v in con.execute(
+            "SELECT step, value FROM metrics WHERE key = ? ORDER BY timestamp, rowid", (key,))]
+
+
+def _planned_steps(moto_server, G: int, V: int, epochs: int) -> list[list[str]]:
+    """The global batches of an uninterrupted run's epochs: the data plan of V virtual ranks read
+    by one rank (data/stream.py; the same at every world size)."""
+    from mvae_dist.data import make_loader
+
+    direct = {"client_kwargs": {"endpoint_url": moto_server}, "key": "testing", "secret": "testing"}
+    loader = make_loader(f"s3://{BUCKET}/embedded", "train", G, world_size=1, virtual_ranks=V,
+                         storage_options=direct)
+    steps = []
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        steps += [b["key"] for b in loader]
+    return steps
+
+
+def test_an_elastic_run_goes_on_with_fewer_workers_and_grows_back(bed, moto_server, tmp_path):
+    """train.num_workers [1, 2]: a node lost -> the run goes on with 1 worker (global batch kept),
+    a node back -> 2 workers again; it FINISHES with the configured steps, says each resize, logs
+    them to MLflow, and every step's samples, at either size and replayed or not, are the plan's:
+    each epoch read every sample once."""
+    bed.ensure_nodes(2)
+    keys_dir, epochs = tmp_path / "keys", 3
+    proc = bed.start(bed.args("elastic", tmp_path, "train.num_workers=[1,2]", f"train.epochs={epochs}",
+                              "train.max_steps=0", "train.checkpoint_every=10", "train.node_wait_s=20",
+                              "train.resize_check_s=5", "train.max_failures=3",
+                              f"train.record_keys={keys_dir}"), tmp_path)
+    try:
+        _wait_for(proc, "step 20/")
+        bed.remove_node(bed.nodes[-1])
+        out = _wait_for(proc, "workers at step ", timeout=150)
+        shrink = out.index("[elastic] resized 2 -> 1 workers at step ")
+        at = int(out[shrink:].split("at step ", 1)[1].split()[0])
+        _wait_for(proc, f"step {at + 10}/", timeout=120, since=shrink)  # training on one worker
+        bed.add_node()
+        _wait_for(proc, "[elastic] resized 1 -> 2 workers at step ", timeout=150, since=shrink)
+        code, out = _finish(proc, 300)
+    finally:
+        bed.ensure_nodes(2)
+    assert code == 0, out[-4000:]
+    assert _statuses(tmp_path) == ["FINISHED"]
+    lines = [json.loads(ln) for f in sorted(keys_dir.glob("keys-rank*.jsonl"))
+             for ln in f.read_text().splitlines()]
+    G, V = 32, 2  # tiny.yaml's data.batch_size 16 x 2 workers; lcm(1, 2)
+    planned = _planned_steps(moto_server, G, V, epochs)
+    total = len(planned)
+    assert f"run elastic finished: {{'step': {total}," in out and _tag(tmp_path, "model_step") == str(total)
+    # every step trained (the last attempt's of a replayed one), and each line, whatever its world
+    # size, is its rank's slice of the step's planned global batch
+    assert {ln["step"] for ln in lines} == set(range(1, total + 1))
+    for ln in lines:
+        part = G // ln["world"]
+        assert ln["keys"] == planned[ln["step"] - 1][ln["rank"] * part:(ln["rank"] + 1) * part], ln
+    assert {ln["world"] for ln in lines} == {1, 2}
+    per_epoch = total // epochs
+    for e in range(epochs):
+        keys = [k for step in planned[e * per_epoch:(e + 1) * per_epoch] for k in step]
+        assert len(keys) == len(set(keys))  # each sample once in the epoch
+    # visible: the world size as a metric, each resize as an event in resizes.json
+    sizes = [v for _, v in _history(tmp_path, "world_size")]
+    assert sizes[0] == 2 and 1 in sizes and sizes[-1] == 2, sizes
+    assert _tag(tmp_path, "resize_count") == str(len(_resizes(tmp_path)))
+    moves = [(r["from"], r["to"]) for r in _resizes(tmp_path)]
+    assert (2, 1) in moves and moves[-1] == (1, 2), moves
+
+
+def _resizes(tmp: Path) -> list[dict]:
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("mvae-dist-tests").experiment_id])
+    with tempfile.TemporaryDirectory() as d:
+        got = Path(client.download_artifacts(run.info.run_id, "resizes.json", d))
+        return json.loads(got.read_text())["resizes"]
