@@ -309,6 +309,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="training config (default configs/embedded/mmvae-ci.yaml)")
     btrain.add_argument("--threads", type=int, default=None, help="torch threads per worker")
     btrain.add_argument("overrides", nargs="*", metavar="section.key=value")
+    bscale = bsub.add_parser("scale", help="step, loader and exchange time against the number of workers "
+                                           "(W gloo processes each)")
+    bscale.add_argument("--data", required=True, help="URL of a prepared data set (at least max W shards)")
+    bscale.add_argument("--workers", type=_int_list, default=[1, 2, 4, 8],
+                        help="comma list (default 1,2,4,8)")
+    bscale.add_argument("--steps", type=_positive_int, default=12, help="steps per size, warm-up included")
+    bscale.add_argument("--warmup", type=int, default=2)
+    bscale.add_argument("--config", default=None,
+                        help="training config (default configs/embedded/tiny.yaml: small networks)")
+    bscale.add_argument("overrides", nargs="*", metavar="section.key=value")
     learn = bsub.add_parser("learn", help="a learning curve: train one config in-process (no Ray), "
                                           "evaluating every --eval-every steps")
     learn.add_argument("--config", required=True, help="training config (YAML)")
@@ -449,6 +459,13 @@ def run(args: argparse.Namespace) -> int:
 
         bench_train(data=args.data, workers=args.workers, steps=args.steps, config=args.config,
                     overrides=args.overrides, threads=args.threads, emit=print_json)
+        return 0
+    if args.command == "bench" and args.bench == "scale":
+        from .bench import print_json
+        from .bench_scale import bench_scale
+
+        bench_scale(data=args.data, workers=args.workers, steps=args.steps, warmup=args.warmup,
+                    config=args.config, overrides=args.overrides, emit=print_json)
         return 0
     if args.command == "bench" and args.bench == "learn":
         from ..config import absolute_local_paths, load_train_config
