@@ -397,7 +397,7 @@ def test_an_elastic_run_goes_on_with_fewer_workers_and_grows_back(bed, moto_serv
     bed.ensure_nodes(2)
     keys_dir, epochs = tmp_path / "keys", 3
     proc = bed.start(bed.args("elastic", tmp_path, "train.num_workers=[1,2]", f"train.epochs={epochs}",
-                              "train.max_steps=0", "train.checkpoint_every=10", "train.node_wait_s=20",
+                              "train.max_steps=0", "train.checkpoint_every=10", "train.node_wait_s=10",
                               "train.resize_check_s=5", "train.max_failures=3",
                               f"train.record_keys={keys_dir}"), tmp_path)
     try:
