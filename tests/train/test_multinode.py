@@ -146,15 +146,20 @@ def _metric(tmp: Path, key: str) -> float | None:
     return row[0] if row else None
 
 
-def _logged_checkpoints(tmp: Path) -> list[dict]:
-    """The (one) run's ``checkpoints.json`` entries: {"step", "uri"} in the order logged."""
+def _run_list(tmp: Path, artifact: str, key: str) -> list[dict]:
+    """The list under ``key`` of the (one) run's JSON artifact ``artifact``."""
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("mvae-dist-tests").experiment_id])
     with tempfile.TemporaryDirectory() as d:
-        got = Path(client.download_artifacts(run.info.run_id, "checkpoints.json", d))
-        return json.loads(got.read_text())["checkpoints"]
+        got = Path(client.download_artifacts(run.info.run_id, artifact, d))
+        return json.loads(got.read_text())[key]
+
+
+def _logged_checkpoints(tmp: Path) -> list[dict]:
+    """The (one) run's ``checkpoints.json`` entries: {"step", "uri"} in the order logged."""
+    return _run_list(tmp, "checkpoints.json", "checkpoints")
 
 
 def _tag(tmp: Path, key: str) -> str | None:
@@ -440,10 +445,5 @@ def test_an_elastic_run_goes_on_with_fewer_workers_and_grows_back(bed, moto_serv
 
 
 def _resizes(tmp: Path) -> list[dict]:
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}")
-    (run,) = client.search_runs([client.get_experiment_by_name("mvae-dist-tests").experiment_id])
-    with tempfile.TemporaryDirectory() as d:
-        got = Path(client.download_artifacts(run.info.run_id, "resizes.json", d))
-        return json.loads(got.read_text())["resizes"]
+    """The (one) run's ``resizes.json`` entries: {"step", "from", "to", "checkpoint"}."""
+    return _run_list(tmp, "resizes.json", "resizes")
