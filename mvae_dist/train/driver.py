@@ -554,7 +554,8 @@ def _why_failed(exc: BaseException, cfg: RunConfig) -> str:
     controller = getattr(exc, "controller_failure", None)
     if type(controller).__name__ in ("WorkerGroupStartupTimeoutError", "WorkerGroupStartupFailedError"):
         t = cfg.train
-        return (f"the cluster had no room for {t.min_workers if t.elastic else t.num_workers} workers "
+        n = t.min_workers if t.elastic else t.num_workers
+        return (f"the cluster had no room for {n} worker{'s' if n != 1 else ''} "
                 f"({t.cpus_per_worker:g} CPU"
                 f"{', 1 GPU' if t.use_gpu else ''} each) for {t.node_wait_s:g} s (train.node_wait_s): "
                 "a node was lost and none came back")

@@ -101,3 +101,16 @@ def test_resizes_are_recorded_in_the_run(tmp_path):
     assert [(r["step"], r["from"], r["to"], r["checkpoint"]) for r in got] == [
         (20, 2, 1, "s3://b/runs/el/checkpoint_a"), (60, 1, 2, "s3://b/runs/el/checkpoint_b")]
     assert tracker.client.get_run(tracker.run_id).data.tags["resize_count"] == "2"
+
+
+def test_an_elastic_run_that_cannot_start_names_its_minimum():
+    from mvae_dist.train.driver import _why_failed
+
+    class WorkerGroupStartupTimeoutError(Exception):  # Ray's, by name (driver._why_failed)
+        pass
+
+    lost = RuntimeError("fit failed")
+    lost.controller_failure = WorkerGroupStartupTimeoutError()  # type: ignore[attr-defined]
+    assert _why_failed(lost, _cfg([1, 2], node_wait_s=20)).startswith(
+        "the cluster had no room for 1 worker (1 CPU each) for 20 s (train.node_wait_s)")
+    assert _why_failed(lost, _cfg(2, node_wait_s=20)).startswith("the cluster had no room for 2 workers ")
