@@ -507,12 +507,18 @@ class RunConfig(Section):
             return {k: ({} if v is None else v) for k, v in data.items()}
         return data
 
+    @property
+    def global_batch(self) -> int:
+        """Items per optimiser step over all ranks: data.batch_size x train.ranks (for an elastic
+        run, at its most workers: the invariant every size keeps)."""
+        return self.data.batch_size * self.train.ranks
+
     @model_validator(mode="after")
     def _across_sections(self) -> RunConfig:
         if self.model.name == "mmvae" and self.objective.neg_K:
             raise ConfigError("objective.neg_K applies to mvae and jmvae (mmvae's negatives reuse its "
                               f"experts' samples), got {self.objective.neg_K} with model.name 'mmvae'")
-        global_batch = self.data.batch_size * self.train.ranks
+        global_batch = self.global_batch
         V = self.train.virtual_ranks
         if V is not None and global_batch % V:
             t, step = self.train, V // math.gcd(V, self.train.ranks)

@@ -387,10 +387,16 @@ def _claim_name(cfg: RunConfig, storage: RunStorage, uri: str, *, resume: bool) 
     return PreviousRun(runs[0].run_id if runs else None, runs[0].status if runs else None, found)
 
 
+def _train_section(train: dict) -> TrainSection:
+    """A ``train`` mapping as saved with a checkpoint -> its TrainSection (keys today's schema no
+    longer has are left out; missing ones take their defaults)."""
+    return TrainSection.build({k: v for k, v in train.items() if k in TrainSection.model_fields})
+
+
 def data_plan(train: dict, data: dict) -> tuple[str, int, int]:
     """What fixes a run's steps and data order, from its config's ``train`` and ``data`` mappings:
     ("fixed", ranks, per-rank batch) or ("elastic", virtual ranks, global batch). Pure."""
-    t = TrainSection.build({k: v for k, v in train.items() if k in TrainSection.model_fields})
+    t = _train_section(train)
     batch = int(data.get("batch_size", 128))
     if t.elastic:
         return "elastic", int(t.virtual_ranks or 0), batch * t.ranks
@@ -420,7 +426,7 @@ def _refuse_another_world(cfg: RunConfig, storage: RunStorage, found: FoundCheck
     was_t, was_d = saved.get("train", {}), saved.get("data", {})  # a key it lacks: the default
     was, now = data_plan(was_t, was_d), data_plan(mine["train"], mine["data"])
     if was != now:
-        t = TrainSection.build({k: v for k, v in was_t.items() if k in TrainSection.model_fields})
+        t = _train_section(was_t)
         workers = f"[{t.min_workers},{t.num_workers}]" if was[0] == "elastic" else t.num_workers
         raise ConfigError(
             f"--resume: run {cfg.train.name!r} trained {_say_plan(was, was_t, was_d)}; resuming it "

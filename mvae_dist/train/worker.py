@@ -372,7 +372,7 @@ class _Worker:
 def rank_batch(cfg: RunConfig, world: int) -> int:
     """Each of ``world`` ranks' batch: the global batch (data.batch_size x train.num_workers) /
     world for an elastic run, else data.batch_size."""
-    return cfg.data.batch_size * cfg.train.ranks // world if cfg.train.elastic else cfg.data.batch_size
+    return cfg.global_batch // world if cfg.train.elastic else cfg.data.batch_size
 
 
 def _evaluate(model, cfg: RunConfig, tracker, step: int, storage_options,

@@ -93,7 +93,7 @@ def learning_curve(cfg: RunConfig, *, steps: int, eval_every: int,
     module = TrainStep(model, cfg.objective)
     opt = make_optimizer(model.parameters(), cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.amsgrad)
     sched = make_scheduler(opt, cfg.optim.schedule, steps)
-    batch = cfg.data.batch_size * cfg.train.ranks
+    batch = cfg.global_batch
     loader = make_loader(cfg.data.url, cfg.data.train_split, batch, seed=cfg.train.seed,
                          shuffle_buffer=cfg.data.shuffle_buffer, storage_options=storage_options)
 
