@@ -496,17 +496,26 @@ class Tracker:
     def log_text(self, text: str, artifact_path: str) -> None:
         self.client.log_text(self._need_run(), text, artifact_path)
 
-    def log_checkpoint_uri(self, uri: str, step: int) -> None:
+    def log_checkpoint_uri(self, uri: str, step: int, *, newer_only: bool = False) -> None:
         """Append {step, uri, time} to the artifact ``checkpoints.json`` and set the tags
         ``last_checkpoint`` / ``last_checkpoint_step``. Accumulates across resumes; logging the
-        same (step, uri) twice keeps one entry."""
+        same (step, uri) twice keeps one entry.
+
+        newer_only: for reports that may arrive late (Ray Train's controller, which outlives a
+        stopped driver by a moment, driver.py): a checkpoint whose directory name (Ray's
+        ``checkpoint_<time>``) sorts before a logged one is entered in its place and moves no
+        tag, so the tags keep naming the newest checkpoint the driver named on its way out."""
         run_id = self._need_run()
         uri = redact_text(str(uri))
         self._checkpoints = None  # read afresh: Ray Train's controller logs to the same run (driver.py)
         entries = self._load_checkpoints()
+        later = [i for i, e in enumerate(entries) if newer_only and _dir_name(e["uri"]) > _dir_name(uri)]
         if not any(e["step"] == int(step) and e["uri"] == uri for e in entries):
-            entries.append({"step": int(step), "uri": uri, "time": time.time()})
+            entry = {"step": int(step), "uri": uri, "time": time.time()}
+            entries.insert(later[0] if later else len(entries), entry)
         self.client.log_dict(run_id, {"checkpoints": entries}, CHECKPOINTS_FILE)
+        if later:
+            return
         self.client.log_batch(run_id, tags=[RunTag("last_checkpoint", uri),
                                             RunTag("last_checkpoint_step", str(int(step)))])
 
@@ -599,6 +608,11 @@ class Tracker:
             if local and Path(local).is_file():
                 return list(json.loads(Path(local).read_text())[key])
         return []
+
+
+def _dir_name(uri: str) -> str:
+    """The last path component of a checkpoint URI (Ray's ``checkpoint_<time>``)."""
+    return uri.rstrip("/").rsplit("/", 1)[-1]
 
 
 @contextlib.contextmanager

@@ -226,6 +226,23 @@ def test_defaults_and_ui_command(monkeypatch, tmp_path):
     assert ui_command() == "python -m webbrowser -t http://127.0.0.1:5000"
 
 
+def test_a_late_report_of_an_older_checkpoint_moves_no_tag(tracker):
+    """Ray Train's controller can report a checkpoint after the stopping driver named a newer one:
+    the entry goes in its place, the tags keep naming the newer one."""
+    tracker.start("late", CONFIG)
+    root = "s3://b/runs/late/checkpoint_2026-12-07_23-33-"
+    tracker.log_checkpoint_uri(f"{root}52.1", step=10, newer_only=True)
+    tracker.log_checkpoint_uri(f"{root}54.7", step=30)  # the driver, on its way out
+    tracker.log_checkpoint_uri(f"{root}53.6", step=20, newer_only=True)  # the controller, late
+    assert [e["step"] for e in tracker.checkpoints()] == [10, 20, 30]
+    tags = client(tracker).get_run(tracker.run_id).data.tags
+    assert tags["last_checkpoint"] == f"{root}54.7" and tags["last_checkpoint_step"] == "30"
+    tracker.log_checkpoint_uri(f"{root}55.0", step=40, newer_only=True)  # in order: moves them
+    assert client(tracker).get_run(tracker.run_id).data.tags["last_checkpoint"] == f"{root}55.0"
+    tracker.log_checkpoint_uri(f"{root}53.6", step=20)  # without newer_only: as ever, the last said
+    assert client(tracker).get_run(tracker.run_id).data.tags["last_checkpoint"] == f"{root}53.6"
+
+
 @pytest.mark.slow
 def test_tracker_against_a_real_mlflow_server(mlflow_server, tmp_path):
     with Tracker(tracking_uri=mlflow_server, experiment="server-test") as t:

@@ -183,7 +183,7 @@ def _checkpoints_to_mlflow(run_id: str, tracking_uri: str, experiment: str, prot
 
                     self.tracker = Tracker(tracking_uri, experiment=experiment)
                     self.tracker.attach(run_id)
-                self.tracker.log_checkpoint_uri(url, step)
+                self.tracker.log_checkpoint_uri(url, step, newer_only=True)
             except Exception as e:  # MLflow down: training goes on, the driver logs the last one
                 if not self.warned:
                     self.warned = True
